@@ -1,0 +1,383 @@
+"""Typed configuration: dataclass schema, YAML files with inheritance, dotted command-line overrides.
+
+A YAML file may name parent files under ``_base_`` (a path or a list of paths, relative to the file);
+parents are merged first, the file's own keys last. Command-line overrides are ``a.b.c=value`` with
+the value parsed as YAML (``train.lr=1e-3``, ``train.scheduler.milestones=[10,13]``).
+
+Every key is checked against the schema below: an unknown key names the key, the file that set it and
+the closest valid keys; a wrong type names the expected type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+BASE_KEY = "_base_"
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message says where and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------- schema
+@dataclass
+class ExperimentConfig:
+    name: str = "partformer"
+    output_dir: str = "runs"          # run directories are created below this
+    run_dir: Optional[str] = None     # explicit run directory (default: output_dir/name)
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"           # a registered dataset (partformer.data.DATASETS)
+    root: str = "datasets/synthetic"
+    image_size: int = 256             # S: network input is S x S
+    resize: str = "whole"             # whole | shorter | shorter_center_crop | bbox_crop | ...
+    train_split: str = "train"
+    val_split: Optional[str] = "val"  # model selection; never the test split
+    test_split: str = "test"
+    regressor_split: Optional[str] = None  # split used to fit keypoint/landmark regressors
+    num_workers: int = 2
+    skip_bad_images: bool = True      # training only; evaluation uses eval.skip_bad_images
+    options: Dict[str, Any] = field(default_factory=dict)  # dataset-specific keyword options
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "vit_small_patch8_224.dino"   # any timm ViT
+    pretrained: bool = True                   # hub weights (needs network or a warm cache)
+    weights: Optional[str] = None             # local state dict; overrides `pretrained`
+    frozen: bool = True
+    layer: Optional[int] = None               # None: final norm output; int: that block's output
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
+
+
+@dataclass
+class PartTokenConfig:
+    in_scale: float = 0.5
+    patch_size: int = 16
+    width: int = 256
+    depth: int = 6
+    heads: int = 8
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class DecoderConfig:
+    channels: int = 64
+    num_blocks: int = 5
+    upsample_after: List[int] = field(default_factory=lambda: [2, 4])
+
+
+@dataclass
+class ModelConfig:
+    num_parts: int = 4                # K foreground parts; background is the extra last channel
+    feature_dim: int = 64             # D
+    compress: str = "cub"             # cub | celeba | single
+    compress_hidden: List[int] = field(default_factory=lambda: [256, 128])
+    alignment: str = "dot"            # dot (x align_scale) | cosine (x learnable scale)
+    align_scale: float = 0.8
+    predict_upsample: int = 4
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    partformer: PartTokenConfig = field(default_factory=PartTokenConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+
+@dataclass
+class LossConfig:
+    recon: str = "perceptual"         # perceptual | l1 | mse
+    vgg_weights: Optional[str] = "imagenet"   # imagenet | path to a local vgg19 state dict
+    weights: Dict[str, float] = field(default_factory=lambda: {
+        "recon": 1.0, "concentration": 0.3, "area": 0.5, "arcface": 0.01})
+    area_eps: float = 0.5
+    area_all_maps: bool = False
+    area_normalise: bool = False
+    arcface_s: float = 20.0
+    arcface_m: float = 0.5
+
+
+@dataclass
+class AugmentConfig:
+    flip_p: float = 0.5
+    rot_std: float = 15.0
+    rot_max: float = 30.0
+    scale_std: float = 0.05
+    scale_min: float = 0.95
+    scale_max: float = 1.05
+    trans_std: float = 0.05
+    trans_max: float = 0.05
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "multistep"           # multistep | cosine | constant
+    milestones: List[int] = field(default_factory=lambda: [90, 95])  # epochs
+    gamma: float = 0.2
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    max_steps: Optional[int] = None   # stop after this many optimiser steps (overrides epochs)
+    batch_size: int = 32              # per process
+    lr: float = 5e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.01
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    grad_accum: int = 1
+    grad_clip: float = 0.0            # max grad norm; 0 disables
+    precision: str = "auto"           # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+    max_nonfinite: int = 10           # consecutive non-finite losses before stopping
+    log_every: int = 20               # steps between logged loss components
+    val_every: int = 1                # epochs between validations (and `best` checkpoints)
+    select_metric: str = "kp_nmi_with_bg"  # validation metric for the `best` checkpoint
+    threads: int = 0                  # torch CPU threads; 0 keeps torch's default
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+    num_workers: int = 2
+    protocols: List[str] = field(default_factory=list)  # empty: every protocol that applies
+    skip_bad_images: bool = False
+    max_images: Optional[int] = None  # debugging only; reported in the JSON
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"             # offline | online | disabled
+    project: str = "partformer"
+    entity: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    num_images: int = 8               # fixed validation images whose part masks are logged
+
+
+@dataclass
+class LoggingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    progress: bool = True             # tqdm bars (rank 0 and a terminal only)
+
+
+@dataclass
+class Config:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# --------------------------------------------------------------------------------------- loading
+def _read_yaml(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(dst: Dict[str, Any], src: Dict[str, Any], origin: str, origins: Dict[str, str],
+           prefix: str = "") -> None:
+    """Recursively merge ``src`` into ``dst``, recording which file set each dotted key."""
+    for key, value in src.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _merge(dst[key], value, origin, origins, dotted + ".")
+        else:
+            dst[key] = value
+            origins[dotted] = origin
+            if isinstance(value, dict):
+                for sub in _dotted_keys(value, dotted + "."):
+                    origins[sub] = origin
+
+
+def _dotted_keys(d: Dict[str, Any], prefix: str = "") -> List[str]:
+    out = []
+    for k, v in d.items():
+        out.append(prefix + k)
+        if isinstance(v, dict):
+            out.extend(_dotted_keys(v, prefix + k + "."))
+    return out
+
+
+def _load_tree(path: str, origins: Dict[str, str], stack: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    path = os.path.abspath(path)
+    if path in stack:
+        raise ConfigError(f"{path}: `{BASE_KEY}` inheritance cycle: {' -> '.join(stack + (path,))}")
+    raw = _read_yaml(path)
+    bases = raw.pop(BASE_KEY, [])
+    if isinstance(bases, str):
+        bases = [bases]
+    merged: Dict[str, Any] = {}
+    for base in bases:
+        base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+        _merge(merged, _load_tree(base_path, origins, stack + (path,)), "", {})
+    # origins of base keys were recorded by the recursive call; the file's own keys win
+    _merge(merged, raw, path, origins)
+    return merged
+
+
+def parse_override(item: str) -> Tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.subkey=value "
+                          "(e.g. model.num_parts=8)")
+    key, value = item.split("=", 1)
+    key = key.strip()
+    try:
+        parsed = yaml.safe_load(value) if value.strip() != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed
+
+
+def _nest(key: str, value: Any) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    cur = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        cur[p] = {}
+        cur = cur[p]
+    cur[parts[-1]] = value
+    return out
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> Config:
+    """Load ``path`` (default: configs/default.yaml when it exists, else the schema defaults),
+    apply dotted ``overrides`` and validate everything against the schema."""
+    origins: Dict[str, str] = {}
+    tree: Dict[str, Any] = {}
+    if path is None:
+        default = os.path.join(CONFIG_DIR, "default.yaml")
+        path = default if os.path.isfile(default) else None
+    if path is not None:
+        tree = _load_tree(path, origins)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _merge(tree, _nest(key, value), "command line", origins)
+    return from_dict(tree, origins)
+
+
+def from_dict(tree: Dict[str, Any], origins: Optional[Dict[str, str]] = None) -> Config:
+    return _build(Config, tree, "", origins or {})
+
+
+def _where(dotted: str, origins: Dict[str, str]) -> str:
+    src = origins.get(dotted)
+    return f" (set in {src})" if src else ""
+
+
+def _build(cls, data: Dict[str, Any], prefix: str, origins: Dict[str, str]):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(data, dict):
+        raise ConfigError(f"`{prefix.rstrip('.') or 'config'}` must be a mapping, "
+                          f"got {data!r}{_where(prefix.rstrip('.'), origins)}")
+    kwargs = {}
+    for key, value in data.items():
+        dotted = prefix + key
+        if key not in names:
+            valid = [prefix + n for n in names]
+            close = difflib.get_close_matches(dotted, valid, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config key `{dotted}`{_where(dotted, origins)}{hint} "
+                              f"Valid keys here: {', '.join(valid)}")
+        kwargs[key] = _coerce(hints[key], value, dotted, origins)
+    return cls(**kwargs)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp, value, dotted: str, origins: Dict[str, str]):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = ConfigError(f"config key `{dotted}`{_where(dotted, origins)} expects "
+                      f"{_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, dotted + ".", origins)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, dotted, origins)
+    if origin in (list, List):
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(args[0], v, f"{dotted}[{i}]", origins) for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise bad
+        return {k: (_coerce(args[1], v, f"{dotted}.{k}", origins) if args[1] is not Any else v)
+                for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    return value
+
+
+# --------------------------------------------------------------------------------------- output
+def to_dict(cfg) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def save_config(cfg, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(to_yaml(cfg))
+    os.replace(tmp, path)
+
+
+def add_config_args(parser) -> None:
+    """Standard ``--config FILE`` plus trailing ``key=value`` overrides for the CLIs."""
+    parser.add_argument("--config", default=None,
+                        help="YAML config (default: configs/default.yaml, the synthetic benchmark)")
+    parser.add_argument("overrides", nargs="*", default=[],
+                        help="dotted overrides, e.g. model.num_parts=8 train.batch_size=16")
