@@ -1,0 +1,42 @@
+"""Datasets: one module per dataset, looked up by name through ``DATASETS``.
+
+Every dataset class takes ``root, split, image_size, resize`` plus its own keyword options and
+returns the sample dict documented in docs/ARCHITECTURE.md.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+from partformer.registry import Registry
+
+DATASETS: Registry = Registry("dataset")
+register_dataset = DATASETS.register
+
+# modules that register datasets; a missing optional module must not break the others
+_MODULES = ["synthetic", "cub", "image_folder", "celeba", "partimagenet", "deepfashion"]
+
+
+def _import_all() -> None:
+    for name in _MODULES:
+        try:
+            importlib.import_module(f"partformer.data.{name}")
+        except ModuleNotFoundError as e:  # module not written (yet); anything else is a real error
+            if e.name != f"partformer.data.{name}":
+                raise
+
+
+def build_dataset(data_cfg, split: str, skip_bad_images: Optional[bool] = None):
+    """Build the dataset named by ``data_cfg.name`` for ``split`` (train / val / test / ...).
+
+    ``skip_bad_images`` (default: ``data_cfg.skip_bad_images``): skip undecodable images with a
+    warning instead of raising. Training skips by default; evaluation passes
+    ``eval.skip_bad_images`` (default False) so that no image is dropped silently.
+    """
+    _import_all()
+    cls = DATASETS.get(data_cfg.name)
+    options = dict(data_cfg.options or {})
+    options["skip_bad_images"] = (data_cfg.skip_bad_images if skip_bad_images is None
+                                  else skip_bad_images)
+    return cls(root=data_cfg.root, split=split, image_size=data_cfg.image_size,
+               resize=data_cfg.resize, **options)

@@ -1,0 +1,371 @@
+"""Tests of the synthetic part-discovery benchmark (partformer/data/synthetic.py).
+
+The layout checks re-implement the key properties of the shared CUB-tree validator on purpose: the
+tests must not depend on files outside the repository.
+"""
+from __future__ import annotations
+
+import filecmp
+import json
+import math
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from partformer.data import synthetic as syn
+from partformer.data.synthetic import (FAMILY_KEYPOINTS, FAMILY_PARTS, KEYPOINT_NAMES,
+                                       KEYPOINT_OWNER, META_FILE, PART_NAMES, SyntheticConfig,
+                                       ensure_synthetic, render_index, render_sample,
+                                       write_synthetic_cub)
+
+SMALL = dict(num_train=18, num_val=6, num_test=12)
+P = len(KEYPOINT_NAMES)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    cfg = SyntheticConfig(seed=7, **SMALL)
+    root = str(tmp_path_factory.mktemp("syn") / "tree")
+    write_synthetic_cub(root, cfg)
+    return root, cfg
+
+
+@pytest.fixture(scope="module")
+def samples():
+    cfg = SyntheticConfig(seed=3, num_train=120, num_val=0, num_test=0)
+    return cfg, [render_index(cfg, i) for i in range(120)]
+
+
+def _rows(path):
+    with open(path) as f:
+        return [line.split() for line in f if line.strip()]
+
+
+# ------------------------------------------------------------------------------------------------
+# vocabularies and config
+# ------------------------------------------------------------------------------------------------
+
+def test_vocabularies():
+    assert len(set(KEYPOINT_NAMES)) == len(KEYPOINT_NAMES)
+    assert set(KEYPOINT_OWNER) == set(KEYPOINT_NAMES)
+    for fam, kps in FAMILY_KEYPOINTS.items():
+        assert len(kps) >= 8 and len(FAMILY_PARTS[fam]) >= 4
+        owners = {PART_NAMES[KEYPOINT_OWNER[k] - 1] for k in kps}
+        assert owners == set(FAMILY_PARTS[fam])  # every part carries a keypoint
+        assert len(kps) > len(owners)              # some parts carry several keypoints
+        pairs = [k for k in kps if k.startswith("left ") and "right " + k[5:] in kps]
+        assert len(pairs) >= 3                     # left/right pairs
+    assert set().union(*FAMILY_KEYPOINTS.values()) == set(KEYPOINT_NAMES)
+
+
+def test_config_validation_and_roundtrip():
+    cfg = SyntheticConfig(num_train=3, num_val=1, num_test=2, scale_range=[0.3, 0.4])
+    assert cfg.scale_range == (0.3, 0.4) and cfg.num_images == 6 and cfg.num_classes == 6
+    assert SyntheticConfig(**cfg.to_dict()) == cfg
+    for bad in (dict(num_train=-1), dict(num_train=0, num_val=0, num_test=0),
+                dict(families=("fish",)), dict(num_schemes=0), dict(scale_range=(0.5, 0.2)),
+                dict(occlusion=1.5), dict(image_format="bmp"), dict(image_size=8)):
+        with pytest.raises(ValueError):
+            SyntheticConfig(**bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# rendering: determinism and ground-truth consistency
+# ------------------------------------------------------------------------------------------------
+
+def test_render_deterministic():
+    cfg = SyntheticConfig(seed=11)
+    for i in (0, 5, 9):
+        a, b = render_index(cfg, i), render_index(cfg, i)
+        for k in ("image", "part_mask", "fg_mask", "keypoints", "visible", "bbox"):
+            assert np.array_equal(a[k], b[k]), k
+        other = render_index(SyntheticConfig(seed=12), i)
+        assert not np.array_equal(a["image"], other["image"])
+    # the same generator state gives the same sample through the public render_sample too
+    s1 = render_sample(np.random.default_rng([1, 2]), cfg, label=4)
+    s2 = render_sample(np.random.default_rng([1, 2]), cfg, label=4)
+    assert np.array_equal(s1["image"], s2["image"]) and s1["class"] == 4
+
+
+@pytest.mark.parametrize("knobs", [
+    dict(articulation=0.0, clutter=0, occlusion=0.0, max_rotation=0.0, noise=0, blur=0.0,
+         outline_prob=0.0),
+    dict(occlusion=1.0, out_of_frame=1.0, clutter=20, articulation=1.5, image_size=64),
+    dict(families=("bird",), num_schemes=6, image_size=32, scale_range=(0.2, 0.3)),
+    dict(families=("quadruped",), num_schemes=1, image_size=200, scale_range=(0.5, 0.6)),
+])
+def test_extreme_knobs(knobs):
+    cfg = SyntheticConfig(num_train=12, num_val=0, num_test=0, **knobs)
+    S = cfg.image_size
+    for i in range(12):
+        s = render_index(cfg, i)
+        assert s["image"].shape == (S, S, 3) and s["fg_mask"].any()
+        assert s["family"] in cfg.families and 0 <= s["class"] < cfg.num_classes
+        for k in np.flatnonzero(s["visible"]):
+            x, y = s["keypoints"][k]
+            assert s["part_mask"][int(y), int(x)] == KEYPOINT_OWNER[KEYPOINT_NAMES[k]]
+
+
+def test_ground_truth_consistency(samples):
+    cfg, ss = samples
+    S = cfg.image_size
+    families = set()
+    for s in ss:
+        img, pm, fg = s["image"], s["part_mask"], s["fg_mask"]
+        assert img.shape == (S, S, 3) and img.dtype == np.uint8
+        assert pm.shape == (S, S) and pm.dtype == np.uint8
+        assert np.array_equal(fg, pm > 0)
+        assert fg.sum() > 0
+        present = set(np.unique(pm[pm > 0]).tolist())
+        allowed = {PART_NAMES.index(p) + 1 for p in FAMILY_PARTS[s["family"]]}
+        assert present <= allowed
+        families.add(s["family"])
+        kp, vis = s["keypoints"], s["visible"]
+        assert kp.shape == (P, 2) and vis.shape == (P,)
+        assert np.all(kp[~vis] == 0)
+        for k in np.flatnonzero(vis):
+            name = KEYPOINT_NAMES[k]
+            assert name in FAMILY_KEYPOINTS[s["family"]]
+            x, y = kp[k]
+            assert 0 <= x < S and 0 <= y < S
+            assert pm[int(math.floor(y)), int(math.floor(x))] == KEYPOINT_OWNER[name], name
+        # tight box: covers every foreground pixel and each side touches one
+        x, y, w, h = s["bbox"]
+        ys, xs = np.nonzero(fg)
+        assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        assert 0 <= x and 0 <= y and x + w <= S and y + h <= S
+    assert families == {"bird", "quadruped"}
+    # keypoints are visible most of the time, and occlusion / profile view hides some
+    vis = np.stack([s["visible"] for s in ss])
+    fam_kp = sum(len(FAMILY_KEYPOINTS[s["family"]]) for s in ss)
+    assert 0.6 < vis.sum() / fam_kp < 0.98
+
+
+def test_variation(samples):
+    cfg, ss = samples
+    facing = {s["facing"] for s in ss}
+    assert facing == {"left", "right"}
+    # objects sometimes leave the frame (their box touches the border)
+    S = cfg.image_size
+    touching = [s for s in ss if s["bbox"][0] == 0 or s["bbox"][1] == 0
+                or s["bbox"][0] + s["bbox"][2] == S or s["bbox"][1] + s["bbox"][3] == S]
+    assert 0 < len(touching) < len(ss)
+    # box sizes vary (scale, rotation, articulation)
+    areas = np.array([s["bbox"][2] * s["bbox"][3] for s in ss])
+    assert areas.std() / areas.mean() > 0.15
+
+
+def test_colour_does_not_identify_parts(samples):
+    """A nearest-mean-colour classifier of the part id from the pixel colour is near chance."""
+    _, ss = samples
+    for fam in ("bird", "quadruped"):
+        fs = [s for s in ss if s["family"] == fam]
+        half = len(fs) // 2
+        parts = [PART_NAMES.index(p) + 1 for p in FAMILY_PARTS[fam]]
+
+        def pixels(group):
+            X = np.concatenate([s["image"][s["part_mask"] > 0] for s in group]).astype(np.float64)
+            Y = np.concatenate([s["part_mask"][s["part_mask"] > 0] for s in group])
+            return X, Y
+
+        Xtr, Ytr = pixels(fs[:half])
+        Xte, Yte = pixels(fs[half:])
+        means = np.stack([Xtr[Ytr == p].mean(0) for p in parts])
+        pred = np.asarray(parts)[((Xte[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)]
+        recall = [np.mean(pred[Yte == p] == p) for p in parts]
+        balanced = float(np.mean(recall))
+        majority = np.bincount(Yte).max() / len(Yte)
+        chance = 1.0 / len(parts)
+        assert balanced < chance + 0.12, (fam, balanced, recall)
+        assert np.mean(pred == Yte) < majority, fam
+        # per-part mean colours lie close together relative to the colour spread
+        spread = Xtr.std(0).mean()
+        assert np.abs(means - means.mean(0)).max() < 0.5 * spread
+
+
+# ------------------------------------------------------------------------------------------------
+# the written CUB-layout tree
+# ------------------------------------------------------------------------------------------------
+
+def test_tree_files_parse(tree):
+    root, cfg = tree
+    N = cfg.num_images
+    imgs = _rows(f"{root}/images.txt")
+    assert [int(r[0]) for r in imgs] == list(range(1, N + 1))
+    labels = _rows(f"{root}/image_class_labels.txt")
+    split = _rows(f"{root}/train_test_split.txt")
+    val = _rows(f"{root}/val_split.txt")
+    boxes = _rows(f"{root}/bounding_boxes.txt")
+    for rows in (labels, split, val, boxes):
+        assert [int(r[0]) for r in rows] == list(range(1, N + 1))
+    classes = _rows(f"{root}/classes.txt")
+    assert [int(r[0]) for r in classes] == list(range(1, cfg.num_classes + 1))
+    class_dir = {int(r[0]): r[1] for r in classes}
+    for (_, rel), (_, c) in zip(imgs, labels):
+        assert rel.split("/")[0] == class_dir[int(c)]
+        assert rel.endswith("." + cfg.image_format)
+    fams = {class_dir[int(c)].split(".")[1].split("_")[0] for _, c in labels}
+    assert fams == {"Bird", "Quadruped"}
+    # splits: val images are marked train in train_test_split.txt
+    sp = np.array([int(r[1]) for r in split])
+    vs = np.array([int(r[1]) for r in val])
+    assert sp.sum() == cfg.num_train + cfg.num_val and vs.sum() == cfg.num_val
+    assert np.all(sp[vs == 1] == 1)
+    parts = _rows(f"{root}/parts/parts.txt")
+    assert [int(r[0]) for r in parts] == list(range(1, P + 1))
+    assert [" ".join(r[1:]) for r in parts] == list(KEYPOINT_NAMES)
+    names = _rows(f"{root}/part_masks/part_names.txt")
+    assert [(int(r[0]), " ".join(r[1:])) for r in names] == list(enumerate(PART_NAMES, 1))
+    with open(f"{root}/{META_FILE}") as f:
+        meta = json.load(f)
+    assert meta["config"] == cfg.to_dict()
+    assert meta["generator_version"] == syn.GENERATOR_VERSION
+    assert meta["counts"] == {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}
+    assert not [e for e in os.listdir(os.path.dirname(root)) if ".tmp-" in e]
+
+
+def test_tree_annotations_valid(tree):
+    """The checks of the shared CUB-tree validator, plus part-mask consistency."""
+    root, cfg = tree
+    N, S = cfg.num_images, cfg.image_size
+    imgs = {int(r[0]): r[1] for r in _rows(f"{root}/images.txt")}
+    boxes = {int(r[0]): list(map(float, r[1:5])) for r in _rows(f"{root}/bounding_boxes.txt")}
+    with open(f"{root}/parts/part_locs.txt") as f:
+        lines = [line.split() for line in f if line.strip()]
+    assert len(lines) == N * P
+    locs = np.array([[float(v) for v in r] for r in lines])
+    assert np.array_equal(locs[:, :2].astype(int),
+                          np.array([[i, p] for i in range(1, N + 1) for p in range(1, P + 1)]))
+    inv = [r for r in lines if r[4] == "0"]
+    assert inv and all(r[2:] == ["0.0", "0.0", "0"] for r in inv)
+    n_vis = 0
+    for i in range(1, N + 1):
+        stem = os.path.splitext(imgs[i])[0]
+        im = cv2.imread(f"{root}/images/{imgs[i]}")
+        assert im is not None and im.shape == (S, S, 3)
+        seg = cv2.imread(f"{root}/segmentations/{stem}.png", cv2.IMREAD_UNCHANGED)
+        pm = cv2.imread(f"{root}/part_masks/{stem}.png", cv2.IMREAD_UNCHANGED)
+        assert seg.dtype == np.uint8 and set(np.unique(seg)) <= {0, 255}
+        assert np.array_equal(seg == 255, pm > 0)
+        assert pm.max() <= len(PART_NAMES)
+        x, y, w, h = boxes[i]
+        ys, xs = np.nonzero(seg)
+        assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= S and y + h <= S
+        assert xs.min() >= x and ys.min() >= y and xs.max() < x + w and ys.max() < y + h
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + w, y + h)
+        for r in locs[(locs[:, 0] == i) & (locs[:, 4] == 1)]:
+            n_vis += 1
+            kx, ky = r[2], r[3]
+            assert 0 <= kx < S and 0 <= ky < S
+            owner = KEYPOINT_OWNER[KEYPOINT_NAMES[int(r[1]) - 1]]
+            assert pm[int(ky), int(kx)] == owner and seg[int(ky), int(kx)] == 255
+    assert n_vis > 0.5 * N * 10
+
+
+def test_tree_matches_render(tree):
+    root, cfg = tree
+    imgs = {int(r[0]): r[1] for r in _rows(f"{root}/images.txt")}
+    for i in (1, cfg.num_images):
+        s = render_index(cfg, i - 1)
+        pm = cv2.imread(f"{root}/part_masks/{os.path.splitext(imgs[i])[0]}.png",
+                        cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(pm, s["part_mask"])
+        im = cv2.imread(f"{root}/images/{imgs[i]}")[:, :, ::-1].astype(int)
+        assert np.abs(im - s["image"]).mean() < 4  # jpeg, quality 95, 4:4:4
+
+
+def test_workers_give_identical_tree(tree, tmp_path):
+    root, cfg = tree
+    other = str(tmp_path / "par")
+    write_synthetic_cub(other, SyntheticConfig(**{**cfg.to_dict(), "num_train": 70}),
+                        num_workers=2)
+    serial = str(tmp_path / "ser")
+    write_synthetic_cub(serial, SyntheticConfig(**{**cfg.to_dict(), "num_train": 70}))
+    cmp = filecmp.dircmp(other, serial)
+    stack = [cmp]
+    while stack:
+        c = stack.pop()
+        assert not c.left_only and not c.right_only
+        _, mismatch, errors = filecmp.cmpfiles(c.left, c.right, c.common_files, shallow=False)
+        assert not mismatch and not errors, mismatch
+        stack += list(c.subdirs.values())
+
+
+# ------------------------------------------------------------------------------------------------
+# atomic writing, ensure_synthetic, registry, CLI
+# ------------------------------------------------------------------------------------------------
+
+def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
+    def boom(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(syn, "_write_chunk", boom)
+    with pytest.raises(KeyboardInterrupt):
+        write_synthetic_cub(str(tmp_path / "t"), SyntheticConfig(**SMALL))
+    assert os.listdir(tmp_path) == []
+
+
+def test_ensure_synthetic(tmp_path):
+    cfg = SyntheticConfig(seed=1, num_train=4, num_val=2, num_test=3)
+    root = str(tmp_path / "a")
+    assert ensure_synthetic(root, cfg, verbose=False) == os.path.abspath(root)
+    mtime = os.path.getmtime(os.path.join(root, META_FILE))
+    assert ensure_synthetic(root, cfg, verbose=False) == os.path.abspath(root)  # reused
+    assert os.path.getmtime(os.path.join(root, META_FILE)) == mtime
+    with pytest.raises(ValueError, match="seed"):
+        ensure_synthetic(root, SyntheticConfig(seed=2, num_train=4, num_val=2, num_test=3),
+                         verbose=False)
+    with pytest.raises(FileExistsError):
+        write_synthetic_cub(root, cfg)
+    # a folder holding only a README (the repo's datasets/synthetic/) is filled, README kept
+    holder = tmp_path / "b"
+    holder.mkdir()
+    (holder / "README.md").write_text("hello\n")
+    ensure_synthetic(str(holder), cfg, verbose=False)
+    assert (holder / "README.md").read_text() == "hello\n"
+    assert (holder / META_FILE).exists() and (holder / "images.txt").exists()
+    # something that is not a complete synthetic tree
+    junk = tmp_path / "c"
+    junk.mkdir()
+    (junk / "images.txt").write_text("1 x.jpg\n")
+    with pytest.raises(ValueError, match="not a complete synthetic"):
+        ensure_synthetic(str(junk), cfg, verbose=False)
+
+
+def test_registered_dataset(tmp_path):
+    pytest.importorskip("partformer.data.cub")
+    torch = pytest.importorskip("torch")
+    from partformer.data import DATASETS, _import_all
+    _import_all()
+    build = DATASETS.get("synthetic")
+    gen = dict(seed=5, num_train=6, num_val=2, num_test=4)
+    root = str(tmp_path / "reg")
+    ds = build(root, "train", 64, "whole", generator=gen)
+    assert len(ds) == 6
+    assert len(build(root, "val", 64, generator=gen)) == 2
+    assert len(build(root, "test", 64, generator=gen)) == 4
+    s = ds[0]
+    assert tuple(s["image"].shape) == (3, 64, 64) and s["keypoints"].shape == (P, 2)
+    assert s["image"].dtype == torch.float32
+
+
+def test_cli(tmp_path, capsys):
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "tools", "make_synthetic.py")
+    spec = importlib.util.spec_from_file_location("make_synthetic", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = str(tmp_path / "cli")
+    assert mod.main(["--out", out, "--num-train", "5", "--num-val", "1", "--num-test", "2",
+                     "--image-size", "64", "--seed", "4", "--clutter", "3",
+                     "--scale-range", "0.3", "0.35", "--image-format", "png"]) == 0
+    text = capsys.readouterr().out
+    assert "images/second" in text and "train 5, val 1, test 2" in text
+    with open(os.path.join(out, META_FILE)) as f:
+        c = json.load(f)["config"]
+    assert (c["image_size"], c["seed"], c["clutter"], c["scale_range"], c["image_format"]) == \
+        (64, 4, 3, [0.3, 0.35], "png")
+    rel = _rows(os.path.join(out, "images.txt"))[0][1]
+    assert cv2.imread(os.path.join(out, "images", rel)).shape == (64, 64, 3)
