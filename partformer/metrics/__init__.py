@@ -1,0 +1,80 @@
+"""Evaluation metrics for part discovery; every protocol variant is a named option.
+
+- ``clustering``: exact, mergeable NMI / ARI from contingency tables; keypoint and pixel protocols.
+- ``keypoints``: part centroids and the CUB / CelebA keypoint-regression protocols.
+- ``segmentation``: foreground IoU and Hungarian-matched part mIoU.
+
+Accumulating metrics share one interface: ``update(...)`` per batch, ``merge(other)``,
+``all_reduce()`` (sum over processes), ``compute() -> dict``. Build them by name::
+
+    metric = build_metric("keypoint_clustering", num_parts=8, num_keypoints=15, variant="fg_only")
+
+Definitions and citations of every protocol: docs/PROTOCOLS.md.
+"""
+from __future__ import annotations
+
+from partformer.metrics.clustering import (
+    ContingencyTable,
+    KeypointClustering,
+    PixelClustering,
+    ari_from_table,
+    nmi_from_table,
+    sample_at_keypoint_pixels,
+)
+from partformer.metrics.keypoints import (
+    CELEBA_VARIANTS,
+    CUB_VARIANTS,
+    CentroidCollector,
+    celeba_landmark_regression,
+    cub_keypoint_regression,
+    part_centroids,
+)
+from partformer.metrics.segmentation import (
+    ConfusionMatrix,
+    ForegroundIoU,
+    HungarianPartIoU,
+    hungarian_miou,
+    iou_matrix,
+)
+from partformer.registry import Registry
+
+METRICS: Registry = Registry("metric")
+METRICS.register("keypoint_clustering")(KeypointClustering)
+METRICS.register("pixel_clustering")(PixelClustering)
+METRICS.register("foreground_iou")(ForegroundIoU)
+METRICS.register("part_miou_hungarian")(HungarianPartIoU)
+
+# Regression protocols are functions of the collected centroids of a train and a test split.
+REGRESSION_PROTOCOLS = {
+    "cub_keypoint_regression": cub_keypoint_regression,
+    "celeba_landmark_regression": celeba_landmark_regression,
+}
+
+
+def build_metric(name: str, **kwargs):
+    """Instantiate the accumulating metric registered as ``name`` (see ``METRICS.names()``)."""
+    return METRICS.get(name)(**kwargs)
+
+
+__all__ = [
+    "ContingencyTable",
+    "ConfusionMatrix",
+    "KeypointClustering",
+    "PixelClustering",
+    "ForegroundIoU",
+    "HungarianPartIoU",
+    "CentroidCollector",
+    "nmi_from_table",
+    "ari_from_table",
+    "sample_at_keypoint_pixels",
+    "part_centroids",
+    "cub_keypoint_regression",
+    "celeba_landmark_regression",
+    "hungarian_miou",
+    "iou_matrix",
+    "CUB_VARIANTS",
+    "CELEBA_VARIANTS",
+    "METRICS",
+    "REGRESSION_PROTOCOLS",
+    "build_metric",
+]

@@ -1,0 +1,419 @@
+"""Clustering agreement between predicted parts and ground-truth labels (NMI / ARI).
+
+Everything is computed from a contingency table ``counts[pred, gt]`` (int64, CPU) that is
+accumulated batch by batch: memory does not grow with the dataset, tables from several processes
+or shards are merged by adding them, and the scores are exact. The scores equal scikit-learn's
+``normalized_mutual_info_score`` (arithmetic-mean normalisation, the default) and
+``adjusted_rand_score`` on the pooled labels, degenerate cases included.
+
+Protocols (named variants, see docs/PROTOCOLS.md):
+
+- ``KeypointClustering``: CUB / CelebA keypoint NMI/ARI. Variants ``with_bg`` (argmax over the
+  K+1 channels), ``fg_only`` (argmax over the K foreground channels) and ``fg_bbox`` (same
+  computation as ``fg_only``; the dataset must be built with ``resize='bbox_crop'``).
+- ``PixelClustering``: PartImageNet / DeepFashion pixel NMI/ARI. Variants ``with_bg`` (every
+  pixel, background is a GT label) and ``fg_only`` (pixels whose GT is background are dropped,
+  argmax over the K foreground channels).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ContingencyTable",
+    "nmi_from_table",
+    "ari_from_table",
+    "sample_at_keypoint_pixels",
+    "KeypointClustering",
+    "PixelClustering",
+]
+
+ImageSize = Union[None, Tuple[int, int], Sequence[Tuple[int, int]], torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# Contingency table and the pure scores
+# --------------------------------------------------------------------------------------------
+
+
+class ContingencyTable:
+    """Counts ``counts[p, g]`` of samples with predicted label ``p`` and ground-truth label ``g``.
+
+    Args:
+        num_pred: number of predicted labels (rows), labels ``0 .. num_pred-1``.
+        num_gt: number of ground-truth labels (columns), labels ``0 .. num_gt-1``.
+
+    ``counts`` is an int64 CPU tensor ``[num_pred, num_gt]``. Empty rows / columns (labels that
+    never occur) do not change NMI or ARI.
+    """
+
+    def __init__(self, num_pred: int, num_gt: int):
+        if num_pred < 1 or num_gt < 1:
+            raise ValueError(f"ContingencyTable needs num_pred >= 1 and num_gt >= 1, got {num_pred}, {num_gt}")
+        self.num_pred = int(num_pred)
+        self.num_gt = int(num_gt)
+        self.counts = torch.zeros(self.num_pred, self.num_gt, dtype=torch.int64)
+
+    def reset(self) -> "ContingencyTable":
+        self.counts.zero_()
+        return self
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, gt: torch.Tensor) -> "ContingencyTable":
+        """Add samples. ``pred``, ``gt``: integer tensors of the same number of elements (flattened);
+        entries with ``gt < 0`` are ignored. Works on any device; the table stays on the CPU."""
+        pred = torch.as_tensor(pred).reshape(-1)
+        gt = torch.as_tensor(gt, device=pred.device).reshape(-1)
+        if pred.numel() != gt.numel():
+            raise ValueError(f"pred has {pred.numel()} elements but gt has {gt.numel()}")
+        if pred.dtype.is_floating_point or gt.dtype.is_floating_point:
+            raise TypeError(f"labels must be integer tensors, got pred {pred.dtype}, gt {gt.dtype}")
+        keep = gt >= 0
+        pred = pred[keep].long()
+        gt = gt[keep].long()
+        if pred.numel() == 0:
+            return self
+        lo_p, hi_p = int(pred.min()), int(pred.max())
+        hi_g = int(gt.max())
+        if lo_p < 0 or hi_p >= self.num_pred:
+            raise ValueError(f"predicted labels must lie in [0, {self.num_pred}), got range [{lo_p}, {hi_p}]")
+        if hi_g >= self.num_gt:
+            raise ValueError(
+                f"ground-truth labels must lie in [0, {self.num_gt}) (negative = ignore), got max {hi_g}; "
+                "is num_gt (num_keypoints / num_gt_classes) set correctly?"
+            )
+        flat = torch.bincount(pred * self.num_gt + gt, minlength=self.num_pred * self.num_gt)
+        self.counts += flat.view(self.num_pred, self.num_gt).cpu()
+        return self
+
+    def merge(self, other: "ContingencyTable") -> "ContingencyTable":
+        """Add another table's counts (e.g. from another shard) into this one."""
+        if tuple(other.counts.shape) != tuple(self.counts.shape):
+            raise ValueError(f"cannot merge tables of shapes {tuple(self.counts.shape)} and {tuple(other.counts.shape)}")
+        self.counts += other.counts
+        return self
+
+    def all_reduce(self) -> "ContingencyTable":
+        """Sum the table over all processes when torch.distributed is initialised; no-op otherwise."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        t = self.counts.clone()
+        if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
+            t = t.cuda(torch.cuda.current_device())
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        self.counts = t.cpu()
+        return self
+
+    @property
+    def total(self) -> int:
+        """Number of counted samples."""
+        return int(self.counts.sum())
+
+    def nmi(self) -> float:
+        """Normalised mutual information in [0, 1] (arithmetic-mean normalisation)."""
+        return nmi_from_table(self.counts)
+
+    def ari(self) -> float:
+        """Adjusted Rand index in [-0.5, 1]."""
+        return ari_from_table(self.counts)
+
+    def __repr__(self) -> str:
+        return f"ContingencyTable(num_pred={self.num_pred}, num_gt={self.num_gt}, total={self.total})"
+
+
+def _as_count_array(table) -> np.ndarray:
+    if isinstance(table, ContingencyTable):
+        table = table.counts
+    if torch.is_tensor(table):
+        table = table.detach().cpu().numpy()
+    a = np.asarray(table)
+    if a.ndim != 2:
+        raise ValueError(f"a contingency table must be 2-D, got shape {a.shape}")
+    if a.size and a.min() < 0:
+        raise ValueError("a contingency table cannot hold negative counts")
+    if a.dtype.kind == "f":
+        if not np.all(a == np.round(a)):
+            raise ValueError("a contingency table must hold integer counts")
+        a = a.astype(np.int64)
+    return a.astype(np.int64, copy=False)
+
+
+def nmi_from_table(table) -> float:
+    """NMI of a contingency table (rows = one labelling, columns = the other), in [0, 1].
+
+    Equals ``sklearn.metrics.normalized_mutual_info_score(gt, pred)`` with the default arithmetic
+    normalisation ``MI / ((H(pred) + H(gt)) / 2)`` on the labels the table counts, including
+    sklearn's conventions: both labellings a single cluster (or no samples) -> 1.0; exactly one of
+    them a single cluster -> 0.0. Natural logarithms, float64.
+    """
+    a = _as_count_array(table)
+    rows = a.sum(axis=1)
+    cols = a.sum(axis=0)
+    a = a[rows > 0][:, cols > 0]  # labels that never occur do not exist for sklearn
+    rows = rows[rows > 0].astype(np.float64)
+    cols = cols[cols > 0].astype(np.float64)
+    n_rows, n_cols = a.shape
+    if (n_rows == 1 and n_cols == 1) or (n_rows == 0 and n_cols == 0):
+        return 1.0  # no split on either side: a perfect match by convention
+    if n_rows <= 1 or n_cols <= 1:
+        return 0.0  # one side has zero entropy, so MI = 0
+    n = float(rows.sum())
+    log_n = math.log(n)
+    i, j = np.nonzero(a)
+    nij = a[i, j].astype(np.float64)
+    p = nij / n
+    # MI = sum_ij p_ij log(n * n_ij / (r_i c_j)); logs of counts, never of their products (overflow)
+    terms = p * (np.log(nij) - log_n) + p * (2.0 * log_n - np.log(rows[i]) - np.log(cols[j]))
+    terms = np.where(np.abs(terms) < np.finfo(np.float64).eps, 0.0, terms)  # as sklearn
+    mi = max(float(terms.sum()), 0.0)
+    if mi == 0.0:
+        return 0.0
+    h_rows = -float(np.sum((rows / n) * (np.log(rows) - log_n)))
+    h_cols = -float(np.sum((cols / n) * (np.log(cols) - log_n)))
+    return float(mi / ((h_rows + h_cols) / 2.0))
+
+
+def ari_from_table(table) -> float:
+    """Adjusted Rand index of a contingency table; equals ``sklearn.metrics.adjusted_rand_score``.
+
+    Pair counts are computed with Python integers, so the result is exact (up to the final
+    division) at any dataset size. Both labellings identical up to renaming, or no samples -> 1.0.
+    """
+    a = _as_count_array(table)
+    nz = [int(v) for v in a[a > 0].tolist()]
+    rows = [int(v) for v in a.sum(axis=1).tolist() if v]
+    cols = [int(v) for v in a.sum(axis=0).tolist() if v]
+    n = sum(nz)
+    sum_sq = sum(v * v for v in nz)
+    # ordered-pair confusion (sklearn's pair_confusion_matrix): both same / split one way / other way
+    same_both = sum_sq - n
+    same_cols_only = sum(c * c for c in cols) - sum_sq
+    same_rows_only = sum(r * r for r in rows) - sum_sq
+    diff_both = n * n - same_cols_only - same_rows_only - sum_sq
+    tp, fp, fn, tn = same_both, same_cols_only, same_rows_only, diff_both
+    if fn == 0 and fp == 0:
+        return 1.0
+    return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling part maps at keypoints
+# --------------------------------------------------------------------------------------------
+
+
+def _image_sizes(image_size: ImageSize, batch: int, default: Tuple[int, int], device) -> torch.Tensor:
+    """Per-sample (H, W) as a float64 tensor [B, 2]. Accepts None (-> ``default``), one (H, W), a
+    sequence of B pairs, or a tensor [2] / [B, 2]."""
+    if image_size is None:
+        sizes = torch.tensor([default], dtype=torch.float64).expand(batch, 2)
+    elif torch.is_tensor(image_size):
+        sizes = image_size.detach().to(torch.float64).cpu()
+        if sizes.shape == (2,):
+            sizes = sizes.unsqueeze(0).expand(batch, 2)
+    else:
+        seq = list(image_size)
+        if len(seq) == 2 and all(np.isscalar(v) or (torch.is_tensor(v) and v.ndim == 0) for v in seq):
+            sizes = torch.tensor([[float(seq[0]), float(seq[1])]], dtype=torch.float64).expand(batch, 2)
+        else:
+            sizes = torch.tensor([[float(h), float(w)] for h, w in seq], dtype=torch.float64)
+    if sizes.shape != (batch, 2):
+        raise ValueError(f"image_size must be (H, W) or one (H, W) per sample ({batch}), got shape {tuple(sizes.shape)}")
+    if (sizes < 1).any():
+        raise ValueError(f"image sizes must be positive, got {sizes.tolist()}")
+    return sizes.to(device)
+
+
+@torch.no_grad()
+def sample_at_keypoint_pixels(part_maps: torch.Tensor, keypoints: torch.Tensor, image_size: ImageSize = None) -> torch.Tensor:
+    """Values of the part maps, bilinearly upsampled to the image, at the pixel containing each keypoint.
+
+    Args:
+        part_maps: ``[B, C, h, w]`` maps at any resolution.
+        keypoints: ``[B, P, 2]`` (x, y) in image pixels of an image of size ``image_size``.
+        image_size: (H, W) of the image, or one (H, W) per sample; default (h, w).
+
+    Returns:
+        ``[B, C, P]`` float32: exactly what
+        ``F.interpolate(part_maps, (H, W), mode="bilinear", align_corners=False)[b, :, row, col]``
+        gives with ``row = clamp(floor(y), 0, H-1)``, ``col = clamp(floor(x), 0, W-1)``
+        (up to float rounding), computed with ``grid_sample`` at those pixel centres so the maps
+        are never upsampled. ``padding_mode="border"`` reproduces interpolate's edge clamping.
+    """
+    if part_maps.ndim != 4 or keypoints.ndim != 3 or keypoints.shape[-1] != 2:
+        raise ValueError(f"expected part_maps [B,C,h,w] and keypoints [B,P,2], got {tuple(part_maps.shape)}, {tuple(keypoints.shape)}")
+    b, _, h, w = part_maps.shape
+    if keypoints.shape[0] != b:
+        raise ValueError(f"batch sizes differ: part_maps {b}, keypoints {keypoints.shape[0]}")
+    sizes = _image_sizes(image_size, b, (h, w), part_maps.device)  # [B, 2] (H, W)
+    height, width = sizes[:, 0:1], sizes[:, 1:2]  # [B, 1]
+    kp = keypoints.to(part_maps.device, torch.float64)
+    col = torch.minimum(torch.floor(kp[..., 0]).clamp_min(0), width - 1)
+    row = torch.minimum(torch.floor(kp[..., 1]).clamp_min(0), height - 1)
+    # pixel centre (col + 0.5, row + 0.5) in grid_sample's normalised coordinates (align_corners=False)
+    gx = (2.0 * col + 1.0) / width - 1.0
+    gy = (2.0 * row + 1.0) / height - 1.0
+    grid = torch.stack([gx, gy], dim=-1).unsqueeze(2).float()  # [B, P, 1, 2]
+    out = F.grid_sample(part_maps.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[..., 0]  # [B, C, P]
+
+
+def _check_part_maps(part_maps: torch.Tensor, num_parts: int) -> None:
+    if part_maps.ndim != 4 or part_maps.shape[1] != num_parts + 1:
+        raise ValueError(
+            f"part_maps must be [B, K+1, h, w] with K = num_parts = {num_parts} (background last), "
+            f"got shape {tuple(part_maps.shape)}"
+        )
+
+
+def _upsampled_argmax(maps: torch.Tensor, size) -> torch.Tensor:
+    """Argmax over channels of one image's maps ``[C, h, w]`` upsampled bilinearly
+    (align_corners=False) to ``size`` = (H, W); returns int64 ``[H, W]``."""
+    up = F.interpolate(maps[None].float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return up[0].argmax(dim=0)
+
+
+class _TableMetric:
+    """Shared shell of the accumulating metrics: all state is the count table ``self.table``."""
+
+    table: ContingencyTable
+
+    def merge(self, other: "_TableMetric"):
+        """Add the counts of another instance (another shard of the same evaluation)."""
+        self.table.merge(other.table)
+        return self
+
+    def all_reduce(self):
+        """Sum the counts over all processes (no-op without torch.distributed)."""
+        self.table.all_reduce()
+        return self
+
+    def reset(self):
+        self.table.reset()
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Keypoint NMI / ARI
+# --------------------------------------------------------------------------------------------
+
+
+class KeypointClustering(_TableMetric):
+    """Keypoint NMI / ARI (CUB, CelebA): each visible keypoint is a sample, labelled by its index.
+
+    Args:
+        num_parts: K, number of foreground parts (maps have K+1 channels, background last).
+        num_keypoints: P, number of keypoint types (15 on CUB, 5 on CelebA).
+        variant: ``"with_bg"`` (argmax over all K+1 channels; PDiscoNet, PDiscoFormer, PartFormer,
+            MPAE "NMI"), ``"fg_only"`` (argmax over the K foreground channels; PartFormer/MPAE
+            "FG-NMI"), or ``"fg_bbox"`` (Choudhury et al. 2021 "FG-NMI": computed like ``fg_only``,
+            but only meaningful when the dataset was built with ``resize="bbox_crop"``).
+
+    The predicted label of a keypoint is the argmax over channels of the maps upsampled bilinearly
+    (align_corners=False) to the image, read at the pixel containing the keypoint.
+    """
+
+    VARIANTS = ("with_bg", "fg_only", "fg_bbox")
+
+    def __init__(self, num_parts: int, num_keypoints: int, variant: str = "with_bg"):
+        if variant not in self.VARIANTS:
+            raise ValueError(f"unknown keypoint-clustering variant {variant!r}; choose from {self.VARIANTS}")
+        self.num_parts = int(num_parts)
+        self.num_keypoints = int(num_keypoints)
+        self.variant = variant
+        self.foreground_only = variant != "with_bg"
+        num_pred = self.num_parts if self.foreground_only else self.num_parts + 1
+        self.table = ContingencyTable(num_pred, self.num_keypoints)
+
+    @torch.no_grad()
+    def update(self, part_maps: torch.Tensor, keypoints: torch.Tensor, visible: torch.Tensor,
+               image_size: ImageSize = None) -> "KeypointClustering":
+        """Add a batch.
+
+        Args:
+            part_maps: ``[B, K+1, h, w]`` softmax maps, background last.
+            keypoints: ``[B, P, 2]`` (x, y) in pixels of the (resized) input image.
+            visible: ``[B, P]`` bool; only visible keypoints count.
+            image_size: (H, W) of the input image, or one (H, W) per sample (images of different
+                sizes in one batch); default: the maps' own size.
+        """
+        _check_part_maps(part_maps, self.num_parts)
+        if keypoints.shape[1] != self.num_keypoints:
+            raise ValueError(f"expected {self.num_keypoints} keypoints per image, got {keypoints.shape[1]}")
+        values = sample_at_keypoint_pixels(part_maps, keypoints, image_size)  # [B, K+1, P]
+        if self.foreground_only:
+            values = values[:, : self.num_parts]
+        pred = values.argmax(dim=1)  # [B, P]
+        gt = torch.arange(self.num_keypoints, device=pred.device).expand_as(pred)
+        vis = torch.as_tensor(visible, device=pred.device).bool()
+        self.table.update(pred[vis], gt[vis])
+        return self
+
+    def compute(self) -> Dict[str, float]:
+        """``{"nmi": NMI x 100, "ari": ARI x 100, "num_keypoints": number of counted keypoints}``."""
+        return {"nmi": 100.0 * self.table.nmi(), "ari": 100.0 * self.table.ari(), "num_keypoints": self.table.total}
+
+
+# --------------------------------------------------------------------------------------------
+# Pixel NMI / ARI
+# --------------------------------------------------------------------------------------------
+
+
+class PixelClustering(_TableMetric):
+    """Pixel NMI / ARI against a semantic part mask (PartImageNet, DeepFashion).
+
+    Args:
+        num_parts: K, number of foreground parts (maps have K+1 channels, background last).
+        num_gt_classes: C, number of foreground GT part classes; GT labels are ``0`` (background),
+            ``1 .. C`` (parts) and ``-1`` (ignore).
+        variant: ``"with_bg"``: every non-ignored pixel counts, GT background is a label and the
+            prediction is the argmax over all K+1 channels (PartImageNet, PDiscoFormer).
+            ``"fg_only"``: pixels whose GT is background are dropped and the prediction is the
+            argmax over the K foreground channels (DeepFashion FG-NMI).
+    """
+
+    VARIANTS = ("with_bg", "fg_only")
+
+    def __init__(self, num_parts: int, num_gt_classes: int, variant: str = "with_bg"):
+        if variant not in self.VARIANTS:
+            raise ValueError(f"unknown pixel-clustering variant {variant!r}; choose from {self.VARIANTS}")
+        self.num_parts = int(num_parts)
+        self.num_gt_classes = int(num_gt_classes)
+        self.variant = variant
+        self.foreground_only = variant == "fg_only"
+        num_pred = self.num_parts if self.foreground_only else self.num_parts + 1
+        self.table = ContingencyTable(num_pred, self.num_gt_classes + 1)
+
+    @torch.no_grad()
+    def update(self, part_maps: torch.Tensor, gt_labels) -> "PixelClustering":
+        """Add a batch.
+
+        Args:
+            part_maps: ``[B, K+1, h, w]`` softmax maps, background last.
+            gt_labels: int64 ``[B, H, W]`` (0 = background, 1..C parts, -1 ignore), or a list of B
+                ``[H_b, W_b]`` masks of different sizes. The maps are upsampled bilinearly
+                (align_corners=False) to each mask's size, one image at a time.
+        """
+        _check_part_maps(part_maps, self.num_parts)
+        if len(gt_labels) != part_maps.shape[0]:
+            raise ValueError(f"batch sizes differ: part_maps {part_maps.shape[0]}, gt_labels {len(gt_labels)}")
+        channels = slice(0, self.num_parts) if self.foreground_only else slice(None)
+        for b in range(part_maps.shape[0]):
+            gt = torch.as_tensor(gt_labels[b]).to(part_maps.device).long()
+            if gt.ndim != 2:
+                raise ValueError(f"each GT mask must be [H, W], got shape {tuple(gt.shape)}")
+            pred = _upsampled_argmax(part_maps[b, channels], gt.shape)  # per-channel op: slice first
+            if self.foreground_only:
+                gt = torch.where(gt == 0, torch.full_like(gt, -1), gt)
+            self.table.update(pred, gt)
+        return self
+
+    def compute(self) -> Dict[str, float]:
+        """``{"nmi": NMI x 100, "ari": ARI x 100, "num_pixels": number of counted pixels}``."""
+        return {"nmi": 100.0 * self.table.nmi(), "ari": 100.0 * self.table.ari(), "num_pixels": self.table.total}
