@@ -1,0 +1,279 @@
+"""Feature-map encoder ("pixel representations", METHOD.md §1.2) and the 1x1-conv compress head.
+
+``FeatureMapEncoder`` wraps any timm ViT (DINO ViT-S/8, DINOv2 with registers, tiny custom
+configs) and returns its patch tokens as a ``[B, C, H/p, W/p]`` map: class and register tokens are
+dropped (timm's ``num_prefix_tokens``). The input must already be normalised (``PartFormerModel``
+does that). ``dynamic_img_size=True`` lets any input size through (the position embedding is
+resampled to the patch grid).
+
+Position-embedding resampling (``pos_embed_interp``):
+
+- ``"timm"`` (default): the model is created at ``img_size`` (pretrained grids are resampled once
+  when the weights are loaded) and timm resamples on the fly for other sizes (bicubic to a target
+  size).
+- ``"dino_legacy"``: the model keeps the native grid of its weights (``img_size`` is ignored; DINO
+  ViT-S/8: 28x28) and the grid is resized on every forward with bicubic interpolation using the
+  *scale factor* ``(g + 0.1) / g0`` per axis, as the original DINO code (and so the authors'
+  released models) does. Use it for exact parity with converted official checkpoints.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import types
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["FeatureMapEncoder", "CompressHead", "load_timm_state_dict", "read_state_dict"]
+
+POS_EMBED_INTERP = ("timm", "dino_legacy")
+# keys a checkpoint may hold that the feature encoder does not have (classifier removed by
+# ``num_classes=0``); they are ignored when loading a local weights file
+_IGNORED_PREFIXES = ("head.", "head_dist.", "pre_logits.")
+
+
+# ------------------------------------------------------------------------------------ weights I/O
+def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True``).
+
+    Unwraps the usual containers (``state_dict``, ``model``, ``teacher``) and strips a prefix that
+    every key shares (``module.``, ``backbone.``), as in DINO's own checkpoints.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"encoder weights file not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        sd = load_file(path, device="cpu")
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    for container in ("state_dict", "model", "teacher"):
+        if isinstance(sd, dict) and isinstance(sd.get(container), dict):
+            sd = sd[container]
+    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    for prefix in ("module.", "backbone."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def load_timm_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor],
+                         source: str = "state dict") -> None:
+    """Load ``state_dict`` into a timm model; raise a ``ValueError`` listing every missing and
+    unexpected key (classifier-head keys are ignored) and every shape mismatch.
+
+    The model family's timm ``checkpoint_filter_fn`` runs first when it exists, so original
+    DINO / DINOv2 checkpoints load and a position embedding of another grid is resampled.
+    """
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state_dict = filter_fn(dict(state_dict), model)
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in own and not k.startswith(_IGNORED_PREFIXES))
+    shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+              for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        lines = [f"{source} does not match the timm model {type(model).__name__}:"]
+        if missing:
+            lines.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            lines.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        if shapes:
+            lines.append(f"shape mismatches ({len(shapes)}): {'; '.join(shapes)}")
+        raise ValueError("\n".join(lines))
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=True)
+
+
+# ------------------------------------------------------------------------------ legacy pos-embed
+def _dino_legacy_pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+    """Replacement for timm ``VisionTransformer._pos_embed`` (bound to the instance) that resizes
+    the patch position grid with a bicubic *scale factor* of ``(g + 0.1) / g0`` per axis.
+
+    ``x``: patch tokens ``[B, H, W, C]`` (timm's NHWC output with ``dynamic_img_size``).
+    """
+    B, H, W, C = x.shape
+    to_cat = []
+    if self.cls_token is not None:
+        to_cat.append(self.cls_token.expand(B, -1, -1))
+    if getattr(self, "reg_token", None) is not None:
+        to_cat.append(self.reg_token.expand(B, -1, -1))
+    x = x.reshape(B, H * W, C)
+    if self.pos_embed is None:
+        return self.pos_drop(torch.cat(to_cat + [x], dim=1))
+    n_pos_prefix = 0 if self.no_embed_class else self.num_prefix_tokens
+    prefix_pe = self.pos_embed[:, :n_pos_prefix]
+    patch_pe = self.pos_embed[:, n_pos_prefix:]
+    gh0, gw0 = self.patch_embed.grid_size
+    if (H, W) != (gh0, gw0):
+        grid = patch_pe.reshape(1, gh0, gw0, C).permute(0, 3, 1, 2).float()
+        grid = F.interpolate(grid, scale_factor=((H + 0.1) / gh0, (W + 0.1) / gw0),
+                             mode="bicubic", align_corners=False)
+        if grid.shape[-2:] != (H, W):  # cannot happen for positive grids; guard anyway
+            raise RuntimeError(f"legacy pos-embed resize gave {tuple(grid.shape[-2:])}, "
+                               f"expected {(H, W)}")
+        patch_pe = grid.permute(0, 2, 3, 1).reshape(1, H * W, C).to(x.dtype)
+    if self.no_embed_class:
+        x = x + patch_pe
+        x = torch.cat(to_cat + [x], dim=1)
+    else:
+        x = torch.cat(to_cat + [x], dim=1)
+        x = x + torch.cat([prefix_pe.to(x.dtype), patch_pe], dim=1)
+    return self.pos_drop(x)
+
+
+# ---------------------------------------------------------------------------------- the encoder
+class FeatureMapEncoder(nn.Module):
+    """A timm ViT returning its patch tokens as a feature map ``[B, C, H/p, W/p]``.
+
+    Args:
+        name: timm model name (``vit_small_patch8_224.dino``, ``vit_small_patch14_reg4_dinov2``,
+            ``vit_tiny_patch16_224`` with small ``timm_kwargs`` for tests, ...).
+        pretrained: load timm / hub weights (needs the network or a warm cache).
+        weights: path to a local ``.pth`` / ``.safetensors`` state dict of the timm model; wins
+            over ``pretrained``. Missing / unexpected keys raise a ``ValueError`` listing them.
+        frozen: no gradients (``requires_grad=False``, forward under ``torch.no_grad``) and the
+            backbone stays in eval mode even when the parent module is put in train mode.
+            ``frozen=False`` makes it trainable (e.g. the synthetic CPU benchmark).
+        layer: ``None``: final-norm output; ``int``: output of that block (negative indices count
+            from the end), passed through the final norm only when ``intermediate_norm``.
+        img_size: input size the model is built for (pretrained grids are resampled once);
+            ``None`` keeps timm's default. Any input size still works (``dynamic_img_size``).
+        pos_embed_interp: ``"timm"`` or ``"dino_legacy"`` (see the module docstring).
+        **timm_kwargs: passed to ``timm.create_model`` (``depth=2, embed_dim=64, ...``).
+
+    Attributes: ``model`` (the timm module), ``embed_dim``, ``patch_size``, ``num_prefix_tokens``.
+    """
+
+    def __init__(self, name: str = "vit_small_patch8_224.dino", pretrained: bool = False,
+                 weights: Optional[str] = None, frozen: bool = True, layer: Optional[int] = None,
+                 img_size: Optional[int] = None, pos_embed_interp: str = "timm",
+                 intermediate_norm: bool = False, **timm_kwargs):
+        super().__init__()
+        import timm
+
+        if pos_embed_interp not in POS_EMBED_INTERP:
+            raise ValueError(f"pos_embed_interp must be one of {POS_EMBED_INTERP}, "
+                             f"got {pos_embed_interp!r}")
+        kwargs = dict(num_classes=0, dynamic_img_size=True)
+        kwargs.update(timm_kwargs)
+        if img_size is not None and pos_embed_interp == "timm":
+            kwargs["img_size"] = img_size
+        self.name = name
+        self.model = timm.create_model(name, pretrained=bool(pretrained) and weights is None,
+                                       **kwargs)
+        if not hasattr(self.model, "patch_embed") or not hasattr(self.model, "num_prefix_tokens"):
+            raise ValueError(f"timm model {name!r} is not a ViT-like model with patch tokens "
+                             "(needs `patch_embed` and `num_prefix_tokens`)")
+        if pos_embed_interp == "dino_legacy":
+            if not hasattr(self.model, "_pos_embed") or not hasattr(self.model, "no_embed_class"):
+                raise ValueError(f"pos_embed_interp='dino_legacy' needs a timm VisionTransformer, "
+                                 f"got {type(self.model).__name__}")
+            self.model._pos_embed = types.MethodType(_dino_legacy_pos_embed, self.model)
+        if weights is not None:
+            load_timm_state_dict(self.model, read_state_dict(weights), source=f"weights file {weights}")
+
+        self.frozen = bool(frozen)
+        self.layer = layer
+        self.intermediate_norm = bool(intermediate_norm)
+        self.pos_embed_interp = pos_embed_interp
+        self.embed_dim = int(getattr(self.model, "embed_dim", self.model.num_features))
+        ps = self.model.patch_embed.patch_size
+        self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+        self.num_prefix_tokens = int(self.model.num_prefix_tokens)
+        if layer is not None:
+            n = len(self.model.blocks)
+            if not -n <= layer < n:
+                raise ValueError(f"layer {layer} out of range for a {n}-block encoder")
+        if self.frozen:
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+            self.model.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
+
+    def feature_size(self, image_size: Tuple[int, int]) -> Tuple[int, int]:
+        """Feature-grid size ``(h, w)`` for an input of ``image_size = (H, W)``."""
+        pe = self.model.patch_embed
+        if hasattr(pe, "dynamic_feat_size"):
+            return tuple(int(v) for v in pe.dynamic_feat_size(tuple(image_size)))
+        return image_size[0] // self.patch_size, image_size[1] // self.patch_size
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        if self.layer is None:
+            tokens = self.model.forward_features(x)  # [B, prefix + h*w, C], final norm applied
+            h, w = self.feature_size((H, W))
+            tokens = tokens[:, self.num_prefix_tokens:]
+            if tokens.shape[1] != h * w:
+                raise RuntimeError(f"encoder returned {tokens.shape[1]} patch tokens, expected "
+                                   f"{h}x{w}; check num_prefix_tokens of {self.name!r}")
+            return tokens.reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous()
+        (fmap,) = self.model.forward_intermediates(
+            x, indices=[self.layer], norm=self.intermediate_norm, stop_early=True,
+            output_fmt="NCHW", intermediates_only=True)
+        return fmap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: normalised images ``[B, 3, H, W]`` -> ``[B, C, H/p, W/p]``."""
+        if self.frozen:
+            with torch.no_grad():
+                return self._forward(x)
+        return self._forward(x)
+
+
+# --------------------------------------------------------------------------------- compress head
+COMPRESS_VARIANTS = ("cub", "celeba", "single")
+
+
+class CompressHead(nn.Sequential):
+    """1x1-conv head mapping encoder channels to the part-feature dim D (METHOD.md §1.2).
+
+    - ``cub``:    conv, ReLU, BN, conv, ReLU, BN, conv   (indices 0..6 for two hidden layers)
+    - ``celeba``: conv, BN, ReLU, conv, BN, ReLU, conv
+    - ``single``: one conv in -> out (PartImageNet)
+
+    A plain ``nn.Sequential``, so the authors' ``compress_layer.<i>.*`` keys map 1:1 onto
+    ``<i>.*``. Convs have biases.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 64, variant: str = "cub",
+                 hidden: Sequence[int] = (256, 128)):
+        if variant not in COMPRESS_VARIANTS:
+            raise ValueError(f"compress variant must be one of {COMPRESS_VARIANTS}, got {variant!r}")
+        layers: List[nn.Module] = []
+        prev = in_dim
+        if variant != "single":
+            for h in hidden:
+                h = int(h)
+                layers.append(nn.Conv2d(prev, h, kernel_size=1))
+                if variant == "cub":
+                    layers += [nn.ReLU(inplace=True), nn.BatchNorm2d(h)]
+                else:
+                    layers += [nn.BatchNorm2d(h), nn.ReLU(inplace=True)]
+                prev = h
+        layers.append(nn.Conv2d(prev, out_dim, kernel_size=1))
+        super().__init__(*layers)
+        self.variant = variant
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+
+
+def build_encoder(encoder_cfg, image_size: Optional[int] = None) -> FeatureMapEncoder:
+    """A ``FeatureMapEncoder`` from the ``model.encoder`` config section (dataclass or dict); the
+    nested ``kwargs`` go to timm. Used on its own by the k-means baseline."""
+    import dataclasses
+
+    enc = dataclasses.asdict(encoder_cfg) if dataclasses.is_dataclass(encoder_cfg) \
+        else dict(encoder_cfg)
+    enc.update(enc.pop("kwargs", None) or {})
+    if enc.get("img_size") is None and image_size is not None:
+        enc["img_size"] = int(image_size)
+    return FeatureMapEncoder(**enc)

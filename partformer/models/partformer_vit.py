@@ -1,0 +1,180 @@
+"""PartFormer: a small ViT with K+1 learnable part tokens (METHOD.md §1.3).
+
+The view (already normalised) is downsampled by ``in_scale`` (bilinear), cut into patches by a
+conv without bias, given a fixed 2-D sin-cos position embedding, and K+1 learnable part tokens
+(zero position embedding; the last one is background) are prepended. ``ln_pre``, ``depth`` pre-LN
+residual blocks (``nn.MultiheadAttention`` with fused in-projection, MLP with QuickGELU), then the
+K+1 tokens -> LayerNorm -> Linear(width -> out_dim, no bias).
+
+Sin-cos layout (``sincos_layout``): ``"mae"`` (default) is the MAE ``get_2d_sincos_pos_embed``
+convention: for D channels, the first D/2 encode the patch *column* (x) and the last D/2 the patch
+*row* (y); each half is ``[sin(pos * omega_i), cos(pos * omega_i)]`` with
+``omega_i = 10000^(-i / (D/4))``, ``i = 0..D/4-1``; tokens in row-major order (the order of
+``conv(x).flatten(2)``); computed in float64, cast to float32. ``"yx"`` swaps the halves (row
+first). The authors' checkpoint stores its (fixed) embedding as ``Transformer.pos_embed`` of shape
+``[1, K+1 + N, width]`` (``[1, 69, 256]`` for K = 4, 8x8 patches): K+1 zero rows for the part
+tokens, then the patch rows; a converter should check ``pos_embed[0, K+1:]`` against
+``PartTokenViT.sincos_pos_embed`` (and the zero rows) instead of loading it.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["QuickGELU", "Mlp", "ResidualAttentionBlock", "PartTokenViT", "sincos_pos_embed_2d"]
+
+SINCOS_LAYOUTS = ("mae", "yx")
+
+
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, layout: str = "mae",
+                        temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding ``[grid_h * grid_w, dim]`` (row-major tokens).
+
+    See the module docstring for the channel layout.
+    """
+    if dim % 4 != 0:
+        raise ValueError(f"sin-cos position embedding needs dim divisible by 4, got {dim}")
+    if layout not in SINCOS_LAYOUTS:
+        raise ValueError(f"sincos layout must be one of {SINCOS_LAYOUTS}, got {layout!r}")
+    quarter = dim // 4
+    omega = torch.arange(quarter, dtype=torch.float64) / quarter
+    omega = 1.0 / temperature ** omega                                   # [D/4]
+    ys, xs = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64),
+                            torch.arange(grid_w, dtype=torch.float64), indexing="ij")
+
+    def emb_1d(pos: torch.Tensor) -> torch.Tensor:
+        out = pos.reshape(-1, 1) * omega.reshape(1, -1)                  # [N, D/4]
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)        # [N, D/2]
+
+    ex, ey = emb_1d(xs), emb_1d(ys)
+    emb = torch.cat([ex, ey], dim=1) if layout == "mae" else torch.cat([ey, ex], dim=1)
+    return emb.float()
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)`` (CLIP's GELU approximation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Mlp(nn.Module):
+    """Linear -> QuickGELU -> Linear (official ``mlp.c_fc`` / ``mlp.c_proj`` = ``fc1`` / ``fc2``)."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = QuickGELU()
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+
+    Official names: ``ln_1`` -> ``norm1``, ``attn`` -> ``attn`` (same ``nn.MultiheadAttention``
+    keys), ``ln_2`` -> ``norm2``, ``mlp.c_fc`` -> ``mlp.fc1``, ``mlp.c_proj`` -> ``mlp.fc2``.
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = Mlp(width, int(round(width * mlp_ratio)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class PartTokenViT(nn.Module):
+    """PartFormer ViT: images ``[B, 3, H, W]`` (normalised) -> part tokens ``[B, K+1, out_dim]``.
+
+    Attributes (official key -> ours): ``Transformer.conv1`` -> ``patch_embed``,
+    ``Transformer.class_embedding`` -> ``part_tokens`` ``[1, K+1, width]``,
+    ``Transformer.ln_pre`` -> ``norm_pre``, ``Transformer.transformer.resblocks.<i>`` ->
+    ``blocks.<i>``, ``Transformer.ln_post`` -> ``norm_post``, ``Transformer.proj`` -> ``proj``
+    (``nn.Linear``, weight ``[out_dim, width]``). ``sincos_pos_embed`` is a non-persistent buffer
+    for the default grid (``image_size * in_scale / patch_size``); other grids are computed and
+    cached on first use.
+    """
+
+    def __init__(self, num_parts: int, in_scale: float = 0.5, patch_size: int = 16,
+                 width: int = 256, depth: int = 6, heads: int = 8, mlp_ratio: float = 4.0,
+                 out_dim: int = 64, image_size: int = 256, sincos_layout: str = "mae"):
+        super().__init__()
+        if num_parts < 1:
+            raise ValueError(f"num_parts must be >= 1, got {num_parts}")
+        if width % heads != 0:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        if sincos_layout not in SINCOS_LAYOUTS:
+            raise ValueError(f"sincos_layout must be one of {SINCOS_LAYOUTS}, got {sincos_layout!r}")
+        self.num_parts = num_parts
+        self.num_tokens = num_parts + 1
+        self.in_scale = float(in_scale)
+        self.patch_size = patch_size
+        self.width = width
+        self.out_dim = out_dim
+        self.sincos_layout = sincos_layout
+
+        self.patch_embed = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.part_tokens = nn.Parameter(torch.empty(1, self.num_tokens, width))
+        nn.init.normal_(self.part_tokens, std=0.02)
+        grid = self.grid_size((image_size, image_size))
+        self.register_buffer("sincos_pos_embed",
+                             sincos_pos_embed_2d(width, *grid, layout=sincos_layout)[None],
+                             persistent=False)
+        self._default_grid = grid
+        self._pos_cache: Dict[Tuple, torch.Tensor] = {}
+        self.norm_pre = nn.LayerNorm(width)
+        self.blocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_ratio)
+                                    for _ in range(depth))
+        self.norm_post = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, out_dim, bias=False)
+
+    def input_size(self, image_size: Tuple[int, int]) -> Tuple[int, int]:
+        """Size of the downsampled input for an image of ``(H, W)``."""
+        return (max(1, int(round(image_size[0] * self.in_scale))),
+                max(1, int(round(image_size[1] * self.in_scale))))
+
+    def grid_size(self, image_size: Tuple[int, int]) -> Tuple[int, int]:
+        h, w = self.input_size(image_size)
+        return h // self.patch_size, w // self.patch_size
+
+    def pos_embed_for(self, gh: int, gw: int, device, dtype) -> torch.Tensor:
+        """Fixed sin-cos embedding ``[1, gh*gw, width]`` for a patch grid (cached per grid)."""
+        if (gh, gw) == self._default_grid:
+            return self.sincos_pos_embed.to(device=device, dtype=dtype)
+        key = (gh, gw, str(device), dtype)
+        pe = self._pos_cache.get(key)
+        if pe is None:
+            if len(self._pos_cache) >= 16:
+                self._pos_cache.clear()
+            pe = sincos_pos_embed_2d(self.width, gh, gw, layout=self.sincos_layout)[None]
+            pe = pe.to(device=device, dtype=dtype)
+            self._pos_cache[key] = pe
+        return pe
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: normalised images ``[B, 3, H, W]`` -> part tokens ``[B, K+1, out_dim]``."""
+        size = self.input_size(x.shape[-2:])
+        if size != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        x = self.patch_embed(x)                                   # [B, W, gh, gw]
+        B, C, gh, gw = x.shape
+        x = x.flatten(2).transpose(1, 2)                          # [B, gh*gw, W], row-major
+        x = x + self.pos_embed_for(gh, gw, x.device, x.dtype)
+        parts = self.part_tokens.expand(B, -1, -1).to(x.dtype)   # zero position embedding
+        x = torch.cat([parts, x], dim=1)
+        x = self.norm_pre(x)
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.norm_post(x[:, :self.num_tokens])
+        return self.proj(x)
