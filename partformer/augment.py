@@ -1,0 +1,212 @@
+"""Paired geometric views of a batch, keeping the matrices (METHOD.md §1 step 1).
+
+From each image: one **shared** random horizontal flip (probability ``flip_p``; both views flipped
+together), then an **independent** random affine warp per view about the image centre:
+
+- rotation θ ~ N(0, rot_std) degrees, clipped to ±rot_max (positive θ turns the content
+  anticlockwise on screen, as kornia / OpenCV ``getRotationMatrix2D``);
+- isotropic scale s ~ N(1, scale_std), clipped to [scale_min, scale_max] (s > 1 enlarges the content);
+- translation (t_x, t_y) ~ N(0, trans_std), each clipped to ±trans_max, times the image width / height.
+
+The distributions are truncated by clipping (values beyond the bound sit on the bound), as the
+authors' code does. Sampling is bilinear with zero padding (pixels that come from outside the image
+are black, i.e. 0 in the [0, 1] image).
+
+Coordinates follow docs/ARCHITECTURE.md: (x, y), x = column, continuous, 0-based, pixel (i, j)
+covers [j, j+1) × [i, i+1) so its centre is (j + 0.5, i + 0.5). A returned matrix M [B, 3, 3] maps
+original-image coordinates to view coordinates (flip included):
+
+    M = T(c + t) · s·R(θ) · T(−c) · Flip,    c = (W/2, H/2),    Flip: x ↦ W − x (or identity)
+
+kornia's pixel coordinates put pixel centres on integers, so the warp uses
+T(−½) · M · T(+½) (see :func:`warp_images`); the returned M is the one the images were warped with.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from kornia.geometry.transform import warp_affine
+
+
+# ---------------------------------------------------------------------------------- matrices
+def flip_matrix(flip: torch.Tensor, width: float) -> torch.Tensor:
+    """[B, 3, 3]: x ↦ width − x where ``flip`` [B] (bool) is true, identity elsewhere."""
+    b = flip.shape[0]
+    m = torch.eye(3, dtype=torch.float64).repeat(b, 1, 1)
+    f = flip.to(torch.float64)
+    m[:, 0, 0] = 1.0 - 2.0 * f
+    m[:, 0, 2] = f * float(width)
+    return m
+
+
+def centred_affine_matrix(
+    angle_deg: torch.Tensor, scale: torch.Tensor, translate: torch.Tensor, size: Tuple[int, int]
+) -> torch.Tensor:
+    """[B, 3, 3] mapping p ↦ s·R(θ)(p − c) + c + t, c = (W/2, H/2) the image centre.
+
+    angle_deg [B] (positive = anticlockwise on screen, y pointing down), scale [B],
+    translate [B, 2] in pixels (x, y), size (H, W). Computed in float64.
+    """
+    h, w = size
+    a = angle_deg.to(torch.float64) * (math.pi / 180.0)
+    s = scale.to(torch.float64)
+    t = translate.to(torch.float64)
+    cos, sin = s * torch.cos(a), s * torch.sin(a)
+    cx, cy = w / 2.0, h / 2.0
+    m = torch.eye(3, dtype=torch.float64).repeat(a.shape[0], 1, 1)
+    m[:, 0, 0], m[:, 0, 1] = cos, sin
+    m[:, 1, 0], m[:, 1, 1] = -sin, cos
+    m[:, 0, 2] = cx - (cos * cx + sin * cy) + t[:, 0]
+    m[:, 1, 2] = cy - (-sin * cx + cos * cy) + t[:, 1]
+    return m
+
+
+def warp_points(M: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Apply M [B, 3, 3] to points pts [B, P, 2] (x, y); returns [B, P, 2] (divided by w)."""
+    M = M.to(pts.dtype)
+    out = pts @ M[:, :2, :2].transpose(1, 2) + M[:, None, :2, 2]
+    w = pts @ M[:, 2:3, :2].transpose(1, 2) + M[:, None, 2:3, 2]
+    return out / w
+
+
+def relative_transform(M1: torch.Tensor, M2: torch.Tensor) -> torch.Tensor:
+    """M2 · M1⁻¹ [B, 3, 3]: maps view-1 coordinates to view-2 coordinates."""
+    return M2 @ torch.linalg.inv(M1)
+
+
+def warp_images(
+    images: torch.Tensor,
+    M: torch.Tensor,
+    output_size: Optional[Tuple[int, int]] = None,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """Warp images [B, C, H, W] with M [B, 3, 3] (affine, source → destination, in the half-pixel
+    coordinates of docs/ARCHITECTURE.md); output [B, C, H', W'], default the input size.
+
+    kornia's pixel coordinates are ours minus ½ (pixel centres on integers), hence
+    M_kornia = T(−½) · M · T(+½); ``align_corners=True`` is kornia's pixel-centre convention for
+    that matrix, so the sampling positions are exactly M⁻¹ of the output pixel centres.
+    """
+    if images.dim() != 4 or M.shape != (images.shape[0], 3, 3):
+        raise ValueError(f"images [B, C, H, W] and M [B, 3, 3] expected, got {tuple(images.shape)}, {tuple(M.shape)}")
+    out_size = tuple(output_size) if output_size is not None else tuple(images.shape[-2:])
+    shift = torch.eye(3, dtype=M.dtype, device=M.device)
+    shift[:2, 2] = 0.5
+    unshift = torch.eye(3, dtype=M.dtype, device=M.device)
+    unshift[:2, 2] = -0.5
+    m_kornia = unshift @ M @ shift
+    # Warp in float32 (float64 when given): half-precision matrices would misplace pixels.
+    work_dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+    out = warp_affine(images.to(work_dtype), m_kornia[:, :2, :].to(work_dtype), out_size,
+                      mode=mode, padding_mode=padding_mode, align_corners=True)
+    return out.to(images.dtype) if images.is_floating_point() else out
+
+
+# ---------------------------------------------------------------------------------- sampling
+def _clipped_normal(noise: torch.Tensor, mean: float, std: float, lo: float, hi: float) -> torch.Tensor:
+    return (mean + std * noise).clamp(lo, hi)
+
+
+class PairedAugmentation(nn.Module):
+    """Two geometric views of each image with a shared flip and independent affine warps.
+
+    forward(images [B, C, H, W] in [0, 1], generator=None) -> (view1, view2, M1, M2):
+    views [B, C, H, W] on the images' device; M1, M2 [B, 3, 3] float32 mapping original-image
+    coordinates to view coordinates (see the module docstring). Random parameters are drawn with
+    torch on the CPU (from ``generator`` when given, else torch's global CPU generator), so a seeded
+    generator gives the same views on any device. Applied in train and eval mode alike.
+    """
+
+    def __init__(
+        self,
+        flip_p: float = 0.5,
+        rot_std: float = 15.0,
+        rot_max: float = 30.0,
+        scale_std: float = 0.05,
+        scale_min: float = 0.95,
+        scale_max: float = 1.05,
+        trans_std: float = 0.05,
+        trans_max: float = 0.05,
+    ):
+        super().__init__()
+        if not 0.0 <= flip_p <= 1.0:
+            raise ValueError(f"flip_p must be in [0, 1], got {flip_p}")
+        if min(rot_std, rot_max, scale_std, trans_std, trans_max) < 0:
+            raise ValueError("rot_std, rot_max, scale_std, trans_std and trans_max must be >= 0")
+        if not 0 < scale_min <= scale_max:
+            raise ValueError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
+        self.flip_p = float(flip_p)
+        self.rot_std, self.rot_max = float(rot_std), float(rot_max)
+        self.scale_std, self.scale_min, self.scale_max = float(scale_std), float(scale_min), float(scale_max)
+        self.trans_std, self.trans_max = float(trans_std), float(trans_max)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "PairedAugmentation":
+        """Build from an ``AugmentConfig`` dataclass, a mapping with the same keys, or None."""
+        if cfg is None:
+            kwargs: Dict[str, Any] = {}
+        elif dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+            kwargs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        elif isinstance(cfg, Mapping):
+            kwargs = dict(cfg)
+        else:
+            raise TypeError(f"augment config must be a dataclass, a mapping or None, got {type(cfg).__name__}")
+        known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise ValueError(f"unknown augment config key(s) {['augment.' + k for k in unknown]}; "
+                             f"known: {['augment.' + k for k in known]}")
+        return cls(**kwargs)
+
+    def sample_params(self, batch_size: int, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        """Random parameters on the CPU: ``flip`` [B] bool, and per view i in {1, 2}: ``angle{i}`` [B]
+        degrees, ``scale{i}`` [B], ``translate{i}`` [B, 2] as fractions of (W, H).
+
+        The draws (one uniform [B], one normal [2, B, 4]) do not depend on the settings, so a seeded
+        generator gives the same stream whatever the bounds.
+        """
+        u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+        z = torch.randn(2, batch_size, 4, generator=generator, dtype=torch.float64)
+        params = {"flip": u < self.flip_p}
+        for i in (0, 1):
+            v = str(i + 1)
+            params["angle" + v] = _clipped_normal(z[i, :, 0], 0.0, self.rot_std, -self.rot_max, self.rot_max)
+            params["scale" + v] = _clipped_normal(z[i, :, 1], 1.0, self.scale_std, self.scale_min, self.scale_max)
+            params["translate" + v] = _clipped_normal(z[i, :, 2:], 0.0, self.trans_std,
+                                                      -self.trans_max, self.trans_max)
+        return params
+
+    @staticmethod
+    def matrices(params: Mapping[str, torch.Tensor], size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(M1, M2) [B, 3, 3] float64 from :meth:`sample_params` output for images of size (H, W)."""
+        h, w = size
+        flip = flip_matrix(params["flip"], w)
+        scale_xy = torch.tensor([w, h], dtype=torch.float64)
+        out = []
+        for i in (1, 2):
+            aff = centred_affine_matrix(params[f"angle{i}"], params[f"scale{i}"],
+                                        params[f"translate{i}"].to(torch.float64) * scale_xy, size)
+            out.append(aff @ flip)
+        return out[0], out[1]
+
+    def forward(
+        self, images: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if images.dim() != 4:
+            raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
+        size = tuple(images.shape[-2:])
+        params = self.sample_params(images.shape[0], generator)
+        m1, m2 = (m.to(device=images.device, dtype=torch.float32) for m in self.matrices(params, size))
+        views = warp_images(torch.cat([images, images]), torch.cat([m1, m2]))  # one warp for both views
+        return views[: images.shape[0]], views[images.shape[0]:], m1, m2
+
+    def extra_repr(self) -> str:
+        return (f"flip_p={self.flip_p}, rot_std={self.rot_std}, rot_max={self.rot_max}, "
+                f"scale_std={self.scale_std}, scale=[{self.scale_min}, {self.scale_max}], "
+                f"trans_std={self.trans_std}, trans_max={self.trans_max}")

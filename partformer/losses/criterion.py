@@ -1,0 +1,146 @@
+"""The PartFormer training objective (METHOD.md §1 step 6).
+
+    total = w_recon · recon + w_conc · concentration + w_area · area + w_arc · arcface
+    defaults: 1.0, 0.3, 0.5, 0.01
+
+each term averaged over the two directions of the pair:
+- recon: recon2 vs target2 and recon1 vs target1 (VGG19 perceptual by default; ``l1``/``mse`` pixel
+  losses as cheap alternatives);
+- concentration, area: on assign12 and assign21 (K foreground maps; area over all K+1 maps with
+  ``area_all_maps``, the authors' PartImageNet variant);
+- arcface: on the foreground tokens of both views against the model's ``arcface_weight``.
+
+Both directions have the same shapes, so each term is computed once on the two directions
+concatenated along the batch: a batch mean over 2B equals the average of the two batch means.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+import torch.nn as nn
+
+from .arcface import arcface_loss
+from .area import area_loss
+from .concentration import concentration_loss
+from .perceptual import VGGPerceptualLoss, WeightsSpec
+from .reconstruction import PIXEL_LOSSES, PixelReconstructionLoss
+
+DEFAULT_LOSS_WEIGHTS: Dict[str, float] = {"recon": 1.0, "concentration": 0.3, "area": 0.5, "arcface": 0.01}
+RECON_LOSSES = ("perceptual",) + PIXEL_LOSSES
+REQUIRED_OUTPUTS = ("part_tokens1", "part_tokens2", "assign12", "assign21",
+                    "recon1", "recon2", "target1", "target2", "arcface_weight")
+
+
+class PartFormerCriterion(nn.Module):
+    """forward(out) -> dict(recon, concentration, area, arcface, total) of scalar tensors.
+
+    ``out`` is the model's training output (docs/ARCHITECTURE.md): part_tokens1/2 [B, K+1, D],
+    assign12/assign21 [B, K+1, h, w], recon1/2 and target1/2 [B, 3, Hr, Wr] (ImageNet-normalised),
+    arcface_weight [K, D].
+
+    Args:
+        num_parts: K, foreground parts (maps and tokens have K+1 channels, background last).
+        recon: "perceptual" | "l1" | "mse".
+        vgg_weights: for "perceptual": "imagenet" | path to a vgg19 state dict | None (random).
+        weights: loss weights; keys recon, concentration, area, arcface (missing keys keep defaults).
+        area_eps: ε of the area loss (0.5 CUB, 2.0 CelebA, 1.5 PartImageNet; for a 32×32 grid).
+        area_all_maps: sum the area loss over all K+1 maps (PartImageNet variant).
+        area_normalise: measure area in units of a 32×32 grid (see losses/area.py).
+        arcface_s, arcface_m: ArcFace scale and margin.
+    """
+
+    def __init__(
+        self,
+        num_parts: int,
+        recon: str = "perceptual",
+        vgg_weights: WeightsSpec = "imagenet",
+        weights: Optional[Mapping[str, float]] = None,
+        area_eps: float = 0.5,
+        area_all_maps: bool = False,
+        area_normalise: bool = False,
+        arcface_s: float = 20.0,
+        arcface_m: float = 0.5,
+    ):
+        super().__init__()
+        if num_parts < 1:
+            raise ValueError(f"num_parts must be >= 1, got {num_parts}")
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(DEFAULT_LOSS_WEIGHTS))
+        if unknown:
+            raise ValueError(f"unknown loss weight(s) {unknown}; known: {sorted(DEFAULT_LOSS_WEIGHTS)}")
+        self.loss_weights = {k: float(weights.get(k, v)) for k, v in DEFAULT_LOSS_WEIGHTS.items()}
+        if recon == "perceptual":
+            self.recon_loss: nn.Module = VGGPerceptualLoss(weights=vgg_weights)
+        elif recon in PIXEL_LOSSES:
+            self.recon_loss = PixelReconstructionLoss(recon)
+        else:
+            raise ValueError(f"unknown reconstruction loss loss.recon={recon!r}; expected one of {RECON_LOSSES}")
+        self.num_parts = int(num_parts)
+        self.recon = recon
+        self.area_eps = float(area_eps)
+        self.area_all_maps = bool(area_all_maps)
+        self.area_normalise = bool(area_normalise)
+        self.arcface_s = float(arcface_s)
+        self.arcface_m = float(arcface_m)
+
+    @classmethod
+    def from_config(cls, loss_cfg: Any, num_parts: int) -> "PartFormerCriterion":
+        """Build from a ``LossConfig`` dataclass, a mapping with the same keys, or None (defaults)."""
+        if loss_cfg is None:
+            kwargs: Dict[str, Any] = {}
+        elif dataclasses.is_dataclass(loss_cfg) and not isinstance(loss_cfg, type):
+            kwargs = {f.name: getattr(loss_cfg, f.name) for f in dataclasses.fields(loss_cfg)}
+        elif isinstance(loss_cfg, Mapping):
+            kwargs = dict(loss_cfg)
+        else:
+            raise TypeError(f"loss config must be a dataclass, a mapping or None, got {type(loss_cfg).__name__}")
+        if dataclasses.is_dataclass(kwargs.get("weights")) and not isinstance(kwargs["weights"], type):
+            kwargs["weights"] = dataclasses.asdict(kwargs["weights"])
+        known = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_parts")]
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise ValueError(f"unknown loss config key(s) {['loss.' + k for k in unknown]}; "
+                             f"known: {['loss.' + k for k in known]}")
+        return cls(num_parts=num_parts, **kwargs)
+
+    def _check(self, out: Mapping[str, torch.Tensor]) -> None:
+        missing = [k for k in REQUIRED_OUTPUTS if k not in out]
+        if missing:
+            raise KeyError(f"model output lacks {missing}; the criterion needs {list(REQUIRED_OUTPUTS)}")
+        k1 = self.num_parts + 1
+        for key in ("assign12", "assign21", "part_tokens1", "part_tokens2"):
+            if out[key].shape[1] != k1:
+                raise ValueError(f"out[{key!r}] has shape {tuple(out[key].shape)}: expected K+1 = {k1} "
+                                 f"channels (num_parts = {self.num_parts}, background last)")
+        if out["arcface_weight"].shape[0] != self.num_parts:
+            raise ValueError(f"out['arcface_weight'] has shape {tuple(out['arcface_weight'].shape)}: "
+                             f"expected [{self.num_parts}, D]")
+        for a, b in (("recon1", "target1"), ("recon2", "target2"), ("recon1", "recon2"), ("assign12", "assign21")):
+            if out[a].shape != out[b].shape:
+                raise ValueError(f"out[{a!r}] {tuple(out[a].shape)} and out[{b!r}] {tuple(out[b].shape)} "
+                                 "differ in shape")
+
+    def forward(self, out: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        self._check(out)
+        recon = torch.cat([out["recon2"], out["recon1"]])
+        target = torch.cat([out["target2"], out["target1"]])
+        maps = torch.cat([out["assign12"], out["assign21"]])
+        tokens = torch.cat([out["part_tokens1"], out["part_tokens2"]])
+        k = self.num_parts
+        losses = {
+            "recon": self.recon_loss(recon, target),
+            "concentration": concentration_loss(maps, num_fg=k),
+            "area": area_loss(maps, self.area_eps, num_maps=k + 1 if self.area_all_maps else k,
+                              normalise=self.area_normalise),
+            "arcface": arcface_loss(tokens, out["arcface_weight"], s=self.arcface_s, m=self.arcface_m),
+        }
+        losses["total"] = sum(self.loss_weights[name] * value for name, value in losses.items())
+        return losses
+
+    def extra_repr(self) -> str:
+        return (f"num_parts={self.num_parts}, recon={self.recon!r}, weights={self.loss_weights}, "
+                f"area_eps={self.area_eps}, area_all_maps={self.area_all_maps}, "
+                f"area_normalise={self.area_normalise}, arcface_s={self.arcface_s}, arcface_m={self.arcface_m}")
