@@ -339,6 +339,9 @@ class CelebAWildDataset(Dataset):
     num_keypoints = len(LANDMARK_NAMES)
     keypoint_names = LANDMARK_NAMES
 
+    # landmarks are evaluated with the CelebA regression protocols (inter-ocular normalisation)
+    regression_protocol = "celeba"
+
     def __init__(self, root: str, split: str, image_size: int = 256, resize: str = "whole",
                  skip_bad_images: bool = False):
         check_resize_mode(resize, image_size)

@@ -242,6 +242,7 @@ class DeepFashionDataset(Dataset):
 
     num_parts = NUM_PARTS
     part_names = PART_NAMES
+    num_part_classes = NUM_PARTS  # C for the pixel protocols (labels 1..C, 0 = bg)
 
     def __init__(self, root: str, split: str, image_size: int = 256,
                  resize: str = "longest_pad", skip_bad_images: bool = False,

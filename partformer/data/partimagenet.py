@@ -505,6 +505,7 @@ class PartImageNetDataset(Dataset):
     """
 
     num_part_categories = NUM_PART_CATEGORIES
+    num_part_classes = NUM_PART_CATEGORIES  # C for the pixel protocols (labels 1..C, 0 = bg)
 
     def __init__(self, root: str, split: str, image_size: int = 256, resize: str = "whole",
                  release: str = "ood", class_conditioned: bool = False,

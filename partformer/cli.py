@@ -1,0 +1,143 @@
+"""Command-line entry points (``tools/train.py``, ``tools/eval.py`` and the console scripts).
+
+Thin composition roots: parse the config, hand data, model and predictors to the engine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+import torch
+
+from partformer import config as cfglib
+from partformer.engine import distributed as D
+from partformer.engine.checkpoint import CheckpointError
+
+
+def _load(args) -> cfglib.Config:
+    try:
+        if args.config is None and getattr(args, "resume", None):
+            from partformer.engine.runner import config_from_checkpoint
+            path = args.resume
+            if os.path.isdir(path):
+                path = os.path.join(path, "last.pt")
+            return config_from_checkpoint(path, args.overrides)
+        ckpt = getattr(args, "checkpoint", None)
+        if ckpt:
+            from partformer.engine.runner import config_from_checkpoint
+            if args.config is None:
+                return config_from_checkpoint(ckpt, args.overrides)
+            # the architecture comes from the checkpoint; --config supplies data and evaluation
+            stored = cfglib.to_dict(config_from_checkpoint(ckpt))
+            return cfglib.load_config(args.config, args.overrides,
+                                      sections={"model": stored["model"]},
+                                      sections_origin=f"checkpoint {ckpt}")
+        return cfglib.load_config(args.config, args.overrides)
+    except cfglib.ConfigError as e:
+        sys.exit(f"config error: {e}")
+    except CheckpointError as e:  # the config comes from an unreadable or foreign checkpoint
+        sys.exit(f"checkpoint error: {e}")
+
+
+def train_main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(
+        description="Train PartFormer. Without arguments: the embedded synthetic benchmark "
+                    "(generated on first use), then test-split evaluation next to the grid and "
+                    "k-means baselines.")
+    cfglib.add_config_args(p)
+    p.add_argument("--resume", default=None,
+                   help="run directory or its last.pt: continue that run exactly where it stopped")
+    p.add_argument("--run-dir", default=None, help="run directory (default: runs/<name>-<time>)")
+    p.add_argument("--no-test", action="store_true", help="skip the final test-split evaluation")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the grid and k-means baselines in the final table")
+    args = p.parse_args(argv)
+    cfg = _load(args)
+
+    from partformer.engine.runner import build_baseline, evaluate_methods, model_predictor
+    from partformer.engine.trainer import Trainer
+    from partformer.engine.checkpoint import load_checkpoint, load_state_dict_strict
+
+    run_dir = args.run_dir
+    if args.resume and run_dir is None:
+        run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume)
+    trainer = Trainer(cfg, run_dir=run_dir, resume=args.resume)
+    if D.is_main_process():
+        print(cfglib.to_yaml(cfg))
+        print(f"run directory: {trainer.run_dir}")
+        print(f"device: {trainer.device}, world size: {trainer.world}, precision: "
+              f"{trainer.amp_dtype or 'fp32'}, train images: {len(trainer.train_set)}, "
+              f"steps: {trainer.total_steps} ({trainer.steps_per_epoch}/epoch)")
+    try:
+        summary = trainer.fit()
+        if D.is_main_process():
+            print(f"training done: {summary}")
+        if not args.no_test:
+            best = os.path.join(trainer.run_dir, "best.pt")
+            D.barrier()
+            chosen = best if os.path.isfile(best) else os.path.join(trainer.run_dir, "last.pt")
+            load_state_dict_strict(trainer.model, load_checkpoint(chosen)["model"], source=chosen)
+            predictors = {"partformer": model_predictor(trainer.model, trainer.device,
+                                                        trainer.amp_dtype)}
+            if not args.no_baselines:
+                from partformer.data import build_dataset
+                predictors["grid"] = build_baseline("grid", cfg, trainer.device, None)
+                predictors["kmeans"] = build_baseline("kmeans", cfg, trainer.device,
+                                                      trainer.train_set)
+            evaluate_methods(cfg, predictors, out_dir=trainer.run_dir,
+                             progress=cfg.logging.progress and sys.stderr.isatty(),
+                             extra={"checkpoint": os.path.basename(chosen), "train": summary})
+    finally:
+        trainer.close()
+        D.cleanup()
+    return 0
+
+
+def eval_main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(
+        description="Evaluate a PartFormer checkpoint or a training-free baseline under every "
+                    "protocol that applies to the dataset; prints a table and writes JSON.")
+    cfglib.add_config_args(p)
+    p.add_argument("--checkpoint", default=None,
+                   help="our checkpoint (best.pt / last.pt) or a converted official one")
+    p.add_argument("--method", default=None, choices=["partformer", "grid", "kmeans"],
+                   help="default: partformer with --checkpoint, else both baselines")
+    p.add_argument("--split", default=None, help="dataset split (default: data.test_split)")
+    p.add_argument("--out", default=None,
+                   help="directory for results_<split>.json (default: the checkpoint's run "
+                        "directory, or runs/eval-<dataset>)")
+    args = p.parse_args(argv)
+    cfg = _load(args)
+    device = D.init_distributed(cfg.train.device)
+    from partformer.engine.runner import (build_baseline, evaluate_methods, load_model,
+                                          model_predictor)
+    from partformer.engine.trainer import resolve_precision
+    from partformer.data import build_dataset
+    try:
+        methods = [args.method] if args.method else (
+            ["partformer"] if args.checkpoint else ["grid", "kmeans"])
+        predictors = {}
+        for m in methods:
+            if m == "partformer":
+                if not args.checkpoint:
+                    sys.exit("--method partformer needs --checkpoint FILE")
+                model = load_model(cfg, args.checkpoint, device)
+                predictors[m] = model_predictor(model, device,
+                                                resolve_precision(cfg.train.precision, device))
+            else:
+                fit_set = build_dataset(cfg.data, cfg.data.train_split) if m == "kmeans" else None
+                predictors[m] = build_baseline(m, cfg, device, fit_set)
+        out = args.out or (os.path.dirname(os.path.abspath(args.checkpoint)) if args.checkpoint
+                           else os.path.join(cfg.experiment.output_dir, f"eval-{cfg.data.name}"))
+        evaluate_methods(cfg, predictors, split=args.split, out_dir=out,
+                         progress=cfg.logging.progress and sys.stderr.isatty(),
+                         extra={"checkpoint": args.checkpoint})
+    finally:
+        D.cleanup()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(train_main())

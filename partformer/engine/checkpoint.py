@@ -1,0 +1,94 @@
+"""Checkpoints: atomic writes, safe loading and strict key checks with a readable diff."""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Dict, Iterable, Mapping
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not match the model; the message says why."""
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """Write ``obj`` to ``path`` so that a crash never leaves a truncated file at ``path``:
+    save to a temporary file in the same directory, fsync, then rename over the target."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code execution).
+
+    ``.safetensors`` files are read with safetensors and returned as ``{"model": state_dict}``.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+            return {"model": load_file(path, device=str(map_location))}
+        except Exception as e:  # noqa: BLE001 - report any decoding failure the same way
+            raise CheckpointError(f"cannot read safetensors checkpoint {path}: {e}") from None
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0][:200]}). "
+            "The file is truncated, corrupt, or not a torch checkpoint; use the `last.pt` or "
+            "`best.pt` of a run directory, or convert the authors' files with "
+            "tools/convert_official.py.") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def key_diff(expected: Iterable[str], found: Iterable[str], limit: int = 20) -> str:
+    expected, found = set(expected), set(found)
+    missing = sorted(expected - found)
+    unexpected = sorted(found - expected)
+    lines = []
+    if missing:
+        lines.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:limit])
+                     + (" ..." if len(missing) > limit else ""))
+    if unexpected:
+        lines.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:limit])
+                     + (" ..." if len(unexpected) > limit else ""))
+    return "\n".join(lines)
+
+
+def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor],
+                           source: str = "checkpoint") -> None:
+    """``load_state_dict(strict=True)`` with a readable list of missing / unexpected keys and of
+    shape mismatches, instead of torch's wall of text (and never ``strict=False``)."""
+    own = module.state_dict()
+    diff = key_diff(own.keys(), state.keys())
+    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+              for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if diff or shapes:
+        msg = f"{source} does not match the model.\n" + diff
+        if shapes:
+            msg += f"\nshape mismatches ({len(shapes)}): " + "; ".join(shapes[:10])
+        msg += ("\nCheck that the config (model.num_parts, encoder, image size) is the one the "
+                "checkpoint was trained with; the run directory's config.yaml has it.")
+        raise CheckpointError(msg)
+    module.load_state_dict(state, strict=True)
+
+
+def all_finite(module: torch.nn.Module) -> bool:
+    return all(torch.isfinite(p).all().item() for p in module.state_dict().values()
+               if torch.is_floating_point(p))

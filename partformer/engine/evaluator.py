@@ -1,0 +1,283 @@
+"""Evaluation: run a part predictor over a dataset and compute every protocol that applies.
+
+A *predictor* is any callable ``predict(batch) -> part_maps [B, K+1, h, w]`` (softmax over parts,
+background last, any resolution): a trained model, the grid baseline, k-means, a converted
+checkpoint. Metrics accumulate batch by batch (contingency tables and confusion matrices), so memory
+does not grow with the dataset, and merge across torchrun processes. No sample is ever dropped.
+
+Protocol names (PROTOCOLS.md / docs/PROTOCOLS.md):
+  kp_nmi_with_bg, kp_ari_with_bg      keypoint NMI/ARI, argmax over K+1 (PDiscoNet, PartFormer)
+  kp_nmi_fg_only, kp_ari_fg_only      argmax over the K foreground maps (PartFormer "FG-NMI")
+  kp_nmi_fg_bbox, kp_ari_fg_bbox      fg_only on box-cropped images (Choudhury "FG-NMI"; needs
+                                      data.resize=bbox_crop)
+  kp_error_huang, kp_error_pdisco     CUB keypoint regression error (box-normalised)
+  lm_error_iod, lm_error_scops        CelebA landmark error (% inter-ocular distance)
+  px_nmi_with_bg, px_ari_with_bg, px_nmi_fg_only, px_ari_fg_only   pixel NMI/ARI
+  fg_iou                              foreground IoU (pixels not assigned to background vs GT fg)
+  part_miou_hungarian                 Hungarian-matched part mIoU (ours, docs/PROTOCOLS.md)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from partformer.data.collate import collate
+from partformer.engine import distributed as D
+from partformer.metrics import clustering as C
+from partformer.metrics import keypoints as KP
+from partformer.metrics import segmentation as SEG
+
+PROTOCOL_VERSION = "1"
+
+# resize modes whose outputs all have the same size (others are evaluated one image at a time)
+FIXED_SIZE_RESIZES = ("whole", "shorter_center_crop", "longest_pad")
+
+Predictor = Callable[[Dict[str, Any]], torch.Tensor]
+
+# protocol name -> (family, variant); used for the JSON record
+PROTOCOL_FAMILIES = {
+    "kp_nmi_with_bg": ("keypoint_clustering", "with_bg"),
+    "kp_ari_with_bg": ("keypoint_clustering", "with_bg"),
+    "kp_nmi_fg_only": ("keypoint_clustering", "fg_only"),
+    "kp_ari_fg_only": ("keypoint_clustering", "fg_only"),
+    "kp_nmi_fg_bbox": ("keypoint_clustering", "fg_bbox"),
+    "kp_ari_fg_bbox": ("keypoint_clustering", "fg_bbox"),
+    "kp_error_huang": ("cub_keypoint_regression", "huang"),
+    "kp_error_pdisco": ("cub_keypoint_regression", "pdisco"),
+    "lm_error_iod": ("celeba_landmark_regression", "iod_normalised"),
+    "lm_error_scops": ("celeba_landmark_regression", "scops_pixel"),
+    "px_nmi_with_bg": ("pixel_clustering", "with_bg"),
+    "px_ari_with_bg": ("pixel_clustering", "with_bg"),
+    "px_nmi_fg_only": ("pixel_clustering", "fg_only"),
+    "px_ari_fg_only": ("pixel_clustering", "fg_only"),
+    "fg_iou": ("foreground_iou", "argmax_not_background"),
+    "part_miou_hungarian": ("hungarian_part_miou", "with_bg"),
+}
+
+
+def applicable_protocols(sample: Dict[str, Any], resize: str, regression: Optional[str],
+                         has_regressor_split: bool) -> List[str]:
+    """Protocols that the keys of a dataset sample (and the resize mode) allow."""
+    out: List[str] = []
+    if "keypoints" in sample:
+        if resize == "bbox_crop":
+            out += ["kp_nmi_fg_bbox", "kp_ari_fg_bbox"]
+        else:
+            out += ["kp_nmi_with_bg", "kp_ari_with_bg", "kp_nmi_fg_only", "kp_ari_fg_only"]
+        if has_regressor_split and resize != "bbox_crop":
+            if regression == "celeba":
+                out += ["lm_error_iod", "lm_error_scops"]
+            elif "bbox" in sample:
+                out += ["kp_error_huang", "kp_error_pdisco"]
+    if "part_mask" in sample:
+        out += ["px_nmi_with_bg", "px_ari_with_bg", "px_nmi_fg_only", "px_ari_fg_only",
+                "part_miou_hungarian"]
+    if "fg_mask" in sample:
+        out += ["fg_iou"]
+    return out
+
+
+def _num_part_classes(dataset) -> int:
+    """C: number of GT part classes excluding background (labels 0..C)."""
+    for attr in ("num_part_classes",):
+        if getattr(dataset, attr, None):
+            return int(getattr(dataset, attr))
+    names = getattr(dataset, "part_names", None)
+    if names:
+        return len(names)
+    raise ValueError(f"{type(dataset).__name__} returns part masks but exposes neither "
+                     "`num_part_classes` nor `part_names`")
+
+
+def _loader(dataset, batch_size: int, num_workers: int) -> DataLoader:
+    # never drop samples in evaluation: EvalSampler splits without padding, drop_last=False
+    return DataLoader(dataset, batch_size=batch_size, sampler=D.EvalSampler(len(dataset)),
+                      num_workers=num_workers, collate_fn=collate, drop_last=False)
+
+
+def _iterate(predict: Predictor, dataset, batch_size: int, num_workers: int,
+             progress: bool = False, desc: str = "eval"):
+    loader = _loader(dataset, batch_size, num_workers)
+    if progress and D.is_main_process():
+        from tqdm import tqdm
+        loader = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    for batch in loader:
+        if "image" not in batch:  # every image in this batch failed to decode and was skipped
+            yield batch, None
+            continue
+        with torch.no_grad():
+            maps = predict(batch).float().cpu()
+        yield batch, maps
+
+
+def collect_centroids(predict: Predictor, dataset, batch_size: int = 32, num_workers: int = 0,
+                      progress: bool = False) -> Dict[str, np.ndarray]:
+    """Part centroids and presences with the GT keypoints/boxes, gathered over ranks in dataset
+    order (for the regression protocols)."""
+    rows: Dict[str, list] = {"index": [], "centroids": [], "presence": [], "keypoints": [],
+                             "visible": [], "bbox": []}
+    for batch, maps in _iterate(predict, dataset, batch_size, num_workers, progress, "centroids"):
+        if maps is None:
+            continue
+        size = tuple(batch["image"].shape[-2:])
+        cen, pres = KP.part_centroids(maps, size)
+        rows["index"].append(batch["index"].numpy())
+        rows["centroids"].append(np.asarray(cen, dtype=np.float64))
+        rows["presence"].append(np.asarray(pres, dtype=np.float64))
+        rows["keypoints"].append(batch["keypoints"].numpy().astype(np.float64))
+        rows["visible"].append(batch["keypoints_visible"].numpy().astype(bool))
+        if "bbox" in batch:
+            rows["bbox"].append(batch["bbox"].numpy().astype(np.float64))
+    local = {k: (np.concatenate(v) if v else None) for k, v in rows.items()}
+    parts = D.all_gather_objects(local)
+    merged = {}
+    for k in rows:
+        arrs = [p[k] for p in parts if p[k] is not None]
+        merged[k] = np.concatenate(arrs) if arrs else None
+    order = np.argsort(merged["index"])
+    return {k: (v[order] if v is not None else None) for k, v in merged.items()}
+
+
+def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whole",
+             protocols: Optional[List[str]] = None, regressor_dataset=None,
+             batch_size: int = 32, num_workers: int = 0, progress: bool = False,
+             max_images: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
+    """Evaluate ``predict`` on ``dataset``; returns ``{name: {value, protocol, variant, version,
+    count}}`` for every requested (or, when ``protocols`` is empty, every applicable) protocol."""
+    if max_images is not None and max_images < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(max_images))
+    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    first = dataset[0]
+    if first is None:
+        raise ValueError("the first evaluation image failed to decode")
+    regression = getattr(base, "regression_protocol", None)
+    wanted = list(protocols) if protocols else applicable_protocols(
+        first, resize, regression, regressor_dataset is not None)
+    unknown = [p for p in wanted if p not in PROTOCOL_FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown protocol(s) {unknown}; known: {sorted(PROTOCOL_FAMILIES)}")
+    if resize not in FIXED_SIZE_RESIZES:
+        batch_size = 1  # variable image sizes cannot be stacked
+
+    kp_metrics: Dict[str, Any] = {}
+    px_metrics: Dict[str, Any] = {}
+    K = num_parts
+    if any(p.startswith("kp_nmi") or p.startswith("kp_ari") for p in wanted):
+        P = first["keypoints"].shape[0]
+        for variant in ("with_bg", "fg_only", "fg_bbox"):
+            if f"kp_nmi_{variant}" in wanted or f"kp_ari_{variant}" in wanted:
+                kp_metrics[variant] = C.KeypointClustering(K, P, variant)
+    if any(p.startswith("px_") for p in wanted):
+        Cn = _num_part_classes(base)
+        for variant in ("with_bg", "fg_only"):
+            if f"px_nmi_{variant}" in wanted or f"px_ari_{variant}" in wanted:
+                px_metrics[variant] = C.PixelClustering(K, Cn, variant)
+    hungarian = SEG.HungarianPartIoU(K, _num_part_classes(base)) \
+        if "part_miou_hungarian" in wanted else None
+    fg_iou = SEG.ForegroundIoU() if "fg_iou" in wanted else None
+
+    skipped = 0
+    n_images = 0
+    need_pass = kp_metrics or px_metrics or hungarian or fg_iou
+    if need_pass:
+        for batch, maps in _iterate(predict, dataset, batch_size, num_workers, progress):
+            skipped += int(batch["num_skipped"])
+            if maps is None:
+                continue
+            n_images += maps.shape[0]
+            size = tuple(batch["image"].shape[-2:])
+            for m in kp_metrics.values():
+                m.update(maps, batch["keypoints"], batch["keypoints_visible"], size)
+            for m in px_metrics.values():
+                m.update(maps, batch["part_mask"])
+            if hungarian is not None:
+                hungarian.update(maps, batch["part_mask"])
+            if fg_iou is not None:
+                fg_iou.update(maps, batch["fg_mask"])
+
+    results: Dict[str, Dict[str, Any]] = {}
+
+    def put(name: str, value: float, count: int, **extra) -> None:
+        family, variant = PROTOCOL_FAMILIES[name]
+        results[name] = {"value": float(value), "protocol": family, "variant": variant,
+                         "version": PROTOCOL_VERSION, "count": int(count), **extra}
+
+    for variant, m in kp_metrics.items():
+        m.all_reduce()
+        r = m.compute()
+        for key in ("nmi", "ari"):
+            if f"kp_{key}_{variant}" in wanted:
+                put(f"kp_{key}_{variant}", r[key], r["num_keypoints"])
+    for variant, m in px_metrics.items():
+        m.all_reduce()
+        r = m.compute()
+        for key in ("nmi", "ari"):
+            if f"px_{key}_{variant}" in wanted:
+                put(f"px_{key}_{variant}", r[key], r["num_pixels"])
+    if hungarian is not None:
+        hungarian.all_reduce()
+        r = hungarian.compute()
+        put("part_miou_hungarian", r["miou"], r.get("num_pixels", 0))
+    if fg_iou is not None:
+        fg_iou.all_reduce()
+        r = fg_iou.compute()
+        put("fg_iou", r["fg_iou"], r.get("num_pixels", 0))
+
+    reg_wanted = [p for p in wanted if p.startswith("kp_error") or p.startswith("lm_error")]
+    if reg_wanted:
+        if regressor_dataset is None:
+            raise ValueError(f"{reg_wanted} need a regressor split (data.regressor_split)")
+        train = collect_centroids(predict, regressor_dataset, batch_size, num_workers, progress)
+        test = collect_centroids(predict, dataset, batch_size, num_workers, progress)
+        for name in reg_wanted:
+            family, variant = PROTOCOL_FAMILIES[name]
+            if family == "cub_keypoint_regression":
+                r = KP.cub_keypoint_regression(train, test, variant)
+                put(name, r["error"], r.get("num_pairs", 0))
+            else:
+                tr = {"centroids": train["centroids"], "landmarks": train["keypoints"]}
+                te = {"centroids": test["centroids"], "landmarks": test["keypoints"]}
+                r = KP.celeba_landmark_regression(tr, te, variant)
+                put(name, r["error"], r.get("num_images", len(te["landmarks"])))
+    skipped_t = D.all_reduce_sum(torch.tensor([skipped, n_images]))
+    for r in results.values():
+        r["skipped_images"] = int(skipped_t[0])
+    return results
+
+
+def format_table(columns: Dict[str, Dict[str, Dict[str, Any]]], title: str = "") -> str:
+    """A plain-text table: one row per protocol, one column per method."""
+    names: List[str] = []
+    for res in columns.values():
+        for k in res:
+            if k not in names:
+                names.append(k)
+    heads = list(columns)
+    w0 = max([len("protocol")] + [len(n) for n in names])
+    widths = [max(10, len(h)) for h in heads]
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append("  ".join(["protocol".ljust(w0)] + [h.rjust(w) for h, w in zip(heads, widths)]))
+    lines.append("  ".join(["-" * w0] + ["-" * w for w in widths]))
+    for n in names:
+        cells = []
+        for h, w in zip(heads, widths):
+            v = columns[h].get(n, {}).get("value")
+            cells.append(("-" if v is None or (isinstance(v, float) and math.isnan(v))
+                          else f"{v:.2f}").rjust(w))
+        lines.append("  ".join([n.ljust(w0)] + cells))
+    return "\n".join(lines)
+
+
+def write_json(path: str, payload: Dict[str, Any]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=False)
+    os.replace(tmp, path)

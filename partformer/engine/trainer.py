@@ -1,0 +1,423 @@
+"""The training engine: one code path from a laptop CPU to torchrun on many nodes.
+
+Responsibilities: data (with a resumable, per-epoch reseeded sampler), paired augmentation on the
+device, bf16 autocast on GPU, gradient accumulation and clipping, MultiStep / cosine schedules,
+skipping non-finite steps, validation-based model selection (never the test split), atomic `last`
+and `best` checkpoints with every piece of state needed for an exact resume, and logging.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from partformer import config as cfglib
+from partformer.augment import PairedAugmentation
+from partformer.data import build_dataset
+from partformer.data.collate import collate
+from partformer.engine import distributed as D
+from partformer.engine.checkpoint import (CheckpointError, all_finite, atomic_torch_save,
+                                          load_checkpoint, load_state_dict_strict)
+from partformer.engine.evaluator import evaluate
+from partformer.engine.logger import ExperimentLogger
+from partformer.losses import PartFormerCriterion
+from partformer.models import build_model
+
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """None = fp32. ``auto``: bf16 autocast on CUDA, fp32 on CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in table:
+        raise ValueError(f"train.precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    return table[precision]
+
+
+def lr_lambda_factory(sched, steps_per_epoch: int, total_steps: int):
+    """Learning-rate multiplier per optimiser step (a pure function of the step: resume-safe).
+    MultiStep milestones are given in epochs, as in the paper's schedules."""
+    warmup = int(round(sched.warmup_epochs * steps_per_epoch))
+    milestones = [m * steps_per_epoch for m in sched.milestones]
+
+    def fn(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if sched.name == "multistep":
+            return sched.gamma ** sum(step >= m for m in milestones)
+        if sched.name == "cosine":
+            span = max(1, total_steps - warmup)
+            t = min(1.0, (step - warmup) / span)
+            return sched.min_lr + (1 - sched.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+        if sched.name == "constant":
+            return 1.0
+        raise ValueError(f"train.scheduler.name must be multistep, cosine or constant, "
+                         f"got {sched.name!r}")
+
+    return fn
+
+
+def default_run_dir(cfg) -> str:
+    if cfg.experiment.run_dir:
+        return cfg.experiment.run_dir
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join(cfg.experiment.output_dir, f"{cfg.experiment.name}-{stamp}")
+
+
+class Trainer:
+    """Build with a resolved :class:`partformer.config.Config`; call :meth:`fit`."""
+
+    def __init__(self, cfg, run_dir: Optional[str] = None, resume: Optional[str] = None,
+                 verbose: bool = True):
+        self.cfg = cfg
+        self.verbose = verbose
+        self.device = D.init_distributed(cfg.train.device)
+        self.rank, self.world = D.get_rank(), D.get_world_size()
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        seed_everything(cfg.experiment.seed)
+        if run_dir is None:
+            run_dir = default_run_dir(cfg)
+        self.run_dir = D.broadcast_object(run_dir)
+        self.amp_dtype = resolve_precision(cfg.train.precision, self.device)
+
+        # ----- data
+        self.train_set = build_dataset(cfg.data, cfg.data.train_split)
+        if len(self.train_set) < cfg.train.batch_size * self.world:
+            raise ValueError(f"the {cfg.data.train_split} split has {len(self.train_set)} images, "
+                             f"fewer than one batch ({cfg.train.batch_size} x {self.world} ranks)")
+        self.val_set = build_dataset(cfg.data, cfg.data.val_split) if cfg.data.val_split else None
+        self.sampler = D.TrainSampler(len(self.train_set), seed=cfg.experiment.seed)
+        self.loader = DataLoader(self.train_set, batch_size=cfg.train.batch_size,
+                                 sampler=self.sampler, num_workers=cfg.data.num_workers,
+                                 collate_fn=collate, drop_last=True,
+                                 pin_memory=self.device.type == "cuda",
+                                 persistent_workers=False)
+        micro = len(self.sampler) // cfg.train.batch_size
+        if micro < cfg.train.grad_accum:
+            raise ValueError(f"train.grad_accum={cfg.train.grad_accum} is more than the "
+                             f"{micro} micro-batches of one epoch")
+        self.steps_per_epoch = micro // cfg.train.grad_accum
+        # an incomplete accumulation group at the end of an epoch is dropped (as drop_last drops
+        # an incomplete batch): its gradients would otherwise leak into the next epoch's first step
+        self.micro_per_epoch = self.steps_per_epoch * cfg.train.grad_accum
+        self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
+
+        # ----- model, loss, optimiser
+        self.model = build_model(cfg.model, image_size=cfg.data.image_size).to(self.device)
+        self.criterion = PartFormerCriterion.from_config(cfg.loss, cfg.model.num_parts)
+        self.criterion.to(self.device)
+        self.augment = PairedAugmentation(**cfglib.to_dict(cfg.augment))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+                                           weight_decay=cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda_factory(cfg.train.scheduler, self.steps_per_epoch,
+                                              self.total_steps))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.ddp_model = self.model
+        if self.world > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=False)
+
+        # ----- state
+        self.epoch = 0
+        self.step = 0                 # optimiser steps done
+        self.micro_in_epoch = 0       # micro-batches consumed in the current epoch
+        self.best_value = -float("inf")
+        self.best_epoch = -1
+        self.nonfinite_streak = 0
+        self.nonfinite_total = 0
+        self.skipped_images = 0
+        self.wandb_id = None
+        if resume:
+            self.load_resume(resume)
+        if D.is_main_process():
+            os.makedirs(self.run_dir, exist_ok=True)
+            cfglib.save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
+        self.logger = ExperimentLogger(self.run_dir, cfg.logging.wandb, cfglib.to_dict(cfg),
+                                       os.path.basename(self.run_dir), resume_id=self.wandb_id)
+        self.viz_batch = self._fixed_val_batch()
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch, "step": self.step, "micro_in_epoch": self.micro_in_epoch,
+            "best_value": self.best_value, "best_epoch": self.best_epoch,
+            "nonfinite_total": self.nonfinite_total, "skipped_images": self.skipped_images,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "numpy": _numpy_state(), "python": _python_state()},
+            "config": cfglib.to_yaml(self.cfg),
+            "wandb_id": getattr(self.logger, "wandb_id", None) if hasattr(self, "logger") else None,
+        }
+
+    def save(self, name: str) -> Optional[str]:
+        """Atomically write ``<run_dir>/<name>.pt`` (rank 0). Refuses to write a model with
+        non-finite weights, so a diverged state never replaces a good checkpoint."""
+        if not D.is_main_process():
+            return None
+        if not all_finite(self.model):
+            raise NonFiniteLossError(f"refusing to write {name}.pt: the model has non-finite "
+                                     "weights; the previous checkpoint is kept")
+        path = os.path.join(self.run_dir, f"{name}.pt")
+        atomic_torch_save(self.state_dict(), path)
+        return path
+
+    def load_resume(self, path: str) -> None:
+        if os.path.isdir(path):
+            path = os.path.join(path, "last.pt")
+        ckpt = load_checkpoint(path, map_location="cpu")
+        for key in ("model", "optimizer", "scheduler", "step", "epoch"):
+            if key not in ckpt:
+                raise CheckpointError(f"{path} is not a training checkpoint (no `{key}`); "
+                                      "--resume takes a run directory or its last.pt")
+        load_state_dict_strict(self.model, ckpt["model"], source=path)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.micro_in_epoch = int(ckpt["micro_in_epoch"])
+        self.best_value, self.best_epoch = float(ckpt["best_value"]), int(ckpt["best_epoch"])
+        self.nonfinite_total = int(ckpt.get("nonfinite_total", 0))
+        self.skipped_images = int(ckpt.get("skipped_images", 0))
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and rng.get("cuda"):
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        _set_numpy_state(rng["numpy"])
+        _set_python_state(rng["python"])
+        self.wandb_id = ckpt.get("wandb_id")
+        if D.is_main_process() and self.verbose:
+            print(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
+
+    # ------------------------------------------------------------------ training
+    def _aug_generator(self, micro_index: int) -> torch.Generator:
+        # augmentation randomness is a function of (seed, micro-batch, rank): resume-exact
+        seed = (self.cfg.experiment.seed * 1_000_003 + micro_index) * 4099 + self.rank
+        return torch.Generator().manual_seed(seed % (2 ** 63))
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def train_step_losses(self, images: torch.Tensor, micro_index: int) -> Dict[str, torch.Tensor]:
+        v1, v2, _, _ = self.augment(images, generator=self._aug_generator(micro_index))
+        with self._autocast():
+            out = self.ddp_model(v1, v2)
+        out = {k: (v.float() if torch.is_tensor(v) and torch.is_floating_point(v) else v)
+               for k, v in out.items()}
+        return self.criterion(out)
+
+    def fit(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        t0 = time.time()
+        show = cfg.logging.progress and D.is_main_process() and sys.stderr.isatty()
+        accum = cfg.train.grad_accum
+        done = self.step >= self.total_steps
+        while not done and self.epoch < max(cfg.train.epochs, math.ceil(
+                self.total_steps / self.steps_per_epoch)):
+            self.model.train()
+            self.sampler.set_epoch(self.epoch, skip=self.micro_in_epoch * cfg.train.batch_size)
+            bar = None
+            if show:
+                from tqdm import tqdm
+                bar = tqdm(total=self.micro_per_epoch, initial=self.micro_in_epoch,
+                           desc=f"epoch {self.epoch}", dynamic_ncols=True, leave=False)
+            bad_in_accum = False
+            running: Dict[str, float] = {}
+            for batch in self.loader:
+                if self.micro_in_epoch >= self.micro_per_epoch:
+                    break
+                if self.micro_in_epoch % accum == 0:
+                    # buffers (BatchNorm running statistics) change in the forward pass; a
+                    # skipped step restores them, so a non-finite batch leaves no trace
+                    group_buffers = [b.detach().clone() for b in self.model.buffers()]
+                self.skipped_images += int(batch["num_skipped"])
+                micro_index = self.epoch * self.micro_per_epoch + self.micro_in_epoch
+                self.micro_in_epoch += 1
+                if bar is not None:
+                    bar.update(1)
+                if "image" not in batch:
+                    continue
+                images = batch["image"].to(self.device, non_blocking=True)
+                sync = (self.micro_in_epoch % accum == 0) or self.world == 1
+                ctx = self.ddp_model.no_sync() if (not sync and self.world > 1) else nullcontext()
+                with ctx:
+                    losses = self.train_step_losses(images, micro_index)
+                    loss = losses["total"] / accum
+                    self.scaler.scale(loss).backward()
+                finite = torch.tensor([float(torch.isfinite(losses["total"]).item())])
+                if D.get_world_size() > 1:
+                    torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+                if finite.item() < 1:
+                    bad_in_accum = True
+                for k, v in losses.items():
+                    running[k] = running.get(k, 0.0) + float(v.detach())
+                running["_n"] = running.get("_n", 0.0) + 1
+                if self.micro_in_epoch % accum != 0:
+                    continue
+                # ---- optimiser step (or skip a non-finite one)
+                if bad_in_accum:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    with torch.no_grad():
+                        for b, saved in zip(self.model.buffers(), group_buffers):
+                            b.copy_(saved)
+                    self.nonfinite_streak += 1
+                    self.nonfinite_total += 1
+                    bad_in_accum = False
+                    msg = (f"non-finite loss at step {self.step} (epoch {self.epoch}); step skipped "
+                           f"({self.nonfinite_streak} in a row, limit {cfg.train.max_nonfinite})")
+                    if D.is_main_process():
+                        print(msg, file=sys.stderr)
+                    self.logger.log({"train/nonfinite_skipped": self.nonfinite_total}, self.step)
+                    if self.nonfinite_streak >= cfg.train.max_nonfinite:
+                        raise NonFiniteLossError(
+                            msg + ". Stopping: lower train.lr, enable train.grad_clip, or use "
+                            "train.precision=fp32. The last good checkpoint is untouched.")
+                    continue
+                self.nonfinite_streak = 0
+                if cfg.train.grad_clip > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for p in self.model.parameters() if p.requires_grad], cfg.train.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.step += 1
+                if self.step % cfg.train.log_every == 0 or self.step == 1:
+                    n = running.pop("_n")
+                    scal = {f"train/{k}": v / n for k, v in running.items()}
+                    scal["train/lr"] = self.optimizer.param_groups[0]["lr"]
+                    scal["train/epoch"] = self.epoch
+                    self.logger.log(scal, self.step)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{scal['train/total']:.4f}")
+                    running = {}
+                if self.step >= self.total_steps:
+                    done = True
+                    break
+            if bar is not None:
+                bar.close()
+            D.broadcast_buffers(self.model)   # every rank validates rank 0's (saved) model
+            epoch_finished = self.micro_in_epoch >= self.micro_per_epoch
+            if epoch_finished:
+                self.epoch += 1
+                self.micro_in_epoch = 0
+            if self.val_set is not None and (
+                    done or (epoch_finished and self.epoch % cfg.train.val_every == 0)):
+                self.validate()
+            self.save("last")
+            D.barrier()
+        elapsed = time.time() - t0
+        summary = {"steps": self.step, "epochs": self.epoch, "train_seconds": elapsed,
+                   "best_epoch": self.best_epoch, "best_value": self.best_value,
+                   "select_metric": cfg.train.select_metric,
+                   "nonfinite_skipped": self.nonfinite_total,
+                   "skipped_images": self.skipped_images}
+        self.logger.summary(summary)
+        return summary
+
+    # ------------------------------------------------------------------ validation
+    def predictor(self):
+        model = self.model
+
+        def predict(batch):
+            images = batch["image"].to(self.device)
+            with self._autocast():
+                return model.predict(images)
+        return predict
+
+    @torch.no_grad()
+    def validate(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        self.model.eval()
+        res = evaluate(self.predictor(), self.val_set, cfg.model.num_parts, resize=cfg.data.resize,
+                       batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers)
+        self.model.train()
+        scal = {f"val/{k}": v["value"] for k, v in res.items()}
+        self.logger.log(scal, self.step)
+        if self.viz_batch is not None and D.is_main_process():
+            from partformer import viz
+            self.model.eval()
+            maps = self.model.predict(self.viz_batch["image"].to(self.device)).float().cpu()
+            self.model.train()
+            grid = viz.mask_grid(self.viz_batch["image"], maps, self.viz_batch.get("part_mask"),
+                                 max_items=cfg.logging.wandb.num_images)
+            os.makedirs(os.path.join(self.run_dir, "masks"), exist_ok=True)
+            viz.save_png(os.path.join(self.run_dir, "masks", f"val_step{self.step:07d}.png"), grid)
+            self.logger.log_image("val/part_masks", grid, self.step,
+                                  caption="image | parts overlay | parts | GT parts")
+        metric = cfg.train.select_metric
+        if metric not in res:
+            raise KeyError(f"train.select_metric={metric!r} is not computed on this dataset; "
+                           f"available: {sorted(res)}")
+        value = res[metric]["value"]
+        if D.is_main_process() and self.verbose:
+            print(f"[val] epoch {self.epoch} step {self.step}: " + ", ".join(
+                f"{k}={v['value']:.2f}" for k, v in res.items()))
+        if value > self.best_value:
+            self.best_value, self.best_epoch = value, self.epoch
+            self.save("best")
+        return res
+
+    def _fixed_val_batch(self):
+        if self.val_set is None or not D.is_main_process():
+            return None
+        n = min(self.cfg.logging.wandb.num_images, len(self.val_set))
+        samples = [self.val_set[i] for i in range(n)]
+        samples = [s for s in samples if s is not None]
+        if not samples or self.cfg.data.resize not in ("whole", "shorter_center_crop"):
+            return None
+        return collate(samples)
+
+    def close(self) -> None:
+        self.logger.close()
+
+
+def _numpy_state():
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _set_numpy_state(s) -> None:
+    np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"],
+                         s["has_gauss"], s["cached"]))
+
+
+def _python_state():
+    version, internal, gauss = random.getstate()
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def _set_python_state(s) -> None:
+    random.setstate((s["version"], tuple(s["internal"]), s["gauss"]))
