@@ -262,9 +262,11 @@ def _nest(key: str, value: Any) -> Dict[str, Any]:
     return out
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> Config:
+def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None,
+                sections: Optional[Dict[str, Any]] = None, sections_origin: str = "") -> Config:
     """Load ``path`` (default: configs/default.yaml when it exists, else the schema defaults),
-    apply dotted ``overrides`` and validate everything against the schema."""
+    replace whole top-level ``sections`` (e.g. the ``model`` section stored in a checkpoint), apply
+    dotted ``overrides`` and validate everything against the schema."""
     origins: Dict[str, str] = {}
     tree: Dict[str, Any] = {}
     if path is None:
@@ -272,6 +274,10 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         path = default if os.path.isfile(default) else None
     if path is not None:
         tree = _load_tree(path, origins)
+    for name, section in (sections or {}).items():
+        tree[name] = section
+        for sub in _dotted_keys({name: section}):
+            origins[sub] = sections_origin
     for item in overrides or []:
         key, value = parse_override(item)
         _merge(tree, _nest(key, value), "command line", origins)
@@ -283,13 +289,14 @@ def from_dict(tree: Dict[str, Any], origins: Optional[Dict[str, str]] = None) ->
 
 
 def _where(dotted: str, origins: Dict[str, str]) -> str:
-    src = origins.get(dotted)
+    src = origins.get(dotted) or origins.get(dotted.split("[", 1)[0])  # list items: the list
     return f" (set in {src})" if src else ""
 
 
 def _build(cls, data: Dict[str, Any], prefix: str, origins: Dict[str, str]):
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     if not isinstance(data, dict):
         raise ConfigError(f"`{prefix.rstrip('.') or 'config'}` must be a mapping, "
                           f"got {data!r}{_where(prefix.rstrip('.'), origins)}")
@@ -302,6 +309,12 @@ def _build(cls, data: Dict[str, Any], prefix: str, origins: Dict[str, str]):
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown config key `{dotted}`{_where(dotted, origins)}{hint} "
                               f"Valid keys here: {', '.join(valid)}")
+        default = fields[key].default_factory
+        if (isinstance(value, dict) and typing.get_origin(hints[key]) in (dict, Dict)
+                and default is not dataclasses.MISSING):
+            # a mapping with default entries (loss.weights): setting one entry keeps the others,
+            # so the resolved (saved) config shows every value the run uses
+            value = {**default(), **value}
         kwargs[key] = _coerce(hints[key], value, dotted, origins)
     return cls(**kwargs)
 

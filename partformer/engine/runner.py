@@ -95,14 +95,18 @@ def evaluate_methods(cfg, predictors: Dict[str, Any], split: Optional[str] = Non
                                  batch_size=cfg.eval.batch_size, num_workers=cfg.eval.num_workers,
                                  progress=progress, max_images=cfg.eval.max_images)
         timings[name] = time.time() - t0
+    num_images = len(dataset)
+    if cfg.eval.max_images is not None:
+        num_images = min(num_images, cfg.eval.max_images)
     if D.is_main_process():
-        title = (f"{cfg.data.name} / {split} split ({len(dataset)} images), K = "
+        title = (f"{cfg.data.name} / {split} split ({num_images} images), K = "
                  f"{cfg.model.num_parts}, S = {cfg.data.image_size}, resize = {cfg.data.resize}")
         print(format_table(results, title))
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
             payload = {"dataset": cfg.data.name, "root": cfg.data.root, "split": split,
-                       "num_images": len(dataset), "num_parts": cfg.model.num_parts,
+                       "num_images": num_images, "max_images": cfg.eval.max_images,
+                       "num_parts": cfg.model.num_parts,
                        "image_size": cfg.data.image_size, "resize": cfg.data.resize,
                        "regressor_split": reg_split, "protocol_version": PROTOCOL_VERSION,
                        "eval_seconds": timings, "results": results, **(extra or {})}

@@ -274,7 +274,8 @@ class Trainer:
                     losses = self.train_step_losses(images, micro_index)
                     loss = losses["total"] / accum
                     self.scaler.scale(loss).backward()
-                finite = torch.tensor([float(torch.isfinite(losses["total"]).item())])
+                # on the training device: NCCL reduces CUDA tensors only
+                finite = torch.isfinite(losses["total"].detach()).float().reshape(1)
                 if D.get_world_size() > 1:
                     torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
                 if finite.item() < 1:

@@ -1,0 +1,83 @@
+"""A TINY config of the whole pipeline for fast CPU tests (engine, CLI, distributed).
+
+``tiny_config(tmp)`` returns a validated :class:`partformer.config.Config` on a 64/16/16-image,
+32 px synthetic tree under ``<tmp>/syn``: a one-block ViT encoder and part-token ViT (8 px patches,
+4 x 4 token grid), a small decoder and the MSE reconstruction loss. It starts from the schema
+defaults (not configs/default.yaml, which is tuned for real runs), is written to ``<tmp>/tiny.yaml``
+(so CLIs can take ``--config``) and loaded through the normal YAML + override path. Nothing
+downloads anything. Generate the tree once per test session with :func:`shared_root`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from partformer import config as cfglib
+
+GENERATOR = {"num_train": 64, "num_val": 16, "num_test": 16, "image_size": 32}
+
+
+def tiny_dict(root: str) -> Dict[str, Any]:
+    return {
+        "experiment": {"name": "tiny", "seed": 0,
+                       "output_dir": os.path.join(os.path.dirname(root), "runs")},
+        "data": {"name": "synthetic", "root": root, "image_size": 32, "resize": "whole",
+                 "num_workers": 0, "regressor_split": "train",
+                 "options": {"generator": dict(GENERATOR)}},
+        "model": {
+            "num_parts": 4, "feature_dim": 16, "compress": "cub", "compress_hidden": [32, 32],
+            "encoder": {"name": "vit_tiny_patch16_224", "pretrained": False, "frozen": False,
+                        "kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1,
+                                   "num_heads": 2}},
+            "partformer": {"in_scale": 1.0, "patch_size": 8, "width": 32, "depth": 1,
+                           "heads": 2, "mlp_ratio": 2.0},
+            "decoder": {"channels": 8, "num_blocks": 2, "upsample_after": [1]},
+        },
+        "loss": {"recon": "mse", "vgg_weights": None},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 1.0e-3,
+                  "scheduler": {"name": "constant"}, "precision": "fp32", "device": "cpu",
+                  "log_every": 1},
+        "eval": {"batch_size": 16, "num_workers": 0},
+        "logging": {"wandb": {"mode": "disabled"}, "progress": False},
+    }
+
+
+def tiny_yaml(tmp: str) -> str:
+    """Write the tiny config to ``<tmp>/tiny.yaml`` (if absent) and return its path."""
+    tmp = os.fspath(tmp)
+    path = os.path.join(tmp, "tiny.yaml")
+    if not os.path.isfile(path):
+        with open(path, "w") as f:
+            yaml.safe_dump(tiny_dict(os.path.join(tmp, "syn")), f, sort_keys=False)
+    return path
+
+
+def tiny_config(tmp: str, overrides: Optional[List[str]] = None,
+                run_dir: Optional[str] = None) -> cfglib.Config:
+    """The tiny config with its synthetic tree at ``<tmp>/syn``, plus dotted ``overrides``."""
+    extra = list(overrides or [])
+    if run_dir is not None:
+        extra.append(f"experiment.run_dir={run_dir}")
+    return cfglib.load_config(tiny_yaml(tmp), extra)
+
+
+def ensure_tree(tmp: str) -> str:
+    """Generate the tiny synthetic tree at ``<tmp>/syn`` now (quietly); returns its path."""
+    from partformer.data.synthetic import SyntheticConfig, ensure_synthetic
+    return ensure_synthetic(os.path.join(os.fspath(tmp), "syn"), SyntheticConfig(**GENERATOR),
+                            verbose=False)
+
+
+_SHARED: Dict[str, str] = {}
+
+
+def shared_root(tmp_path_factory) -> str:
+    """One directory per test session holding the tiny synthetic tree (generated once)."""
+    if "root" not in _SHARED:
+        tmp = str(tmp_path_factory.mktemp("tiny"))
+        ensure_tree(tmp)
+        tiny_yaml(tmp)
+        _SHARED["root"] = tmp
+    return _SHARED["root"]
