@@ -106,8 +106,8 @@ def eval_main(argv: Optional[List[str]] = None) -> int:
                    help="default: partformer with --checkpoint, else both baselines")
     p.add_argument("--split", default=None, help="dataset split (default: data.test_split)")
     p.add_argument("--out", default=None,
-                   help="directory for results_<split>.json (default: the checkpoint's run "
-                        "directory, or runs/eval-<dataset>)")
+                   help="directory for results_<split>.json and config.yaml (default: "
+                        "<checkpoint dir>/eval, or runs/eval-<dataset>)")
     args = p.parse_args(argv)
     cfg = _load(args)
     device = D.init_distributed(cfg.train.device)
@@ -129,8 +129,14 @@ def eval_main(argv: Optional[List[str]] = None) -> int:
             else:
                 fit_set = build_dataset(cfg.data, cfg.data.train_split) if m == "kmeans" else None
                 predictors[m] = build_baseline(m, cfg, device, fit_set)
-        out = args.out or (os.path.dirname(os.path.abspath(args.checkpoint)) if args.checkpoint
+        # beside the checkpoint, in eval/, so the training run's own results_test.json is kept
+        out = args.out or (os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
+                           if args.checkpoint
                            else os.path.join(cfg.experiment.output_dir, f"eval-{cfg.data.name}"))
+        if D.is_main_process():
+            print(cfglib.to_yaml(cfg))
+            os.makedirs(out, exist_ok=True)
+            cfglib.save_config(cfg, os.path.join(out, "config.yaml"))
         evaluate_methods(cfg, predictors, split=args.split, out_dir=out,
                          progress=cfg.logging.progress and sys.stderr.isatty(),
                          extra={"checkpoint": args.checkpoint})

@@ -180,12 +180,13 @@ class Trainer:
 
     def save(self, name: str) -> Optional[str]:
         """Atomically write ``<run_dir>/<name>.pt`` (rank 0). Refuses to write a model with
-        non-finite weights, so a diverged state never replaces a good checkpoint."""
-        if not D.is_main_process():
-            return None
+        non-finite weights, so a diverged state never replaces a good checkpoint. The check runs
+        on every rank (DDP keeps the weights identical), so all ranks stop together."""
         if not all_finite(self.model):
             raise NonFiniteLossError(f"refusing to write {name}.pt: the model has non-finite "
                                      "weights; the previous checkpoint is kept")
+        if not D.is_main_process():
+            return None
         path = os.path.join(self.run_dir, f"{name}.pt")
         atomic_torch_save(self.state_dict(), path)
         return path
