@@ -9,8 +9,6 @@ import os
 import sys
 from typing import List, Optional
 
-import torch
-
 from partformer import config as cfglib
 from partformer.engine import distributed as D
 from partformer.engine.checkpoint import CheckpointError
@@ -82,7 +80,6 @@ def train_main(argv: Optional[List[str]] = None) -> int:
             predictors = {"partformer": model_predictor(trainer.model, trainer.device,
                                                         trainer.amp_dtype)}
             if not args.no_baselines:
-                from partformer.data import build_dataset
                 predictors["grid"] = build_baseline("grid", cfg, trainer.device, None)
                 predictors["kmeans"] = build_baseline("kmeans", cfg, trainer.device,
                                                       trainer.train_set)

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from partformer.data import register_dataset
 from partformer.data.cub import KeypointTable
-from partformer.data.io import DATASETS_README, BadImageError, load_image, require_file
+from partformer.data.io import BadImageError, DATASETS_README, check_index, decode_or_skip, load_image, require_file
 from partformer.data.transforms import apply_resize, check_resize_mode, to_tensor_image
 
 __all__ = ["CelebAWildDataset", "LANDMARK_NAMES", "PUBLISHED_COUNTS", "prepare_celeba_splits",
@@ -388,21 +388,15 @@ class CelebAWildDataset(Dataset):
                              self.boxes.copy())
 
     def __getitem__(self, index: int) -> Optional[dict]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for CelebA {self.split} "
-                             f"({len(self)} images)")
+        check_index(index, len(self), f"CelebA {self.split}")
         path = self.image_path(index)
         try:
-            image = load_image(path)
-        except BadImageError as e:
-            if not self.skip_bad_images:
-                raise BadImageError(f"{e}. Re-download the file, or pass skip_bad_images=True to "
-                                    f"skip such images with a warning") from None
-            warnings.warn(f"skipping undecodable image: {e}", stacklevel=2)
-            return None
+            image = decode_or_skip(lambda: load_image(path), self.skip_bad_images)
         except FileNotFoundError:
             raise FileNotFoundError(f"CelebA image {path} not found; expected layout:\n{LAYOUT}\n"
                                     f"See {DATASETS_README}") from None
+        if image is None:
+            return None
         h, w = image.shape[:2]
         out = apply_resize(self.resize, self.image_size, image, keypoints=self.keypoints[index],
                            visible=np.ones(self.num_keypoints, dtype=bool),

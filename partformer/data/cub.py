@@ -8,7 +8,6 @@ decoded lazily in ``__getitem__``.
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any, Dict, List, NamedTuple, Optional
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from partformer.data import register_dataset
-from partformer.data.io import BadImageError, load_image, load_mask, read_table, require_file
+from partformer.data.io import check_index, decode_or_skip, load_image, load_mask, read_table, require_file
 from partformer.data.transforms import apply_resize, check_resize_mode, to_tensor_image
 
 __all__ = ["CUBDataset", "KeypointTable", "CUB_LAYOUT", "SPLITS", "default_val_ids"]
@@ -316,25 +315,22 @@ class CUBDataset(Dataset):
         return KeypointTable(self._keypoints.copy(), self._visible.copy(), self._bbox.copy())
 
     def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for CUB {self.split} "
-                             f"({len(self)} images)")
+        check_index(index, len(self), f"CUB {self.split}")
         path = self.image_path(index)
-        try:
+
+        def load():
             image = load_image(path)
             masks = []
             if self.with_masks and self._seg_dir is not None:
                 masks.append(self._load_mask(self._seg_dir, index, image.shape[:2]))
             if self.with_masks and self._part_dir is not None:
                 masks.append(self._load_mask(self._part_dir, index, image.shape[:2]))
-        except BadImageError as e:
-            if self.skip_bad_images:
-                warnings.warn(f"skipping undecodable file: {e}", stacklevel=2)
-                return None
-            raise BadImageError(f"{e}. Re-download the file, or pass skip_bad_images=True to skip "
-                                f"such images with a warning (config: data.skip_bad_images=true "
-                                f"for training, eval.skip_bad_images=true for evaluation)"
-                                ) from None
+            return image, masks
+
+        loaded = decode_or_skip(load, self.skip_bad_images)
+        if loaded is None:
+            return None
+        image, masks = loaded
 
         h, w = image.shape[:2]
         out = apply_resize(self.resize, self.image_size, image, self._keypoints[index],

@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import Dataset
 
 from partformer.data import register_dataset
-from partformer.data.io import DATASETS_README, BadImageError, load_image
+from partformer.data.io import DATASETS_README, check_index, decode_or_skip, load_image
 from partformer.data.transforms import (apply_resize, check_resize_mode, resize_image,
                                         resize_mask, to_tensor_image)
 
@@ -276,19 +276,13 @@ class DeepFashionDataset(Dataset):
         return colour_mask_to_labels(load_image(path), path)
 
     def __getitem__(self, index: int) -> Optional[dict]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for DeepFashion {self.split} "
-                             f"({len(self)} images)")
+        check_index(index, len(self), f"DeepFashion {self.split}")
         path = self.image_path(index)
-        try:
-            image = load_image(path)
-            part_mask = self.part_mask_full(index)
-        except BadImageError as e:
-            if not self.skip_bad_images:
-                raise BadImageError(f"{e}. Re-download the file, or pass skip_bad_images=True to "
-                                    f"skip such images with a warning") from None
-            warnings.warn(f"skipping undecodable image: {e}", stacklevel=2)
+        loaded = decode_or_skip(lambda: (load_image(path), self.part_mask_full(index)),
+                                self.skip_bad_images)
+        if loaded is None:
             return None
+        image, part_mask = loaded
         h, w = image.shape[:2]
         if part_mask.shape != (h, w):
             raise ValueError(f"{path}: image is {h}x{w} (HxW) but {mask_path(path)} is "

@@ -240,3 +240,27 @@ def load_mask(path: PathLike) -> np.ndarray:
                                 f"(grey values / label ids)")
         mask = colour[:, :, 0]
     return np.ascontiguousarray(mask)
+
+
+SKIP_HINT = ("Re-download the file, or pass skip_bad_images=True to skip such images with a "
+             "warning (config: data.skip_bad_images=true for training, eval.skip_bad_images=true "
+             "for evaluation)")
+
+
+def check_index(index: int, length: int, what: str) -> None:
+    """IndexError naming the dataset/split when ``index`` is outside ``[0, length)``."""
+    if not 0 <= index < length:
+        raise IndexError(f"index {index} out of range for {what} ({length} images)")
+
+
+def decode_or_skip(load, skip_bad_images: bool):
+    """Run ``load()``, which decodes one sample's files. A file that fails to decode raises
+    ``BadImageError`` saying how to fix or skip it; with ``skip_bad_images`` it warns instead and
+    returns ``None`` (``partformer.data.collate`` drops it and counts it)."""
+    try:
+        return load()
+    except BadImageError as e:
+        if skip_bad_images:
+            warnings.warn(f"skipping undecodable file: {e}", stacklevel=3)
+            return None
+        raise BadImageError(f"{e}. {SKIP_HINT}") from None

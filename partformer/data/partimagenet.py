@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import Dataset
 
 from partformer.data import register_dataset
-from partformer.data.io import DATASETS_README, BadImageError, load_image, load_mask, require_file
+from partformer.data.io import DATASETS_README, check_index, decode_or_skip, load_image, load_mask, require_file
 from partformer.data.transforms import apply_resize, check_resize_mode, to_tensor_image
 
 __all__ = ["PartImageNetDataset", "NUM_PART_CATEGORIES", "rasterize_polygon", "rasterize_parts",
@@ -600,17 +600,10 @@ class PartImageNetDataset(Dataset):
         return seg_png_to_part_mask(load_mask(path), path)
 
     def __getitem__(self, index: int) -> Optional[dict]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for PartImageNet {self.split} "
-                             f"({len(self)} images)")
+        check_index(index, len(self), f"PartImageNet {self.split}")
         path = self.image_path(index)
-        try:
-            image = load_image(path)
-        except BadImageError as e:
-            if not self.skip_bad_images:
-                raise BadImageError(f"{e}. Re-download the file, or pass skip_bad_images=True to "
-                                    f"skip such images with a warning") from None
-            warnings.warn(f"skipping undecodable image: {e}", stacklevel=2)
+        image = decode_or_skip(lambda: load_image(path), self.skip_bad_images)
+        if image is None:
             return None
         h, w = image.shape[:2]
         part_mask = self.part_mask_full(index)
