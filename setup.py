@@ -34,6 +34,9 @@ setup(
         "console_scripts": [
             "partformer-train=partformer.cli:train_main",
             "partformer-eval=partformer.cli:eval_main",
+            "partformer-visualize=partformer.cli:visualize_main",
+            "partformer-benchmark=partformer.cli:benchmark_main",
+            "partformer-convert-official=partformer.convert:main",
         ],
     },
     classifiers=[

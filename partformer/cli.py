@@ -144,3 +144,81 @@ def eval_main(argv: Optional[List[str]] = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(train_main())
+
+
+def visualize_main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(
+        description="Save a grid of predicted part masks (image | overlay | parts | GT parts) for "
+                    "the first images of a split; optionally log it to W&B. Works on your own "
+                    "images with data.name=image_folder data.root=DIR.")
+    cfglib.add_config_args(p)
+    p.add_argument("--checkpoint", required=True, help="our checkpoint or a converted one")
+    p.add_argument("--split", default=None, help="dataset split (default: data.val_split or test)")
+    p.add_argument("--num", type=int, default=8, help="number of images")
+    p.add_argument("--out", default=None, help="PNG path (default: <checkpoint dir>/masks_<split>.png)")
+    p.add_argument("--wandb", action="store_true", help="also log the grid with logging.wandb")
+    args = p.parse_args(argv)
+    cfg = _load(args)
+    from partformer import viz
+    from partformer.data import build_dataset
+    from partformer.data.collate import collate
+    from partformer.engine.runner import load_model
+    device = D.init_distributed(cfg.train.device)
+    split = args.split or cfg.data.val_split or cfg.data.test_split
+    dataset = build_dataset(cfg.data, split, skip_bad_images=True)
+    samples = [s for s in (dataset[i] for i in range(min(args.num, len(dataset)))) if s is not None]
+    if not samples:
+        sys.exit(f"no readable image in the first {args.num} of split {split!r}")
+    model = load_model(cfg, args.checkpoint, device)
+    grids = []
+    import torch
+    with torch.no_grad():
+        for s in samples:  # one at a time: images may differ in size
+            b = collate([s])
+            maps = model.predict(b["image"].to(device)).float().cpu()
+            grids.append(viz.mask_grid(b["image"], maps, b.get("part_mask")))
+    height = max(g.shape[0] for g in grids)
+    import numpy as np
+    grid = np.concatenate([np.pad(g, ((0, height - g.shape[0]), (0, 2), (0, 0)),
+                                  constant_values=255) for g in grids], axis=1)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
+                                   f"masks_{split}.png")
+    viz.save_png(out, grid)
+    print(f"wrote {out} ({len(samples)} images)")
+    if args.wandb:
+        from partformer.engine.logger import ExperimentLogger
+        logger = ExperimentLogger(os.path.dirname(out), cfg.logging.wandb, cfglib.to_dict(cfg),
+                                  f"visualize-{cfg.experiment.name}")
+        logger.log_image(f"{split}/part_masks", grid, step=0,
+                         caption="image | parts overlay | parts | GT parts")
+        logger.close()
+    return 0
+
+
+def benchmark_main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(
+        description="Measure training-step and prediction speed and peak memory of a config on "
+                    "random images (no dataset needed). Prints a table and writes JSON.")
+    cfglib.add_config_args(p)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--out", default=None, help="JSON path (default: print only)")
+    args = p.parse_args(argv)
+    cfg = _load(args)
+    import json
+
+    import torch
+
+    from partformer.engine.benchmark import benchmark
+    from partformer.engine.trainer import resolve_precision
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    device = D.init_distributed(cfg.train.device)
+    res = benchmark(cfg, device, iters=args.iters, warmup=args.warmup,
+                    amp_dtype=resolve_precision(cfg.train.precision, device))
+    for k, v in res.items():
+        print(f"{k:>20}: {v:.4g}" if isinstance(v, float) else f"{k:>20}: {v}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0

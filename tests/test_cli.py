@@ -166,3 +166,31 @@ def test_resume_with_foreign_checkpoint_is_a_clear_error(trained, tmp_path):
     with pytest.raises(SystemExit) as e:
         eval_main(["--checkpoint", str(tmp_path / "empty.pt")])
     assert "truncated, corrupt" in str(e.value.code)
+
+
+def test_visualize_writes_mask_grid_matching_predictions(trained, tmp_path):
+    """The grid's parts panel is the argmax of model.predict, coloured with the part palette."""
+    import cv2
+    import numpy as np
+
+    from partformer import viz
+    from partformer.cli import visualize_main
+    from partformer.config import load_config
+    from partformer.data import build_dataset
+    from partformer.engine.runner import load_model
+
+    _, cfg_path, run = trained
+    out = str(tmp_path / "grid.png")
+    assert visualize_main(["--config", cfg_path, "--checkpoint", os.path.join(run, "best.pt"),
+                           "--split", "val", "--num", "3", "--out", out]) == 0
+    grid = cv2.cvtColor(cv2.imread(out), cv2.COLOR_BGR2RGB)
+    cfg = load_config(cfg_path)
+    ds = build_dataset(cfg.data, "val")
+    S = cfg.data.image_size
+    assert grid.shape[0] == 4 * S  # image, overlay, parts, GT parts
+    model = load_model(cfg, os.path.join(run, "best.pt"), torch.device("cpu"))
+    with torch.no_grad():
+        maps = model.predict(ds[0]["image"][None])
+    maps = torch.nn.functional.interpolate(maps, size=(S, S), mode="bilinear", align_corners=False)
+    expected = viz.colorize(maps.argmax(1)[0].numpy(), cfg.model.num_parts)
+    assert np.array_equal(grid[2 * S:3 * S, :S], expected)

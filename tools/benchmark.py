@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""See `python tools/visualize.py --help`; the logic lives in partformer/cli.py."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from partformer.cli import benchmark_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(benchmark_main())
