@@ -208,18 +208,14 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
         results[name] = {"value": float(value), "protocol": family, "variant": variant,
                          "version": PROTOCOL_VERSION, "count": int(count), **extra}
 
-    for variant, m in kp_metrics.items():
-        m.all_reduce()
-        r = m.compute()
-        for key in ("nmi", "ari"):
-            if f"kp_{key}_{variant}" in wanted:
-                put(f"kp_{key}_{variant}", r[key], r["num_keypoints"])
-    for variant, m in px_metrics.items():
-        m.all_reduce()
-        r = m.compute()
-        for key in ("nmi", "ari"):
-            if f"px_{key}_{variant}" in wanted:
-                put(f"px_{key}_{variant}", r[key], r["num_pixels"])
+    for prefix, metrics, count_key in (("kp", kp_metrics, "num_keypoints"),
+                                       ("px", px_metrics, "num_pixels")):
+        for variant, m in metrics.items():
+            m.all_reduce()
+            r = m.compute()
+            for key in ("nmi", "ari"):
+                if f"{prefix}_{key}_{variant}" in wanted:
+                    put(f"{prefix}_{key}_{variant}", r[key], r[count_key])
     if hungarian is not None:
         hungarian.all_reduce()
         r = hungarian.compute()
