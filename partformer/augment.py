@@ -23,8 +23,6 @@ T(−½) · M · T(+½) (see :func:`warp_images`); the returned M is the one the
 """
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import math
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -149,20 +147,8 @@ class PairedAugmentation(nn.Module):
     @classmethod
     def from_config(cls, cfg: Any) -> "PairedAugmentation":
         """Build from an ``AugmentConfig`` dataclass, a mapping with the same keys, or None."""
-        if cfg is None:
-            kwargs: Dict[str, Any] = {}
-        elif dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-            kwargs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-        elif isinstance(cfg, Mapping):
-            kwargs = dict(cfg)
-        else:
-            raise TypeError(f"augment config must be a dataclass, a mapping or None, got {type(cfg).__name__}")
-        known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        unknown = sorted(set(kwargs) - set(known))
-        if unknown:
-            raise ValueError(f"unknown augment config key(s) {['augment.' + k for k in unknown]}; "
-                             f"known: {['augment.' + k for k in known]}")
-        return cls(**kwargs)
+        from partformer.config import section_kwargs
+        return cls(**section_kwargs(cfg, cls, "augment"))
 
     def sample_params(self, batch_size: int, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
         """Random parameters on the CPU: ``flip`` [B] bool, and per view i in {1, 2}: ``angle{i}`` [B]

@@ -14,6 +14,7 @@ import difflib
 import os
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
@@ -394,3 +395,28 @@ def add_config_args(parser) -> None:
                         help="YAML config (default: configs/default.yaml, the synthetic benchmark)")
     parser.add_argument("overrides", nargs="*", default=[],
                         help="dotted overrides, e.g. model.num_parts=8 train.batch_size=16")
+
+
+def section_kwargs(section: Any, target, prefix: str, exclude: Tuple[str, ...] = ()
+                   ) -> Dict[str, Any]:
+    """Keyword arguments for ``target`` (a class or function) from one config section: a dataclass,
+    a mapping with the same keys, or None (all defaults). A key that ``target`` does not take is an
+    error naming ``<prefix>.<key>`` and the valid keys."""
+    import inspect
+
+    if section is None:
+        kwargs: Dict[str, Any] = {}
+    elif dataclasses.is_dataclass(section) and not isinstance(section, type):
+        kwargs = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+    elif isinstance(section, Mapping):
+        kwargs = dict(section)
+    else:
+        raise TypeError(f"{prefix} config must be a dataclass, a mapping or None, "
+                        f"got {type(section).__name__}")
+    fn = target.__init__ if isinstance(target, type) else target
+    known = [p for p in inspect.signature(fn).parameters if p not in ("self",) + tuple(exclude)]
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {prefix} config key(s) {[prefix + '.' + k for k in unknown]}; "
+                         f"known: {[prefix + '.' + k for k in known]}")
+    return kwargs

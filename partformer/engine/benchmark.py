@@ -12,7 +12,6 @@ from typing import Any, Dict
 
 import torch
 
-from partformer import config as cfglib
 from partformer.augment import PairedAugmentation
 from partformer.losses import PartFormerCriterion
 from partformer.models import build_model
@@ -37,7 +36,7 @@ def benchmark(cfg, device: torch.device, iters: int = 10, warmup: int = 2,
     S, B = cfg.data.image_size, cfg.train.batch_size
     model = build_model(cfg.model, image_size=S).to(device)
     crit = PartFormerCriterion.from_config(cfg.loss, cfg.model.num_parts).to(device)
-    aug = PairedAugmentation(**cfglib.to_dict(cfg.augment))
+    aug = PairedAugmentation.from_config(cfg.augment)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
     images = torch.rand(B, 3, S, S, device=device)
     ctx = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else \

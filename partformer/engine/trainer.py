@@ -127,7 +127,7 @@ class Trainer:
         self.model = build_model(cfg.model, image_size=cfg.data.image_size).to(self.device)
         self.criterion = PartFormerCriterion.from_config(cfg.loss, cfg.model.num_parts)
         self.criterion.to(self.device)
-        self.augment = PairedAugmentation(**cfglib.to_dict(cfg.augment))
+        self.augment = PairedAugmentation.from_config(cfg.augment)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                                            weight_decay=cfg.train.weight_decay)

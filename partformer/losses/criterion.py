@@ -15,8 +15,6 @@ concatenated along the batch: a batch mean over 2B equals the average of the two
 """
 from __future__ import annotations
 
-import dataclasses
-import inspect
 from typing import Any, Dict, Mapping, Optional
 
 import torch
@@ -89,21 +87,8 @@ class PartFormerCriterion(nn.Module):
     @classmethod
     def from_config(cls, loss_cfg: Any, num_parts: int) -> "PartFormerCriterion":
         """Build from a ``LossConfig`` dataclass, a mapping with the same keys, or None (defaults)."""
-        if loss_cfg is None:
-            kwargs: Dict[str, Any] = {}
-        elif dataclasses.is_dataclass(loss_cfg) and not isinstance(loss_cfg, type):
-            kwargs = {f.name: getattr(loss_cfg, f.name) for f in dataclasses.fields(loss_cfg)}
-        elif isinstance(loss_cfg, Mapping):
-            kwargs = dict(loss_cfg)
-        else:
-            raise TypeError(f"loss config must be a dataclass, a mapping or None, got {type(loss_cfg).__name__}")
-        if dataclasses.is_dataclass(kwargs.get("weights")) and not isinstance(kwargs["weights"], type):
-            kwargs["weights"] = dataclasses.asdict(kwargs["weights"])
-        known = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_parts")]
-        unknown = sorted(set(kwargs) - set(known))
-        if unknown:
-            raise ValueError(f"unknown loss config key(s) {['loss.' + k for k in unknown]}; "
-                             f"known: {['loss.' + k for k in known]}")
+        from partformer.config import section_kwargs
+        kwargs = section_kwargs(loss_cfg, cls, "loss", exclude=("num_parts",))
         return cls(num_parts=num_parts, **kwargs)
 
     def _check(self, out: Mapping[str, torch.Tensor]) -> None:
