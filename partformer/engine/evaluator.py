@@ -116,32 +116,44 @@ def _iterate(predict: Predictor, dataset, batch_size: int, num_workers: int,
         yield batch, maps
 
 
+class CentroidRows:
+    """Part centroids and presences next to the GT keypoints/boxes, batch by batch; ``gather()``
+    merges the ranks' rows in dataset order (for the regression protocols)."""
+
+    KEYS = ("index", "centroids", "presence", "keypoints", "visible", "bbox")
+
+    def __init__(self):
+        self.rows: Dict[str, list] = {k: [] for k in self.KEYS}
+
+    def update(self, batch: Dict[str, Any], maps: torch.Tensor) -> None:
+        cen, pres = KP.part_centroids(maps, tuple(batch["image"].shape[-2:]))
+        self.rows["index"].append(batch["index"].numpy())
+        self.rows["centroids"].append(np.asarray(cen, dtype=np.float64))
+        self.rows["presence"].append(np.asarray(pres, dtype=np.float64))
+        self.rows["keypoints"].append(batch["keypoints"].numpy().astype(np.float64))
+        self.rows["visible"].append(batch["keypoints_visible"].numpy().astype(bool))
+        if "bbox" in batch:
+            self.rows["bbox"].append(batch["bbox"].numpy().astype(np.float64))
+
+    def gather(self) -> Dict[str, np.ndarray]:
+        local = {k: (np.concatenate(v) if v else None) for k, v in self.rows.items()}
+        parts = D.all_gather_objects(local)
+        merged = {}
+        for k in self.KEYS:
+            arrs = [p[k] for p in parts if p[k] is not None]
+            merged[k] = np.concatenate(arrs) if arrs else None
+        order = np.argsort(merged["index"])
+        return {k: (v[order] if v is not None else None) for k, v in merged.items()}
+
+
 def collect_centroids(predict: Predictor, dataset, batch_size: int = 32, num_workers: int = 0,
                       progress: bool = False) -> Dict[str, np.ndarray]:
-    """Part centroids and presences with the GT keypoints/boxes, gathered over ranks in dataset
-    order (for the regression protocols)."""
-    rows: Dict[str, list] = {"index": [], "centroids": [], "presence": [], "keypoints": [],
-                             "visible": [], "bbox": []}
+    """:class:`CentroidRows` of a whole dataset (e.g. the regressor split)."""
+    rows = CentroidRows()
     for batch, maps in _iterate(predict, dataset, batch_size, num_workers, progress, "centroids"):
-        if maps is None:
-            continue
-        size = tuple(batch["image"].shape[-2:])
-        cen, pres = KP.part_centroids(maps, size)
-        rows["index"].append(batch["index"].numpy())
-        rows["centroids"].append(np.asarray(cen, dtype=np.float64))
-        rows["presence"].append(np.asarray(pres, dtype=np.float64))
-        rows["keypoints"].append(batch["keypoints"].numpy().astype(np.float64))
-        rows["visible"].append(batch["keypoints_visible"].numpy().astype(bool))
-        if "bbox" in batch:
-            rows["bbox"].append(batch["bbox"].numpy().astype(np.float64))
-    local = {k: (np.concatenate(v) if v else None) for k, v in rows.items()}
-    parts = D.all_gather_objects(local)
-    merged = {}
-    for k in rows:
-        arrs = [p[k] for p in parts if p[k] is not None]
-        merged[k] = np.concatenate(arrs) if arrs else None
-    order = np.argsort(merged["index"])
-    return {k: (v[order] if v is not None else None) for k, v in merged.items()}
+        if maps is not None:
+            rows.update(batch, maps)
+    return rows.gather()
 
 
 def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whole",
@@ -182,9 +194,14 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
         if "part_miou_hungarian" in wanted else None
     fg_iou = SEG.ForegroundIoU() if "fg_iou" in wanted else None
 
+    reg_wanted = [p for p in wanted if p.startswith("kp_error") or p.startswith("lm_error")]
+    if reg_wanted and regressor_dataset is None:
+        raise ValueError(f"{reg_wanted} need a regressor split (data.regressor_split)")
+    test_rows = CentroidRows() if reg_wanted else None
+
     skipped = 0
     n_images = 0
-    need_pass = kp_metrics or px_metrics or hungarian or fg_iou
+    need_pass = kp_metrics or px_metrics or hungarian or fg_iou or test_rows
     if need_pass:
         for batch, maps in _iterate(predict, dataset, batch_size, num_workers, progress):
             skipped += int(batch["num_skipped"])
@@ -200,6 +217,8 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
                 hungarian.update(maps, batch["part_mask"])
             if fg_iou is not None:
                 fg_iou.update(maps, batch["fg_mask"])
+            if test_rows is not None:
+                test_rows.update(batch, maps)
 
     results: Dict[str, Dict[str, Any]] = {}
 
@@ -225,12 +244,10 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
         r = fg_iou.compute()
         put("fg_iou", r["fg_iou"], r.get("num_pixels", 0))
 
-    reg_wanted = [p for p in wanted if p.startswith("kp_error") or p.startswith("lm_error")]
     if reg_wanted:
-        if regressor_dataset is None:
-            raise ValueError(f"{reg_wanted} need a regressor split (data.regressor_split)")
+        # the test split's centroids came from the pass above; only the regressor split is new
         train = collect_centroids(predict, regressor_dataset, batch_size, num_workers, progress)
-        test = collect_centroids(predict, dataset, batch_size, num_workers, progress)
+        test = test_rows.gather()
         for name in reg_wanted:
             family, variant = PROTOCOL_FAMILIES[name]
             if family == "cub_keypoint_regression":
