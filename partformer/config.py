@@ -279,10 +279,18 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         tree[name] = section
         for sub in _dotted_keys({name: section}):
             origins[sub] = sections_origin
+    apply_overrides(tree, overrides, origins)
+    return from_dict(tree, origins)
+
+
+def apply_overrides(tree: Dict[str, Any], overrides: Optional[List[str]],
+                    origins: Dict[str, str]) -> Dict[str, Any]:
+    """Merge dotted ``key=value`` overrides into a raw config tree, recording "command line" as
+    their origin (for error messages)."""
     for item in overrides or []:
         key, value = parse_override(item)
         _merge(tree, _nest(key, value), "command line", origins)
-    return from_dict(tree, origins)
+    return tree
 
 
 def from_dict(tree: Dict[str, Any], origins: Optional[Dict[str, str]] = None) -> Config:

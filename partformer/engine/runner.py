@@ -38,9 +38,7 @@ def config_from_checkpoint(path: str, overrides=None) -> cfglib.Config:
     import yaml
     tree = yaml.safe_load(ckpt["config"])
     origins = {k: f"the config stored in {path}" for k in cfglib._dotted_keys(tree)}
-    for item in overrides or []:
-        key, value = cfglib.parse_override(item)
-        cfglib._merge(tree, cfglib._nest(key, value), "command line", origins)
+    cfglib.apply_overrides(tree, overrides, origins)
     return cfglib.from_dict(tree, origins)
 
 

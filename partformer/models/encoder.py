@@ -268,7 +268,7 @@ class CompressHead(nn.Sequential):
 
 def build_encoder(encoder_cfg, image_size: Optional[int] = None) -> FeatureMapEncoder:
     """A ``FeatureMapEncoder`` from the ``model.encoder`` config section (dataclass or dict); the
-    nested ``kwargs`` go to timm. Used on its own by the k-means baseline."""
+    nested ``kwargs`` go to timm. Used by ``PartFormerModel`` and the k-means baseline."""
     import dataclasses
 
     enc = dataclasses.asdict(encoder_cfg) if dataclasses.is_dataclass(encoder_cfg) \

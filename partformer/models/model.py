@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .decoder import ReconstructionDecoder
-from .encoder import CompressHead, FeatureMapEncoder
+from .encoder import CompressHead, build_encoder
 from .partformer_vit import PartTokenViT
 
 __all__ = ["PartFormerModel", "build_model", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD"]
@@ -115,11 +115,8 @@ class PartFormerModel(nn.Module):
         if isinstance(encoder, nn.Module):
             self.encoder = encoder
         else:
-            enc = {"name": encoder} if isinstance(encoder, str) else dict(_as_dict(encoder))
-            enc.update(enc.pop("kwargs", None) or {})
-            if enc.get("img_size") is None:
-                enc["img_size"] = self.image_size
-            self.encoder = FeatureMapEncoder(**enc)
+            enc = {"name": encoder} if isinstance(encoder, str) else _as_dict(encoder)
+            self.encoder = build_encoder(enc, image_size=self.image_size)
         self.compress = CompressHead(self.encoder.embed_dim, self.feature_dim, variant=compress,
                                      hidden=tuple(compress_hidden))
 
