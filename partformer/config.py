@@ -58,6 +58,8 @@ class EncoderConfig:
     weights: Optional[str] = None             # local state dict; overrides `pretrained`
     frozen: bool = True
     layer: Optional[int] = None               # None: final norm output; int: that block's output
+    # non-ViT timm models (CNNs): feature levels (timm features_only) fused at the finest one
+    out_indices: Optional[List[int]] = None
     kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
 
 
@@ -171,6 +173,42 @@ class LoggingConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Self-supervised encoder pretraining (tools/pretrain.py; docs/PRETRAINING.md). The encoder
+    is ``model.encoder`` (trained, whatever its ``frozen`` says); optimisation uses ``train.*``."""
+    objective: str = "dino_dense"     # dino (global only) | dino_dense (global + dense cells)
+    source_size: int = 128            # images are held at this size; crops are cut from them
+    global_crops: int = 2
+    global_size: int = 64             # the downstream input size
+    global_scale: List[float] = field(default_factory=lambda: [0.35, 1.0])
+    local_crops: int = 4
+    local_size: int = 32
+    local_scale: List[float] = field(default_factory=lambda: [0.08, 0.35])
+    out_dim: int = 1024               # global prototypes
+    dense_out_dim: int = 256          # dense (per-cell) prototypes
+    hidden_dim: int = 512             # global head: 3 layers
+    dense_hidden_dim: int = 256       # dense head: 2 layers (it runs on every cell)
+    bottleneck_dim: int = 128
+    global_weight: float = 1.0
+    dense_weight: float = 1.0
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    center_momentum: float = 0.9
+    ema_momentum: float = 0.99        # teacher EMA, cosine to ema_momentum_end
+    ema_momentum_end: float = 1.0
+    weight_decay_end: float = 0.2     # train.weight_decay -> this (cosine), DINO's schedule
+    photometric: Dict[str, Any] = field(default_factory=dict)  # crops.photometric overrides
+    extra_synthetic: int = 0          # extra unlabeled generator images (synthetic data only)
+    extra_seed: int = 1000            # their seed; must differ from the benchmark's
+    cache_dir: Optional[str] = "datasets/.cache"
+    checkpoint_every: int = 250       # steps between last.pt writes
+    probe_every: int = 500            # steps between k-means probes on the validation split
+    probe_parts: int = 4              # K of the probe (K + 1 clusters)
+    probe_fit_images: int = 200
+    select_metric: str = "kp_nmi_with_bg"  # probe metric that picks best.pt
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -180,6 +218,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 # --------------------------------------------------------------------------------------- loading

@@ -1,10 +1,19 @@
 """Feature-map encoder ("pixel representations", METHOD.md §1.2) and the 1x1-conv compress head.
 
-``FeatureMapEncoder`` wraps any timm ViT (DINO ViT-S/8, DINOv2 with registers, tiny custom
-configs) and returns its patch tokens as a ``[B, C, H/p, W/p]`` map: class and register tokens are
-dropped (timm's ``num_prefix_tokens``). The input must already be normalised (``PartFormerModel``
-does that). ``dynamic_img_size=True`` lets any input size through (the position embedding is
-resampled to the patch grid).
+``FeatureMapEncoder`` wraps a timm model and returns a feature map ``[B, C, h, w]``:
+
+- ViTs (DINO ViT-S/8, DINOv2 with registers, tiny custom configs; ``out_indices=None``): the patch
+  tokens as a ``[B, C, H/p, W/p]`` map; class and register tokens are dropped (timm's
+  ``num_prefix_tokens``). ``dynamic_img_size=True`` lets any input size through (the position
+  embedding is resampled to the patch grid).
+- Any timm model with ``features_only`` support, CNNs included (``out_indices=[...]``): the maps of
+  the listed feature levels, each bilinearly resized to the grid of the finest listed level and
+  concatenated along channels (a "hypercolumn": fine spatial detail from the early level, context
+  from the deeper ones). ``C`` is the sum of the levels' channels and the stride ("patch size") is
+  the finest level's reduction. This is how the project's own pretrained encoder
+  (``tools/pretrain.py``) is built.
+
+The input must already be normalised (``PartFormerModel`` does that).
 
 Position-embedding resampling (``pos_embed_interp``):
 
@@ -32,7 +41,7 @@ __all__ = ["FeatureMapEncoder", "CompressHead", "load_timm_state_dict", "read_st
 POS_EMBED_INTERP = ("timm", "dino_legacy")
 # keys a checkpoint may hold that the feature encoder does not have (classifier removed by
 # ``num_classes=0``); they are ignored when loading a local weights file
-_IGNORED_PREFIXES = ("head.", "head_dist.", "pre_logits.")
+_IGNORED_PREFIXES = ("head.", "head_dist.", "pre_logits.", "fc.", "classifier.")
 
 
 # ------------------------------------------------------------------------------------ weights I/O
@@ -143,18 +152,27 @@ class FeatureMapEncoder(nn.Module):
         img_size: input size the model is built for (pretrained grids are resampled once);
             ``None`` keeps timm's default. Any input size still works (``dynamic_img_size``).
         pos_embed_interp: ``"timm"`` or ``"dino_legacy"`` (see the module docstring).
+        out_indices: ``None`` for a ViT's patch tokens; a list of timm ``features_only`` levels
+            to fuse for any other model (e.g. ``[1, 2, 3]`` of a ResNet: strides 4, 8, 16 fused
+            at stride 4). ``layer``, ``img_size`` and ``pos_embed_interp`` are ViT-only.
         **timm_kwargs: passed to ``timm.create_model`` (``depth=2, embed_dim=64, ...``).
 
-    Attributes: ``model`` (the timm module), ``embed_dim``, ``patch_size``, ``num_prefix_tokens``.
+    Attributes: ``model`` (the timm module), ``embed_dim``, ``patch_size`` (the stride of the
+    map), ``num_prefix_tokens`` (0 for ``features_only`` models).
     """
 
     def __init__(self, name: str = "vit_small_patch8_224.dino", pretrained: bool = False,
                  weights: Optional[str] = None, frozen: bool = True, layer: Optional[int] = None,
                  img_size: Optional[int] = None, pos_embed_interp: str = "timm",
-                 intermediate_norm: bool = False, **timm_kwargs):
+                 intermediate_norm: bool = False, out_indices: Optional[Sequence[int]] = None,
+                 **timm_kwargs):
         super().__init__()
         import timm
 
+        self.out_indices = None if out_indices is None else [int(i) for i in out_indices]
+        if self.out_indices is not None:
+            self._init_features_only(name, pretrained, weights, frozen, layer, timm_kwargs)
+            return
         if pos_embed_interp not in POS_EMBED_INTERP:
             raise ValueError(f"pos_embed_interp must be one of {POS_EMBED_INTERP}, "
                              f"got {pos_embed_interp!r}")
@@ -193,6 +211,38 @@ class FeatureMapEncoder(nn.Module):
                 p.requires_grad_(False)
             self.model.eval()
 
+    def _init_features_only(self, name: str, pretrained: bool, weights: Optional[str],
+                            frozen: bool, layer: Optional[int], timm_kwargs) -> None:
+        import timm
+
+        if not self.out_indices:
+            raise ValueError("out_indices must list at least one feature level")
+        if layer is not None:
+            raise ValueError("`layer` selects a ViT block; with out_indices (features_only "
+                             "models) list the levels in out_indices instead")
+        self.name = name
+        try:
+            self.model = timm.create_model(name, pretrained=bool(pretrained) and weights is None,
+                                           features_only=True, out_indices=self.out_indices,
+                                           **timm_kwargs)
+        except (RuntimeError, TypeError, ValueError, IndexError) as e:
+            raise ValueError(f"timm model {name!r} cannot give feature levels {self.out_indices} "
+                             f"(features_only): {e}") from None
+        if weights is not None:
+            load_timm_state_dict(self.model, read_state_dict(weights), source=f"weights file {weights}")
+        info = self.model.feature_info
+        self.frozen = bool(frozen)
+        self.layer = None
+        self.intermediate_norm = False
+        self.pos_embed_interp = None
+        self.embed_dim = int(sum(info.channels()))
+        self.patch_size = int(min(info.reduction()))
+        self.num_prefix_tokens = 0
+        if self.frozen:
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+            self.model.eval()
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.frozen:
@@ -200,7 +250,13 @@ class FeatureMapEncoder(nn.Module):
         return self
 
     def feature_size(self, image_size: Tuple[int, int]) -> Tuple[int, int]:
-        """Feature-grid size ``(h, w)`` for an input of ``image_size = (H, W)``."""
+        """Feature-grid size ``(h, w)`` for an input of ``image_size = (H, W)``.
+
+        ``features_only`` models: ``ceil(H / stride)``, the size of a stride-``s`` convolution
+        stack with "same" padding (ResNet stems and stages)."""
+        if self.out_indices is not None:
+            s = self.patch_size
+            return -(-int(image_size[0]) // s), -(-int(image_size[1]) // s)
         pe = self.model.patch_embed
         if hasattr(pe, "dynamic_feat_size"):
             return tuple(int(v) for v in pe.dynamic_feat_size(tuple(image_size)))
@@ -208,6 +264,8 @@ class FeatureMapEncoder(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape
+        if self.out_indices is not None:
+            return fuse_feature_levels(self.model(x))
         if self.layer is None:
             tokens = self.model.forward_features(x)  # [B, prefix + h*w, C], final norm applied
             h, w = self.feature_size((H, W))
@@ -227,6 +285,15 @@ class FeatureMapEncoder(nn.Module):
             with torch.no_grad():
                 return self._forward(x)
         return self._forward(x)
+
+
+def fuse_feature_levels(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Feature levels ``[B, C_i, h_i, w_i]`` -> ``[B, sum C_i, h, w]`` on the grid of the largest
+    level (coarser levels resized bilinearly, ``align_corners=False``), in the given order."""
+    h, w = max((m.shape[-2], m.shape[-1]) for m in maps)
+    return torch.cat([m if m.shape[-2:] == (h, w) else
+                      F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+                      for m in maps], dim=1)
 
 
 # --------------------------------------------------------------------------------- compress head
