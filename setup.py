@@ -36,6 +36,7 @@ setup(
             "partformer-eval=partformer.cli:eval_main",
             "partformer-visualize=partformer.cli:visualize_main",
             "partformer-benchmark=partformer.cli:benchmark_main",
+            "partformer-pretrain=partformer.cli:pretrain_main",
             "partformer-convert-official=partformer.convert:main",
         ],
     },

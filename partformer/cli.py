@@ -222,3 +222,59 @@ def benchmark_main(argv: Optional[List[str]] = None) -> int:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=2)
     return 0
+
+
+def pretrain_main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(
+        description="Self-supervised pretraining of a feature-map encoder (multi-crop DINO with a "
+                    "dense term) on unlabeled images, with a k-means probe on the validation "
+                    "split; or --export a checkpoint's teacher encoder as .safetensors.")
+    cfglib.add_config_args(p)
+    p.add_argument("--resume", default=None,
+                   help="run directory or its last.pt: continue that run exactly where it stopped")
+    p.add_argument("--run-dir", default=None, help="run directory (default: runs/<name>-<time>)")
+    p.add_argument("--export", default=None, metavar="CHECKPOINT",
+                   help="write the teacher encoder of this pretraining checkpoint (best.pt) to --out "
+                        "and exit")
+    p.add_argument("--out", default=None, help="output .safetensors of --export")
+    args = p.parse_args(argv)
+    if args.export:
+        if not args.out:
+            p.error("--export needs --out FILE.safetensors")
+        from partformer.pretrain.trainer import export_encoder
+        try:
+            meta = export_encoder(args.export, args.out)
+        except CheckpointError as e:
+            sys.exit(f"checkpoint error: {e}")
+        import hashlib
+        with open(args.out, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        print(f"wrote {args.out} (step {meta['step']}, sha256 {digest})\nprobe: {meta['probe']}")
+        return 0
+    if args.config is None and not args.resume:
+        args.config = os.path.join(cfglib.CONFIG_DIR, "pretrain", "synthetic.yaml")
+    cfg = _load(args)
+    from partformer.pretrain.trainer import Pretrainer
+    run_dir = args.run_dir
+    if args.resume and run_dir is None:
+        run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume)
+    try:
+        trainer = Pretrainer(cfg, run_dir=run_dir, resume=args.resume)
+    except cfglib.ConfigError as e:
+        sys.exit(f"config error: {e}")
+    except CheckpointError as e:
+        sys.exit(f"checkpoint error: {e}")
+    if D.is_main_process():
+        print(cfglib.to_yaml(cfg))
+        print(f"run directory: {trainer.run_dir}\ndevice: {trainer.device}, world size: "
+              f"{trainer.world}, images: {len(trainer.bank)}, steps: {trainer.total_steps}")
+    try:
+        summary = trainer.fit()
+    finally:
+        trainer.close()
+        D.cleanup()
+    if D.is_main_process():
+        print(f"pretraining done: {summary}\nexport the selected encoder with: python "
+              f"tools/pretrain.py --export {os.path.join(trainer.run_dir, 'best.pt')} "
+              "--out encoder.safetensors")
+    return 0

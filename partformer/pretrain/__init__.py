@@ -1,0 +1,1 @@
+"""Self-supervised pretraining of the feature-map encoder (tools/pretrain.py, docs/PRETRAINING.md)."""

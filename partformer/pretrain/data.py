@@ -1,0 +1,115 @@
+"""Unlabeled images for encoder pretraining, held in memory as one uint8 tensor.
+
+Sources (``pretrain.sources`` is implicit in the config):
+- the training split of any registered dataset (``data.name`` / ``data.train_split``), through the
+  dataset's own loader; only the ``image`` of each sample is kept (no labels, boxes, keypoints,
+  masks or class ids reach the pretraining);
+- for the synthetic benchmark, ``pretrain.extra_synthetic`` more images rendered by its generator
+  with ``pretrain.extra_seed``, a seed that no benchmark split uses (the benchmark's images are
+  ``(data seed, index)``; these are ``(extra_seed, index)``), cached as ``.npy`` so a resumed run
+  does not render them again.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import sys
+from multiprocessing import get_context
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from partformer.data import build_dataset
+from partformer.data.collate import collate
+
+__all__ = ["load_split_images", "render_extra_synthetic", "build_image_bank"]
+
+
+def load_split_images(data_cfg, size: int, num_workers: int = 0, progress: bool = False
+                      ) -> torch.Tensor:
+    """Every readable image of ``data_cfg.train_split`` resized (``data_cfg.resize``) to
+    ``size`` -> uint8 ``[N, size, size, 3]``. Undecodable images are skipped (and counted by the
+    dataset's own warning)."""
+    cfg = copy.deepcopy(data_cfg)
+    cfg.image_size = int(size)
+    ds = build_dataset(cfg, cfg.train_split, skip_bad_images=True)
+    loader = DataLoader(ds, batch_size=64, num_workers=num_workers, collate_fn=collate)
+    if progress:
+        from tqdm import tqdm
+        loader = tqdm(loader, desc=f"reading {cfg.name}/{cfg.train_split}", leave=False)
+    out = []
+    for batch in loader:
+        if "image" in batch:
+            img = batch["image"]
+            if img.shape[-2:] != (size, size):
+                raise ValueError(f"pretraining needs square images of {size} px; data.resize="
+                                 f"{cfg.resize!r} gave {tuple(img.shape[-2:])}. Use data.resize=whole "
+                                 "or shorter_center_crop.")
+            out.append((img * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1))
+    if not out:
+        raise ValueError(f"no readable image in {cfg.name}/{cfg.train_split} ({cfg.root})")
+    return torch.cat(out)
+
+
+def _render_chunk(args):
+    from partformer.data.synthetic import render_index
+    gen_cfg, start, stop = args
+    return np.stack([render_index(gen_cfg, i)["image"] for i in range(start, stop)])
+
+
+def render_extra_synthetic(count: int, seed: int, size: int, generator_options: Optional[dict],
+                           cache_dir: Optional[str] = None, workers: int = 1) -> torch.Tensor:
+    """``count`` synthetic images (``render_index(SyntheticConfig(seed=seed, ...), i)["image"]``
+    for ``i < count``) -> uint8 ``[count, size, size, 3]``; cached in ``cache_dir``."""
+    from partformer.data.synthetic import SyntheticConfig
+    opts = dict(generator_options or {})
+    opts.pop("num_workers", None)
+    gen_cfg = SyntheticConfig(**{**opts, "seed": int(seed), "image_size": int(size)})
+    path = None
+    if cache_dir:
+        key = hashlib.sha256(json.dumps(gen_cfg.to_dict(), sort_keys=True, default=str)
+                             .encode()).hexdigest()[:10]
+        path = os.path.join(cache_dir, f"synthetic_extra_s{seed}_n{count}_{size}px_{key}.npy")
+        if os.path.isfile(path):
+            arr = np.load(path, mmap_mode="r")
+            if arr.shape == (count, size, size, 3):
+                return torch.from_numpy(np.ascontiguousarray(arr))
+    print(f"[pretrain] rendering {count} extra synthetic images (seed {seed}, {size}px)",
+          file=sys.stderr, flush=True)
+    chunk = 500
+    jobs = [(gen_cfg, s, min(count, s + chunk)) for s in range(0, count, chunk)]
+    if workers > 1:
+        with get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(_render_chunk, jobs)
+    else:
+        parts = [_render_chunk(j) for j in jobs]
+    arr = np.concatenate(parts) if parts else np.zeros((0, size, size, 3), np.uint8)
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = path + f".tmp{os.getpid()}.npy"
+        np.save(tmp, arr)
+        os.replace(tmp, path)
+    return torch.from_numpy(arr)
+
+
+def build_image_bank(cfg, cache_dir: Optional[str] = None, progress: bool = False) -> torch.Tensor:
+    """All pretraining images of a config -> uint8 ``[N, S, S, 3]``, ``S = pretrain.source_size``."""
+    p = cfg.pretrain
+    bank = [load_split_images(cfg.data, p.source_size, num_workers=cfg.data.num_workers,
+                              progress=progress)]
+    if p.extra_synthetic > 0:
+        if cfg.data.name != "synthetic":
+            raise ValueError("pretrain.extra_synthetic renders images of the synthetic benchmark; "
+                             f"it needs data.name=synthetic (got {cfg.data.name!r})")
+        if p.extra_seed == (cfg.data.options.get("generator") or {}).get("seed", 0):
+            raise ValueError(f"pretrain.extra_seed={p.extra_seed} is the benchmark's own seed: the "
+                             "extra images would repeat benchmark images (test included). "
+                             "Choose another seed.")
+        bank.append(render_extra_synthetic(p.extra_synthetic, p.extra_seed, p.source_size,
+                                           cfg.data.options.get("generator"), cache_dir,
+                                           workers=max(1, cfg.data.num_workers)))
+    return torch.cat(bank)

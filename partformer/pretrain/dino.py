@@ -1,0 +1,158 @@
+"""DINO self-distillation (Caron et al., ICCV 2021) with a dense, correspondence-based term.
+
+- **Global term** (DINO): a student sees every crop, an EMA teacher sees the global crops; the
+  student's distribution over ``out_dim`` prototypes for one crop is pulled towards the teacher's
+  (centred, sharpened) distribution for each *other* global crop of the same image.
+- **Dense term** (per feature cell): the same distillation between feature *cells* that see the
+  same source point in two crops. The crop geometry is known (``crops.corresponding_points``), so
+  the teacher's per-cell distribution of a global crop is sampled at the position of each student
+  cell; cells that fall outside the teacher's crop are ignored. This is the dense self-distillation
+  of the Leopart / DenseDINO family, with DINO's centring against collapse instead of Sinkhorn.
+  It trains exactly the thing PartFormer uses: a feature *map* whose cells cluster by part.
+
+Shapes: features ``[B, C, h, w]``; head outputs ``[B, P]`` (global) or ``[B, P, h, w]`` (dense).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from partformer.engine import distributed as D
+
+__all__ = ["ProjectionHead", "DinoLoss", "DenseDinoLoss", "ema_update", "cosine_schedule"]
+
+
+class ProjectionHead(nn.Module):
+    """DINO head: MLP (``in -> hidden (x num_layers - 1) -> bottleneck``, GELU), L2
+    normalisation, then a weight-normalised linear layer without bias onto ``out_dim`` prototypes
+    (its norm fixed to 1).
+
+    Works on vectors ``[N, in]`` and on maps ``[B, in, h, w]`` (applied per cell)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 512, bottleneck_dim: int = 128,
+                 num_layers: int = 3):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
+        layers: list = []
+        for i in range(num_layers):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < num_layers - 1:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.prototypes = nn.utils.parametrizations.weight_norm(
+            nn.Linear(bottleneck_dim, out_dim, bias=False))
+        self.prototypes.parametrizations.weight.original0.data.fill_(1.0)
+        self.prototypes.parametrizations.weight.original0.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            B, C, h, w = x.shape
+            y = self.forward(x.permute(0, 2, 3, 1).reshape(-1, C))
+            return y.view(B, h, w, -1).permute(0, 3, 1, 2)
+        z = F.normalize(self.mlp(x), dim=-1)
+        return self.prototypes(z)
+
+
+class _Centred(nn.Module):
+    """Teacher centring: ``softmax((t - c) / tau)``, ``c`` an EMA of the teacher's mean output."""
+
+    def __init__(self, out_dim: int, center_momentum: float = 0.9):
+        super().__init__()
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def teacher_probs(self, t: torch.Tensor, temp: float, dim: int = -1) -> torch.Tensor:
+        c = self.center if dim == -1 else self.center.view(1, -1, 1, 1)
+        return F.softmax((t - c) / temp, dim=dim)
+
+    @torch.no_grad()
+    def update_center(self, t: torch.Tensor, dim: int = -1) -> None:
+        """``t``: teacher outputs; the mean over every axis but ``dim`` (and over ranks)."""
+        flat = t.movedim(dim, -1).reshape(-1, t.shape[dim]).float()
+        total = torch.cat([flat.sum(0), flat.new_tensor([flat.shape[0]])])
+        total = D.all_reduce_sum(total)
+        mean = total[:-1] / total[-1].clamp(min=1)
+        self.center.mul_(self.center_momentum).add_(mean[None], alpha=1 - self.center_momentum)
+
+
+class DinoLoss(_Centred):
+    """Global DINO loss. ``student [n_crops * B, P]`` (global crops first, then local),
+    ``teacher [n_global * B, P]``; cross-entropy between every teacher global crop and every
+    student crop except the same one, averaged over pairs."""
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+        super().__init__(out_dim, center_momentum)
+        self.student_temp = student_temp
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, n_global: int,
+                teacher_temp: float) -> torch.Tensor:
+        B = teacher.shape[0] // n_global
+        s = F.log_softmax(student.float() / self.student_temp, dim=-1).split(B)
+        t = self.teacher_probs(teacher.float(), teacher_temp).detach().split(B)
+        total, pairs = 0.0, 0
+        for i, ti in enumerate(t):
+            for j, sj in enumerate(s):
+                if i == j:
+                    continue
+                total = total + (-(ti * sj).sum(dim=-1)).mean()
+                pairs += 1
+        self.update_center(teacher)
+        return total / pairs
+
+
+class DenseDinoLoss(_Centred):
+    """Dense DINO loss between corresponding feature cells of two crops.
+
+    ``forward(student_maps, teacher_maps, grids, valids, teacher_temp)``: for each (student crop,
+    teacher global crop) pair, ``student_maps[i] [B, P, h, w]`` logits, the teacher's logits
+    ``teacher_maps[j] [B, P, h', w']`` are turned into centred, sharpened probabilities, sampled
+    (bilinear) at ``grids[(i, j)] [B, h, w, 2]``, and compared with the student's log-probabilities
+    on the cells where ``valids[(i, j)]`` is true; the mean over valid cells, then over pairs.
+    """
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+        super().__init__(out_dim, center_momentum)
+        self.student_temp = student_temp
+
+    def forward(self, student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor],
+                grids: Dict, valids: Dict, teacher_temp: float) -> torch.Tensor:
+        probs = [self.teacher_probs(t.float(), teacher_temp, dim=1).detach() for t in teacher_maps]
+        losses: List[torch.Tensor] = []
+        for (i, j), grid in grids.items():
+            valid = valids[(i, j)]
+            if not bool(valid.any()):
+                continue
+            target = F.grid_sample(probs[j], grid.to(probs[j]), mode="bilinear",
+                                   padding_mode="border", align_corners=False)   # [B, P, h, w]
+            logp = F.log_softmax(student_maps[i].float() / self.student_temp, dim=1)
+            ce = -(target * logp).sum(dim=1)                                     # [B, h, w]
+            losses.append(ce[valid].mean())
+        self.update_center(torch.cat([t.float().flatten(2) for t in teacher_maps], dim=2), dim=1)
+        if not losses:
+            return student_maps[0].sum() * 0.0
+        return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """``teacher <- momentum * teacher + (1 - momentum) * student`` for every parameter."""
+    for pt, ps in zip(teacher.parameters(), student.parameters()):
+        pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
+
+
+def cosine_schedule(start: float, end: float, step: int, total: int) -> float:
+    """Cosine from ``start`` (step 0) to ``end`` (step ``total``)."""
+    if total <= 0:
+        return end
+    t = min(max(step / total, 0.0), 1.0)
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * t))

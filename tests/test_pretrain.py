@@ -1,0 +1,280 @@
+"""Self-supervised encoder pretraining: crop geometry, photometric changes, DINO losses, the loop
+(exact resume, probe, export) and CNN encoders through timm ``features_only``."""
+import math
+import os
+
+import pytest
+import torch
+import yaml
+import torch.nn.functional as F
+
+from partformer import config as cfglib
+from partformer.models.encoder import FeatureMapEncoder, fuse_feature_levels
+from partformer.pretrain import crops as C
+from partformer.pretrain.dino import DenseDinoLoss, DinoLoss, ProjectionHead, cosine_schedule
+
+from .tiny import shared_root, tiny_dict
+
+TINY_CNN = {"name": "resnet10t", "pretrained": False, "frozen": True, "out_indices": [1, 2],
+            "kwargs": {"channels": [8, 16, 16, 16], "stem_width": 8}}
+
+
+def coordinate_image(size=48):
+    """``[1, 2, S, S]``: channel 0 = x, channel 1 = y of each pixel centre (normalised coords),
+    so bilinear sampling of it is exact and its value *is* the source position."""
+    return C.cell_centres(size, size).permute(2, 0, 1)[None]
+
+
+# ------------------------------------------------------------------------------------ geometry
+def test_crop_values_are_source_positions_of_their_cell_centres():
+    g = torch.Generator().manual_seed(0)
+    theta = C.sample_boxes(6, C.CropSpec(1, 16, (0.2, 1.0)), g)
+    crops = C.crop(coordinate_image().expand(6, -1, -1, -1), theta, 16)
+    centres = C.cell_centres(16, 16).reshape(1, -1, 2)
+    expect = centres @ theta[:, :, :2].transpose(1, 2) + theta[:, None, :, 2]
+    got = crops.flatten(2).transpose(1, 2)
+    assert torch.allclose(got, expect, atol=1e-5)
+
+
+def test_boxes_stay_inside_the_source_and_flip_mirrors():
+    g = torch.Generator().manual_seed(1)
+    spec = C.CropSpec(1, 8, (0.05, 1.0), flip_p=0.5)
+    theta = C.sample_boxes(500, spec, g)
+    half_w, half_h = theta[:, 0, 0].abs(), theta[:, 1, 1]
+    assert ((theta[:, 0, 2].abs() + half_w) <= 1 + 1e-6).all()
+    assert ((theta[:, 1, 2].abs() + half_h) <= 1 + 1e-6).all()
+    area = half_w * half_h
+    assert area.min() >= 0.05 - 1e-6 and area.max() <= 1 + 1e-6
+    flipped = theta[:, 0, 0] < 0
+    assert 0.4 < flipped.float().mean() < 0.6
+    # a mirrored crop of the whole image is the image read right to left
+    img = torch.rand(1, 3, 8, 8)
+    full = torch.tensor([[[-1.0, 0, 0], [0, 1, 0]]])
+    assert torch.allclose(C.crop(img, full, 8), img.flip(-1), atol=1e-5)
+
+
+def test_corresponding_points_find_the_same_source_point():
+    """Sampling crop B at the positions returned for the cells of crop A gives A's own values
+    (the coordinate image makes both sides the source position)."""
+    g = torch.Generator().manual_seed(2)
+    spec = C.CropSpec(1, 12, (0.3, 1.0))
+    ta, tb = C.sample_boxes(8, spec, g), C.sample_boxes(8, spec, g)
+    src = coordinate_image().expand(8, -1, -1, -1)
+    a, b = C.crop(src, ta, 12), C.crop(src, tb, 12)
+    grid, valid = C.corresponding_points(ta, tb, 12, 12)
+    assert valid.any() and not valid.all()
+    b_at = F.grid_sample(b, grid, mode="bilinear", align_corners=False)
+    # inside B (away from its last half pixel, where border padding clamps) the values agree
+    inner = (grid.abs() <= 1 - 1.0 / 12).all(-1)
+    diff = (b_at - a).abs().amax(1)
+    assert inner.sum() > 50
+    assert diff[inner].max() < 1e-4
+    # a point outside B is reported invalid
+    pos = a.permute(0, 2, 3, 1)                                     # source positions of A's cells
+    inside_b = ((pos - tb[:, None, None, :, 2]).abs()
+                <= torch.stack([tb[:, 0, 0].abs(), tb[:, 1, 1]], -1)[:, None, None] + 1e-6).all(-1)
+    assert torch.equal(valid, inside_b)
+
+
+def test_photometric_never_moves_pixels():
+    """Two flat regions stay two flat regions (no blur): colour changes are per pixel value."""
+    img = torch.zeros(16, 3, 10, 10)
+    img[:, :, :, 5:] = torch.tensor([0.9, 0.2, 0.4]).view(1, 3, 1, 1)
+    img[:, :, :, :5] = torch.tensor([0.1, 0.6, 0.3]).view(1, 3, 1, 1)
+    out = C.photometric(img, torch.Generator().manual_seed(0), blur_p=0.0, jitter_p=1.0,
+                        permute_p=0.5, invert_p=0.5, gray_p=0.3, solarize_p=0.3)
+    left, right = out[..., :5], out[..., 5:]
+    assert torch.allclose(left, left[..., :1, :1].expand_as(left), atol=1e-6)
+    assert torch.allclose(right, right[..., :1, :1].expand_as(right), atol=1e-6)
+    assert not torch.allclose(out, img)            # something did change
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_blur_keeps_mean_and_spreads_a_dot():
+    img = torch.zeros(2, 3, 15, 15)
+    img[:, :, 7, 7] = 1.0
+    g = torch.Generator().manual_seed(0)
+    out = C.photometric(img, g, jitter_p=0, permute_p=0, invert_p=0, gray_p=0, blur_p=1.0,
+                        blur_sigma=(1.0, 1.0))
+    assert torch.allclose(out.sum(dim=(2, 3)), torch.ones(2, 3), atol=1e-5)
+    assert out[0, 0, 7, 7] < 0.5 and out[0, 0, 7, 8] > 0
+    # sigma 1: the 1-D kernel value at 0 over its sum (radius 2) gives the centre weight squared
+    k = torch.exp(-0.5 * torch.arange(-2.0, 3.0) ** 2)
+    assert out[0, 0, 7, 7].item() == pytest.approx((k[2] / k.sum()).item() ** 2, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------ losses
+def test_dino_loss_is_cross_entropy_over_pairs_of_different_crops():
+    torch.manual_seed(0)
+    B, P = 3, 5
+    loss = DinoLoss(P, student_temp=0.1)
+    s = torch.randn(4 * B, P)           # 2 global + 2 local crops
+    t = torch.randn(2 * B, P)
+    got = loss(s, t, n_global=2, teacher_temp=0.04)
+    tp = F.softmax(t / 0.04, -1).split(B)          # centre starts at 0
+    sl = F.log_softmax(s / 0.1, -1).split(B)
+    pairs = [(i, j) for i in range(2) for j in range(4) if i != j]
+    expect = sum(-(tp[i] * sl[j]).sum(-1).mean() for i, j in pairs) / len(pairs)
+    assert got.item() == pytest.approx(expect.item(), rel=1e-6)
+    # the centre moved towards the teacher's mean output by (1 - momentum)
+    assert torch.allclose(loss.center, 0.1 * t.mean(0, keepdim=True), atol=1e-6)
+
+
+def test_dense_loss_compares_only_corresponding_cells():
+    torch.manual_seed(0)
+    B, P, h = 2, 6, 4
+    loss = DenseDinoLoss(P, student_temp=0.1)
+    teacher = torch.randn(B, P, h, h)
+    student = torch.randn(B, P, h, h)
+    # identity correspondence at cell centres, with the right half of the cells invalid
+    grid = C.cell_centres(h, h)[None].expand(B, -1, -1, -1)
+    valid = torch.zeros(B, h, h, dtype=torch.bool)
+    valid[..., :2] = True
+    got = loss([student, student], [teacher, teacher], {(0, 1): grid}, {(0, 1): valid}, 0.04)
+    tp = F.softmax(teacher / 0.04, 1)
+    ce = -(tp * F.log_softmax(student / 0.1, 1)).sum(1)
+    assert got.item() == pytest.approx(ce[valid].mean().item(), rel=1e-5)
+    # changing the student on invalid cells changes nothing
+    student2 = student.clone()
+    student2[..., 2:] = torch.randn_like(student2[..., 2:])
+    loss2 = DenseDinoLoss(P, student_temp=0.1)
+    got2 = loss2([student2, student2], [teacher, teacher], {(0, 1): grid}, {(0, 1): valid}, 0.04)
+    assert got2.item() == pytest.approx(got.item(), rel=1e-6)
+
+
+def test_projection_head_prototypes_have_unit_norm_and_maps_match_vectors():
+    head = ProjectionHead(7, 11, hidden_dim=9, bottleneck_dim=5, num_layers=2)
+    w = head.prototypes.weight
+    assert torch.allclose(w.norm(dim=1), torch.ones(11), atol=1e-6)
+    x = torch.randn(2, 7, 3, 4)
+    y = head(x)
+    assert y.shape == (2, 11, 3, 4)
+    assert torch.allclose(y[1, :, 2, 3], head(x[1, :, 2, 3][None])[0], atol=1e-6)
+
+
+def test_cosine_schedule_ends():
+    assert cosine_schedule(0.99, 1.0, 0, 100) == pytest.approx(0.99)
+    assert cosine_schedule(0.99, 1.0, 100, 100) == pytest.approx(1.0)
+    assert cosine_schedule(0.0, 1.0, 50, 100) == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------ encoders
+def test_cnn_encoder_fuses_levels_at_the_finest_grid():
+    enc = FeatureMapEncoder(**{k: v for k, v in TINY_CNN.items() if k != "kwargs"},
+                            **TINY_CNN["kwargs"])
+    x = torch.randn(2, 3, 32, 32)
+    f = enc(x)
+    assert enc.patch_size == 4 and enc.embed_dim == 8 + 16
+    assert f.shape == (2, 24, 8, 8)
+    assert enc.feature_size((32, 32)) == (8, 8) and enc.feature_size((30, 27)) == (8, 7)
+    assert enc(torch.randn(1, 3, 30, 27)).shape[-2:] == (8, 7)
+    levels = enc.model(x)
+    assert torch.allclose(f[:, :8], levels[0])
+    assert torch.allclose(f[:, 8:], F.interpolate(levels[1], size=(8, 8), mode="bilinear",
+                                                  align_corners=False), atol=1e-6)
+    assert not any(p.requires_grad for p in enc.parameters())
+    enc.train()
+    assert not enc.model.training                 # frozen: BN stays in eval mode
+
+
+def test_fuse_feature_levels_keeps_order_and_size():
+    a, b = torch.randn(1, 2, 6, 6), torch.randn(1, 3, 3, 3)
+    out = fuse_feature_levels([b, a])
+    assert out.shape == (1, 5, 6, 6)
+    assert torch.equal(out[:, 3:], a)
+
+
+def test_cnn_encoder_errors_name_the_problem():
+    with pytest.raises(ValueError, match="layer"):
+        FeatureMapEncoder("resnet10t", out_indices=[1], layer=0)
+    with pytest.raises(ValueError, match="feature levels"):
+        FeatureMapEncoder("resnet10t", out_indices=[9])
+
+
+# ------------------------------------------------------------------------------------ the loop
+def pretrain_config(root, run_dir, extra=()):
+    """The tiny test config with a tiny CNN encoder and tiny pretraining settings."""
+    d = tiny_dict(os.path.join(root, "syn"))
+    d["model"]["encoder"] = dict(TINY_CNN)
+    d["pretrain"] = {"source_size": 32, "global_size": 32, "local_size": 16, "local_crops": 2,
+                     "out_dim": 32, "dense_out_dim": 16, "hidden_dim": 16,
+                     "dense_hidden_dim": 16, "bottleneck_dim": 8, "cache_dir": None,
+                     "probe_fit_images": 16, "checkpoint_every": 2, "probe_every": 2}
+    d["train"].update({"batch_size": 8, "max_steps": 4, "grad_clip": 3.0,
+                       "scheduler": {"name": "cosine", "warmup_epochs": 0.25}})
+    d["experiment"]["run_dir"] = run_dir
+    path = os.path.join(os.path.dirname(run_dir), "pretrain_tiny.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(d, f)
+    return cfglib.load_config(path, list(extra))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return shared_root(tmp_path_factory)
+
+
+def test_pretraining_resume_is_exact_and_probe_selects_best(root, tmp_path):
+    from partformer.pretrain.trainer import Pretrainer
+    straight = Pretrainer(pretrain_config(root, str(tmp_path / "a")), str(tmp_path / "a"),
+                          verbose=False)
+    initial = {k: v.clone() for k, v in straight.teacher.state_dict().items()}
+    straight.fit()
+    straight.close()
+    half = Pretrainer(pretrain_config(root, str(tmp_path / "b")), str(tmp_path / "b"),
+                      verbose=False)
+    half.fit(until=2)                       # as if killed after the step-2 checkpoint
+    half.close()
+    resumed = Pretrainer(pretrain_config(root, str(tmp_path / "b")), str(tmp_path / "b"),
+                         resume=str(tmp_path / "b"), verbose=False)
+    assert resumed.step == 2
+    resumed.fit()
+    resumed.close()
+    for x, y in zip(straight.teacher.state_dict().values(), resumed.teacher.state_dict().values()):
+        assert torch.equal(x, y)
+    for x, y in zip(straight.student.state_dict().values(), resumed.student.state_dict().values()):
+        assert torch.equal(x, y)
+    # the teacher moved away from its initial weights (the loop did something)
+    key = next(k for k in initial if k.endswith("weight") and initial[k].dim() == 4)
+    assert not torch.equal(straight.teacher.state_dict()[key], initial[key])
+    steps = [h["step"] for h in straight.history]
+    assert steps == [0, 2, 4]
+    best = max(straight.history, key=lambda h: h["kp_nmi_with_bg"])
+    assert straight.best_step == best["step"]
+    assert os.path.isfile(tmp_path / "a" / "best.pt") and os.path.isfile(tmp_path / "a" / "last.pt")
+    assert resumed.history == straight.history
+
+
+def test_export_loads_as_a_frozen_encoder_with_the_teachers_features(root, tmp_path):
+    from safetensors import safe_open
+    from partformer.pretrain.trainer import Pretrainer, export_encoder
+    tr = Pretrainer(pretrain_config(root, str(tmp_path / "r"), ["train.max_steps=2",
+                                                                 "pretrain.probe_every=0"]),
+                    str(tmp_path / "r"), verbose=False)
+    tr.fit()
+    tr.close()
+    out = str(tmp_path / "enc.safetensors")
+    meta = export_encoder(str(tmp_path / "r" / "last.pt"), out)
+    assert meta["step"] == "2" and meta["objective"] == "dino_dense"
+    with safe_open(out, "pt") as f:
+        assert f.metadata()["format"] == "partformer-encoder-1"
+    enc = FeatureMapEncoder("resnet10t", weights=out, out_indices=[1, 2],
+                            **TINY_CNN["kwargs"])
+    teacher = tr.teacher.backbone.eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(enc(x), teacher(x), atol=1e-6)
+
+
+def test_pretraining_rejects_bad_settings(root, tmp_path):
+    from partformer.config import ConfigError
+    from partformer.pretrain.trainer import Pretrainer
+    with pytest.raises(ConfigError, match="pretrain.objective"):
+        Pretrainer(pretrain_config(root, str(tmp_path / "x"), ["pretrain.objective=simclr"]),
+                   verbose=False)
+    with pytest.raises(ConfigError, match="photometric"):
+        Pretrainer(pretrain_config(root, str(tmp_path / "y"), ["pretrain.photometric={hue: 1}"]),
+                   verbose=False)
+    with pytest.raises(ValueError, match="benchmark's own seed"):
+        Pretrainer(pretrain_config(root, str(tmp_path / "z"), ["pretrain.extra_synthetic=4",
+                                                               "pretrain.extra_seed=0"]),
+                   verbose=False)
