@@ -87,6 +87,12 @@ class ModelConfig:
     alignment: str = "dot"            # dot (x align_scale) | cosine (x learnable scale)
     align_scale: float = 0.8
     predict_upsample: int = 4
+    # How the two x0.5 paths are downsampled: the view fed to the part-token ViT (by
+    # partformer.in_scale) and the reconstruction target (to the decoder's output size).
+    # nearest: the authors' F.interpolate(x, scale_factor=0.5) (PyTorch's default mode; output pixel
+    # (i, j) = input pixel (2i, 2j)) | bilinear (half-pixel centres, no antialiasing). See
+    # docs/differences.md.
+    half_resample: str = "nearest"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     partformer: PartTokenConfig = field(default_factory=PartTokenConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
