@@ -159,6 +159,10 @@ class EvalConfig:
     protocols: List[str] = field(default_factory=list)  # empty: every protocol that applies
     skip_bad_images: bool = False
     max_images: Optional[int] = None  # debugging only; reported in the JSON
+    # position of map cell (i, j) in the regression protocols' part centroids, x (j + o) W / w:
+    # index (o = 0; PDiscoFormer, the published protocol) | one_based (o = 1; Huang & Li's code) |
+    # centre (o = 0.5). docs/PROTOCOLS.md §4.
+    centroid_convention: str = "index"
 
 
 @dataclass

@@ -91,7 +91,8 @@ def evaluate_methods(cfg, predictors: Dict[str, Any], split: Optional[str] = Non
         results[name] = evaluate(predict, dataset, cfg.model.num_parts, resize=cfg.data.resize,
                                  protocols=cfg.eval.protocols or None, regressor_dataset=regressor,
                                  batch_size=cfg.eval.batch_size, num_workers=cfg.eval.num_workers,
-                                 progress=progress, max_images=cfg.eval.max_images)
+                                 progress=progress, max_images=cfg.eval.max_images,
+                                 centroid_convention=cfg.eval.centroid_convention)
         timings[name] = time.time() - t0
     num_images = len(dataset)
     if cfg.eval.max_images is not None:

@@ -23,6 +23,7 @@ from partformer.metrics.clustering import (
 )
 from partformer.metrics.keypoints import (
     CELEBA_VARIANTS,
+    CENTROID_CONVENTIONS,
     CUB_VARIANTS,
     CentroidCollector,
     celeba_landmark_regression,
@@ -74,6 +75,7 @@ __all__ = [
     "iou_matrix",
     "CUB_VARIANTS",
     "CELEBA_VARIANTS",
+    "CENTROID_CONVENTIONS",
     "METRICS",
     "REGRESSION_PROTOCOLS",
     "build_metric",
