@@ -163,6 +163,10 @@ class EvalConfig:
     # index (o = 0; PDiscoFormer, the published protocol) | one_based (o = 1; Huang & Li's code) |
     # centre (o = 0.5). docs/PROTOCOLS.md §4.
     centroid_convention: str = "index"
+    # how keypoint NMI / ARI read the maps at a keypoint: pixel (maps upsampled bilinearly to the
+    # image, the pixel containing the keypoint; PDiscoFormer) | map_nearest (nearest cell of the
+    # maps at their own resolution; the PartFormer authors' validate_CUB). docs/PROTOCOLS.md §2.
+    keypoint_lookup: str = "pixel"
 
 
 @dataclass

@@ -162,12 +162,18 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
              protocols: Optional[List[str]] = None, regressor_dataset=None,
              batch_size: int = 32, num_workers: int = 0, progress: bool = False,
              max_images: Optional[int] = None,
-             centroid_convention: str = "index") -> Dict[str, Dict[str, Any]]:
+             centroid_convention: str = "index",
+             keypoint_lookup: str = "pixel") -> Dict[str, Dict[str, Any]]:
     """Evaluate ``predict`` on ``dataset``; returns ``{name: {value, protocol, variant, version,
     count}}`` for every requested (or, when ``protocols`` is empty, every applicable) protocol.
     ``centroid_convention`` (``eval.centroid_convention``): the cell positions of the regression
     protocols' centroids (``metrics.keypoints.CENTROID_CONVENTIONS``; ``index`` = PDiscoFormer);
-    recorded with each regression result."""
+    recorded with each regression result. ``keypoint_lookup`` (``eval.keypoint_lookup``): how the
+    keypoint NMI / ARI protocols read the maps (``metrics.clustering.KEYPOINT_LOOKUPS``; ``pixel``
+    = PDiscoFormer, ``map_nearest`` = the PartFormer authors' code); recorded with each result."""
+    if keypoint_lookup not in C.KEYPOINT_LOOKUPS:
+        raise ValueError(f"eval.keypoint_lookup must be one of {sorted(C.KEYPOINT_LOOKUPS)}, "
+                         f"got {keypoint_lookup!r}")
     if centroid_convention not in KP.CENTROID_CONVENTIONS:
         raise ValueError(f"eval.centroid_convention must be one of "
                          f"{sorted(KP.CENTROID_CONVENTIONS)}, got {centroid_convention!r}")
@@ -193,7 +199,7 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
         P = first["keypoints"].shape[0]
         for variant in ("with_bg", "fg_only", "fg_bbox"):
             if f"kp_nmi_{variant}" in wanted or f"kp_ari_{variant}" in wanted:
-                kp_metrics[variant] = C.KeypointClustering(K, P, variant)
+                kp_metrics[variant] = C.KeypointClustering(K, P, variant, lookup=keypoint_lookup)
     if any(p.startswith("px_") for p in wanted):
         Cn = _num_part_classes(base)
         for variant in ("with_bg", "fg_only"):
@@ -241,9 +247,10 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
         for variant, m in metrics.items():
             m.all_reduce()
             r = m.compute()
+            extra = {"keypoint_lookup": keypoint_lookup} if prefix == "kp" else {}
             for key in ("nmi", "ari"):
                 if f"{prefix}_{key}_{variant}" in wanted:
-                    put(f"{prefix}_{key}_{variant}", r[key], r[count_key])
+                    put(f"{prefix}_{key}_{variant}", r[key], r[count_key], **extra)
     if hungarian is not None:
         hungarian.all_reduce()
         r = hungarian.compute()

@@ -92,7 +92,8 @@ def evaluate_methods(cfg, predictors: Dict[str, Any], split: Optional[str] = Non
                                  protocols=cfg.eval.protocols or None, regressor_dataset=regressor,
                                  batch_size=cfg.eval.batch_size, num_workers=cfg.eval.num_workers,
                                  progress=progress, max_images=cfg.eval.max_images,
-                                 centroid_convention=cfg.eval.centroid_convention)
+                                 centroid_convention=cfg.eval.centroid_convention,
+                                 keypoint_lookup=cfg.eval.keypoint_lookup)
         timings[name] = time.time() - t0
     num_images = len(dataset)
     if cfg.eval.max_images is not None:
