@@ -147,3 +147,32 @@ def test_evaluator_regression_uses_the_centroid_convention():
     with pytest.raises(ValueError, match="centroid_convention"):
         evaluate(_cell_predictor, test, 1, protocols=["kp_error_pdisco"],
                  regressor_dataset=train, centroid_convention="corner")
+
+
+def test_optimizer_is_one_adamw_group_with_decay_on_everything(tmp_path_factory, tmp_path):
+    """utils/Optimizer.py ``get_optimizer`` ('adamw'): ``optim.AdamW(model.parameters(),
+    lr=cfg.TRAIN.LR, betas=(0.9, 0.95))``, i.e. one parameter group and PyTorch's default weight
+    decay 0.01 on every parameter, norms, biases and part tokens included (the frozen encoder and
+    the unused ``logit_scale`` never get a gradient, so AdamW leaves them alone). train.py steps a
+    MultiStepLR(milestones, 0.2) once per epoch; ours steps per iteration at the same epochs
+    (tests/test_engine.py::test_lr_schedules)."""
+    from partformer.engine.trainer import Trainer
+    from tests.tiny import shared_root, tiny_config
+
+    assert torch.optim.AdamW([torch.zeros(1, requires_grad=True)]).defaults["weight_decay"] == 0.01
+    root = shared_root(tmp_path_factory)
+    cfg = tiny_config(root, ["train.lr=5e-4", "train.betas=[0.9,0.95]", "train.weight_decay=0.01"])
+    tr = Trainer(cfg, run_dir=str(tmp_path / "run"), verbose=False)
+    try:
+        groups = tr.optimizer.param_groups
+        assert len(groups) == 1
+        g = groups[0]
+        assert g["lr"] == pytest.approx(5e-4) and tuple(g["betas"]) == (0.9, 0.95)
+        assert g["weight_decay"] == 0.01 and g["eps"] == 1e-8 and not g["amsgrad"]
+        trainable = {id(p) for p in tr.model.parameters() if p.requires_grad}
+        assert {id(p) for p in g["params"]} == trainable
+        names = [n for n, p in tr.model.named_parameters() if p.requires_grad]
+        assert any("norm" in n for n in names) and any(n.endswith("bias") for n in names)
+        assert "partformer.part_tokens" in names and "logit_scale" not in names
+    finally:
+        tr.close()
