@@ -96,6 +96,22 @@ def test_every_shipped_config_and_conversion_use_nearest():
         cfglib.load_config(paths[0], ["model.half_resample=7"])
 
 
+def test_paper_configs_use_the_authors_dino_grid_resize_and_no_extras():
+    """backbone/DINO.py ``interpolate_pos_encoding``: the 28 x 28 DINO position grid is resized to
+    the 32 x 32 patch grid on every forward with ``F.interpolate(..., scale_factor=((32 + 0.1) /
+    28, ...), mode="bicubic")`` (pinned by tests/test_models.py::test_dino_legacy_pos_embed), so
+    every config that trains the paper's DINO encoder must use ``pos_embed_interp: dino_legacy``.
+    tools/train_function.py: no gradient clipping, no accumulation."""
+    paths = sorted(glob.glob(os.path.join(cfglib.CONFIG_DIR, "*.yaml")))
+    dino = [p for p in paths
+            if cfglib.load_config(p).model.encoder.name == "vit_small_patch8_224.dino"]
+    assert len(dino) >= 10
+    for path in dino:
+        cfg = cfglib.load_config(path)
+        assert cfg.model.encoder.kwargs.get("pos_embed_interp") == "dino_legacy", path
+        assert cfg.train.grad_clip == 0 and cfg.train.grad_accum == 1, path
+
+
 class _OneHotKeypointSet(torch.utils.data.Dataset):
     """Images 16 x 16 with one keypoint and a per-image box. The image is dark but for pixel
     (4i, 4j); ``_cell_predictor`` turns that into part 0 one-hot on cell (i, j) of a 4 x 4 map, so
