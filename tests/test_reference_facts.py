@@ -192,3 +192,37 @@ def test_optimizer_is_one_adamw_group_with_decay_on_everything(tmp_path_factory,
         assert "partformer.part_tokens" in names and "logit_scale" not in names
     finally:
         tr.close()
+
+
+def test_checkpoints_from_before_half_resample_keep_their_resampling(tmp_path):
+    """A run trained before ``model.half_resample`` existed used bilinear x0.5 paths: loading its
+    stored config keeps bilinear (with a warning) instead of silently switching to the new nearest
+    default. A converted official checkpoint holds the authors' weights (nearest). An explicit
+    override still wins."""
+    import warnings
+
+    import yaml
+
+    from partformer.engine.runner import config_from_checkpoint
+
+    tree = cfglib.to_dict(cfglib.load_config(os.path.join(cfglib.CONFIG_DIR, "cub_k4.yaml")))
+    del tree["model"]["half_resample"]
+    old = tmp_path / "old.pt"
+    torch.save({"model": {}, "config": yaml.safe_dump(tree)}, old)
+    with pytest.warns(UserWarning, match="predates model.half_resample"):
+        assert config_from_checkpoint(str(old)).model.half_resample == "bilinear"
+    with pytest.warns(UserWarning):
+        cfg = config_from_checkpoint(str(old), ["model.half_resample=nearest"])
+    assert cfg.model.half_resample == "nearest"
+    official = tmp_path / "official.pt"
+    torch.save({"model": {}, "config": yaml.safe_dump(tree),
+                "source": {"converter": "partformer.convert", "dataset": "cub"}}, official)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert config_from_checkpoint(str(official)).model.half_resample == "nearest"
+    tree["model"]["half_resample"] = "nearest"
+    new = tmp_path / "new.pt"
+    torch.save({"model": {}, "config": yaml.safe_dump(tree)}, new)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert config_from_checkpoint(str(new)).model.half_resample == "nearest"
