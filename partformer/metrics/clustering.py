@@ -232,6 +232,17 @@ def _image_sizes(image_size: ImageSize, batch: int, default: Tuple[int, int], de
     return sizes.to(device)
 
 
+def _keypoint_image_sizes(part_maps: torch.Tensor, keypoints: torch.Tensor,
+                          image_size: ImageSize) -> torch.Tensor:
+    """Check ``part_maps [B, C, h, w]`` and ``keypoints [B, P, 2]``; per-sample (H, W) [B, 2]."""
+    if part_maps.ndim != 4 or keypoints.ndim != 3 or keypoints.shape[-1] != 2:
+        raise ValueError(f"expected part_maps [B,C,h,w] and keypoints [B,P,2], got {tuple(part_maps.shape)}, {tuple(keypoints.shape)}")
+    b, _, h, w = part_maps.shape
+    if keypoints.shape[0] != b:
+        raise ValueError(f"batch sizes differ: part_maps {b}, keypoints {keypoints.shape[0]}")
+    return _image_sizes(image_size, b, (h, w), part_maps.device)
+
+
 @torch.no_grad()
 def sample_at_keypoint_pixels(part_maps: torch.Tensor, keypoints: torch.Tensor, image_size: ImageSize = None) -> torch.Tensor:
     """Values of the part maps, bilinearly upsampled to the image, at the pixel containing each keypoint.
@@ -248,12 +259,7 @@ def sample_at_keypoint_pixels(part_maps: torch.Tensor, keypoints: torch.Tensor, 
         (up to float rounding), computed with ``grid_sample`` at those pixel centres so the maps
         are never upsampled. ``padding_mode="border"`` reproduces interpolate's edge clamping.
     """
-    if part_maps.ndim != 4 or keypoints.ndim != 3 or keypoints.shape[-1] != 2:
-        raise ValueError(f"expected part_maps [B,C,h,w] and keypoints [B,P,2], got {tuple(part_maps.shape)}, {tuple(keypoints.shape)}")
-    b, _, h, w = part_maps.shape
-    if keypoints.shape[0] != b:
-        raise ValueError(f"batch sizes differ: part_maps {b}, keypoints {keypoints.shape[0]}")
-    sizes = _image_sizes(image_size, b, (h, w), part_maps.device)  # [B, 2] (H, W)
+    sizes = _keypoint_image_sizes(part_maps, keypoints, image_size)  # [B, 2] (H, W)
     height, width = sizes[:, 0:1], sizes[:, 1:2]  # [B, 1]
     kp = keypoints.to(part_maps.device, torch.float64)
     col = torch.minimum(torch.floor(kp[..., 0]).clamp_min(0), width - 1)
@@ -277,12 +283,7 @@ def sample_at_keypoints_map_nearest(part_maps: torch.Tensor, keypoints: torch.Te
     That is cell ``nearbyint(x * w / W - 0.5)`` (ties to even), with zeros outside the map, exactly
     as ``grid_sample`` computes it. Shapes as :func:`sample_at_keypoint_pixels`.
     """
-    if part_maps.ndim != 4 or keypoints.ndim != 3 or keypoints.shape[-1] != 2:
-        raise ValueError(f"expected part_maps [B,C,h,w] and keypoints [B,P,2], got {tuple(part_maps.shape)}, {tuple(keypoints.shape)}")
-    b, _, h, w = part_maps.shape
-    if keypoints.shape[0] != b:
-        raise ValueError(f"batch sizes differ: part_maps {b}, keypoints {keypoints.shape[0]}")
-    sizes = _image_sizes(image_size, b, (h, w), part_maps.device)  # [B, 2] (H, W)
+    sizes = _keypoint_image_sizes(part_maps, keypoints, image_size)  # [B, 2] (H, W)
     kp = keypoints.to(part_maps.device, torch.float32)
     # their arithmetic, in float32: divide by the image size, then * 2 - 1
     gx = kp[..., 0] / sizes[:, 1:2].float() * 2 - 1

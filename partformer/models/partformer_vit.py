@@ -1,9 +1,10 @@
 """PartFormer: a small ViT with K+1 learnable part tokens (METHOD.md §1.3).
 
 The view (already normalised) is downsampled by ``in_scale`` with ``resample`` (see
-:func:`resample`; ``"nearest"`` by default, as the authors' ``F.interpolate(x, scale_factor=0.5)``),
-cut into patches by a conv without bias, given a fixed 2-D sin-cos position embedding, and K+1 learnable part tokens
-(zero position embedding; the last one is background) are prepended. ``ln_pre``, ``depth`` pre-LN
+:func:`resample`; ``"nearest"`` by default, as the authors' ``F.interpolate(x,
+scale_factor=0.5)``), cut into patches by a conv without bias, given a fixed 2-D sin-cos position
+embedding, and K+1 learnable part tokens (zero position embedding; the last one is background) are
+prepended. ``ln_pre``, ``depth`` pre-LN
 residual blocks (``nn.MultiheadAttention`` with fused in-projection, MLP with QuickGELU), then the
 K+1 tokens -> LayerNorm -> Linear(width -> out_dim, no bias).
 
