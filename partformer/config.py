@@ -89,6 +89,12 @@ class ModelConfig:
     alignment: str = "dot"            # dot (x align_scale) | cosine (x learnable scale)
     align_scale: float = 0.8
     predict_upsample: int = 4
+    # How the two x0.5 paths are downsampled: the view fed to the part-token ViT (by
+    # partformer.in_scale) and the reconstruction target (to the decoder's output size).
+    # nearest: the authors' F.interpolate(x, scale_factor=0.5) (PyTorch's default mode; output pixel
+    # (i, j) = input pixel (2i, 2j)) | bilinear (half-pixel centres, no antialiasing). See
+    # docs/differences.md.
+    half_resample: str = "nearest"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     partformer: PartTokenConfig = field(default_factory=PartTokenConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
@@ -155,6 +161,14 @@ class EvalConfig:
     protocols: List[str] = field(default_factory=list)  # empty: every protocol that applies
     skip_bad_images: bool = False
     max_images: Optional[int] = None  # debugging only; reported in the JSON
+    # position of map cell (i, j) in the regression protocols' part centroids, x (j + o) W / w:
+    # index (o = 0; PDiscoFormer, the published protocol) | one_based (o = 1; Huang & Li's code) |
+    # centre (o = 0.5). docs/PROTOCOLS.md §4.
+    centroid_convention: str = "index"
+    # how keypoint NMI / ARI read the maps at a keypoint: pixel (maps upsampled bilinearly to the
+    # image, the pixel containing the keypoint; PDiscoFormer) | map_nearest (nearest cell of the
+    # maps at their own resolution; the PartFormer authors' validate_CUB). docs/PROTOCOLS.md §2.
+    keypoint_lookup: str = "pixel"
 
 
 @dataclass

@@ -343,7 +343,7 @@ def official_config(dataset: str, num_parts: int, image_size: int = 256,
     tree["model"] = dict(
         num_parts=int(num_parts), feature_dim=64, compress=dataset,
         compress_hidden=[256, 128], alignment="dot", align_scale=0.8,
-        predict_upsample=4,
+        predict_upsample=4, half_resample="nearest",   # their F.interpolate(x, scale_factor=0.5)
         encoder=dict(name=ENCODER_NAME, pretrained=False, weights=None, frozen=True, layer=None,
                      kwargs={"pos_embed_interp": "dino_legacy"}),
         partformer=partformer,

@@ -16,6 +16,7 @@ from partformer.metrics import (
     build_metric,
     nmi_from_table,
     sample_at_keypoint_pixels,
+    sample_at_keypoints_map_nearest,
 )
 
 
@@ -288,6 +289,39 @@ def test_keypoint_clustering_matches_pooled_sklearn():
     assert out["num_keypoints"] == len(gt)
     assert out["nmi"] == pytest.approx(100 * normalized_mutual_info_score(gt, pred), abs=1e-10)
     assert out["ari"] == pytest.approx(100 * adjusted_rand_score(gt, pred), abs=1e-10)
+
+
+def test_map_nearest_lookup_is_the_authors_grid_sample():
+    """The PartFormer authors' keypoint NMI (Jiahao-UTS/UnsupervisedPart, tools/validate_function.py
+    ``validate_CUB``, CUB_NMI.py) divides the keypoint by the image size, maps it to [-1, 1] and
+    calls ``F.grid_sample(maps, ..., mode="nearest", align_corners=False)`` on the 128 x 128 maps:
+    map cell nearbyint(x * w / W - 0.5), ties to even, zeros outside. Hand-checked on a 4 x 4 map
+    over a 16 x 16 image (w / W = 1/4), whose cell (i, j) holds 10 i + j."""
+    maps = (10 * torch.arange(4).view(4, 1) + torch.arange(4).view(1, 4)).float()[None, None]
+    # x:  5 -> 0.75 -> 1;  6 -> 1.0 -> 1;  4 -> 0.5 -> 0 (tie, even);  8 -> 1.5 -> 2 (tie, even);
+    #    12 -> 2.5 -> 2 (tie, even);  15.9 -> 3.475 -> 3;  16 -> 3.5 -> 4: outside, 0
+    xs = [5.0, 6.0, 4.0, 8.0, 12.0, 15.9, 16.0]
+    kp = torch.tensor([[[x, 9.0] for x in xs]])                 # y = 9 -> 1.75 -> row 2
+    got = sample_at_keypoints_map_nearest(maps, kp, (16, 16))[0, 0]
+    assert got.tolist() == [21.0, 21.0, 20.0, 22.0, 22.0, 23.0, 0.0]
+    # the pixel protocol (PDiscoFormer) upsamples first: pixel 4 has centre 4.5, i.e. map
+    # position 0.625 (cells 0 / 1 weighted 0.375 / 0.625); row: 9.5 -> 1.875 (rows 1 / 2)
+    assert sample_at_keypoint_pixels(maps, kp, (16, 16))[0, 0, 2].item() == pytest.approx(
+        (0.125 * 10 + 0.875 * 20) + 0.625)
+    # so at such a tie the two protocols can label a keypoint differently: part 0 on map column 0,
+    # part 1 on columns 1-3, keypoint at x = 4
+    two = torch.zeros(1, 3, 4, 4)
+    two[0, 0, :, 0] = 0.9
+    two[0, 1, :, 1:] = 0.9
+    two[0, 2] = 1.0 - two[0, :2].sum(0)
+    kp = torch.tensor([[[4.0, 9.0]]])
+    vis = torch.ones(1, 1, dtype=torch.bool)
+    nearest = KeypointClustering(2, 1, "with_bg", lookup="map_nearest").update(two, kp, vis, (16, 16))
+    pixel = KeypointClustering(2, 1, "with_bg").update(two, kp, vis, (16, 16))
+    assert nearest.table.counts[:, 0].tolist() == [1, 0, 0]
+    assert pixel.table.counts[:, 0].tolist() == [0, 1, 0] and pixel.lookup == "pixel"
+    with pytest.raises(ValueError, match="lookup"):
+        KeypointClustering(2, 2, lookup="bilinear")
 
 
 def test_keypoint_clustering_validates():

@@ -73,33 +73,100 @@ def cub_split(rng, n, k=4, p=6, linear=None):
 # ---------------------------------------------------------------- centroids
 
 
-def test_part_centroids_of_delta_maps_are_cell_centres():
+def test_part_centroid_of_a_one_hot_cell_is_its_index_times_the_stride():
+    """PDiscoFormer (ananthu-aniraj/pdiscoformer): ``utils/get_landmark_coordinates.py``
+    ``landmark_coordinates`` weights the integer grid ``meshgrid(arange(h), arange(w),
+    indexing="ij")`` (no +0.5), and ``engine/eval_interpretability_nmi_ari_keypoint.py``
+    ``create_centers`` multiplies the row mean by H/h and the column mean by W/w and stacks them
+    as (x, y). So a one-hot map at cell (i, j) has centroid (j * W/w, i * H/h)."""
     h, w, size = 4, 5, (40, 30)  # H, W
     maps = torch.zeros(1, 3, h, w)
     maps[0, 0, 1, 3] = 1.0
     maps[0, 1, 3, 0] = 1.0
     maps[0, 2] = 1.0 - maps[0, :2].sum(0)  # background
     c, presence = part_centroids(maps, size)
-    expected = torch.tensor([[[(3 + 0.5) * 30 / 5, (1 + 0.5) * 40 / 4], [(0 + 0.5) * 30 / 5, (3 + 0.5) * 40 / 4]]])
+    expected = torch.tensor([[[3 * 30 / 5, 1 * 40 / 4], [0 * 30 / 5, 3 * 40 / 4]]])
     torch.testing.assert_close(c, expected)
     torch.testing.assert_close(presence, torch.ones(1, 2))
+    # Huang & Li's own code (zxhuang1698/interpretability-by-parts, src/cub200/eval_interp.py
+    # ``calc_center``): 1-based indices times the stride
+    c1, _ = part_centroids(maps, size, convention="one_based")
+    torch.testing.assert_close(c1, torch.tensor([[[4 * 30 / 5, 2 * 40 / 4], [1 * 30 / 5, 4 * 40 / 4]]]))
+    # the geometric cell centre (this project before issue 7)
+    c5, _ = part_centroids(maps, size, convention="centre")
+    torch.testing.assert_close(c5, torch.tensor([[[3.5 * 30 / 5, 1.5 * 40 / 4], [0.5 * 30 / 5, 3.5 * 40 / 4]]]))
+    with pytest.raises(ValueError, match="centroid convention"):
+        part_centroids(maps, size, convention="corner")
 
 
 def test_part_centroids_soft_maps_sizes_and_zero_mass():
     g = torch.Generator().manual_seed(0)
     maps = torch.softmax(torch.randn(2, 4, 6, 8, generator=g), dim=1)
-    maps[1, 2] = 0.0  # an empty map -> image centre
+    maps[1, 2] = 0.0  # an empty map -> the centroid of a uniform map
     c, presence = part_centroids(maps, [(60, 80), (12, 16)])
     assert c.shape == (2, 3, 2) and presence.shape == (2, 3)
     fg = maps[0, :3].double()
-    xs = torch.arange(8).double() + 0.5
+    xs = torch.arange(8).double()
     cx = (fg * xs).sum((1, 2)) / fg.sum((1, 2)) * 10
     torch.testing.assert_close(c[0, :, 0], cx.float())
-    torch.testing.assert_close(c[1, 2], torch.tensor([8.0, 6.0]))
+    torch.testing.assert_close(c[1, 2], torch.tensor([3.5 * 2, 2.5 * 2]))
     torch.testing.assert_close(presence[0], maps[0, :3].amax((1, 2)))
     # default image size = the map's own grid
     c_default, _ = part_centroids(maps)
     torch.testing.assert_close(c_default[0], c[0] / 10)
+
+
+def _one_hot_maps(cells, h=4, w=4, inactive=False):
+    """[N, K+1, h, w] maps: part 0 one-hot at ``cells[n] = (i, j)``; with ``inactive`` a second
+    part spread at 0.25 over the other cells (maximum 0.25 <= 0.5: inactive in ``pdisco``) whose
+    centroid moves from image to image; background = the rest."""
+    n = len(cells)
+    k1 = 3 if inactive else 2
+    maps = torch.zeros(n, k1, h, w)
+    for b, (i, j) in enumerate(cells):
+        maps[b, 0, i, j] = 1.0
+        if inactive:
+            maps[b, 1] = 0.25
+            maps[b, 1, i, j] = 0.0
+            maps[b, 1, (i + 2) % h, (j + 1) % w] = 0.0   # breaks the symmetry: centroid varies
+    maps[:, -1] = 1.0 - maps[:, :-1].sum(1)
+    return maps
+
+
+def test_pdisco_regression_hand_checked_case():
+    """A case whose answer is known by hand. Image 16 x 16, map 4 x 4 (stride 4); part 0 is a
+    one-hot cell, so with PDiscoFormer's centroid (index x stride; see the test above) its centroid
+    is (4j, 4i). Each image has its own box; the keypoint is placed, in box-normalised units, at the
+    normalised centroid + (0.1, -0.2) on the 6 training images, and + (0.1, -0.2) + (0.03, 0.04) on
+    the test image. The regression (StandardScaler, LinearRegression without intercept, i.e. OLS
+    with intercept; PDiscoFormer ``eval_kpr``) recovers the training relation exactly, so the test
+    error is |(0.03, 0.04)| = 0.05 box units, reported x 100 = 5.0. Part 1 is inactive everywhere
+    (max 0.25), so ``pdisco`` zeroes its inputs. With cell centres (+0.5 cell = 2 px, divided by a
+    different box size per image) the relation is no longer exact and the answer moves."""
+    cells_tr = [(0, 1), (2, 3), (3, 0), (1, 2), (2, 1), (0, 3)]
+    boxes_tr = np.array([[1, 2, 10, 12], [0, 0, 16, 16], [2, 1, 12, 9], [3, 4, 8, 10],
+                         [1, 1, 14, 13], [0, 3, 15, 11]], dtype=np.float64)
+    cells_te, boxes_te = [(1, 1)], np.array([[2, 2, 11, 13]], dtype=np.float64)
+
+    def split(cells, boxes, extra):
+        maps = _one_hot_maps(cells, inactive=True)
+        centroids, presence = part_centroids(maps, (16, 16))
+        c_idx = np.array([[4.0 * j, 4.0 * i] for i, j in cells])
+        np.testing.assert_allclose(centroids[:, 0].numpy(), c_idx)          # (4j, 4i)
+        assert (presence[:, 0] == 1).all() and (presence[:, 1] == 0.25).all()
+        norm = (c_idx - boxes[:, :2]) / boxes[:, 2:]
+        kp = (norm + np.array([0.1, -0.2]) + extra) * boxes[:, 2:] + boxes[:, :2]
+        return {"maps": maps, "centroids": centroids.numpy(), "presence": presence.numpy(),
+                "keypoints": kp[:, None, :], "visible": np.ones((len(cells), 1), bool), "bbox": boxes}
+
+    train = split(cells_tr, boxes_tr, np.zeros(2))
+    test = split(cells_te, boxes_te, np.array([0.03, 0.04]))
+    out = cub_keypoint_regression(train, test, "pdisco")
+    assert out["error"] == pytest.approx(5.0, abs=1e-9) and out["num_pairs"] == 1
+    # the same data with cell-centre centroids gives another answer
+    for sp in (train, test):
+        sp["centroids"] = part_centroids(sp["maps"], (16, 16), convention="centre")[0].numpy()
+    assert abs(cub_keypoint_regression(train, test, "pdisco")["error"] - 5.0) > 0.1
 
 
 def test_centroid_collector_feeds_the_regression():
@@ -260,6 +327,35 @@ def test_celeba_variants_differ_and_are_exact_when_linear():
     for variant in ("iod_normalised", "scops_pixel"):
         assert celeba_landmark_regression(*scaled, variant)["error"] == pytest.approx(
             celeba_landmark_regression(train, test, variant)["error"], rel=1e-9)
+
+
+def test_centroid_convention_matters_except_in_pixel_space():
+    """The PartFormer authors' CelebA error (Jiahao-UTS/UnsupervisedPart, utils/unsupervised_NME.py
+    ``segment_to_landmark`` + ``calculate_NME``) takes centroids as the weighted mean of the integer
+    index on the 128 x 128 map, unscaled, and fits StandardScaler + a no-intercept linear map in
+    pixels, then divides each landmark's error by the inter-ocular distance: our ``scops_pixel``.
+    In pixel space any per-dataset affine change of the centroids (the +0.5 / +1 offset, the
+    stride) is absorbed by the standardisation, so that protocol does not depend on the convention;
+    ``iod_normalised`` divides by a per-image length first, so it does."""
+    g = torch.Generator().manual_seed(7)
+    rng = np.random.default_rng(7)
+    n_tr, n_te = 60, 20
+    maps = torch.softmax(3 * torch.randn(n_tr + n_te, 4, 8, 8, generator=g), dim=1)
+    lm = rng.uniform(40, 90, (n_tr + n_te, 5, 2))
+    lm[:, 1] = lm[:, 0] + rng.uniform(8, 30, (n_tr + n_te, 2))   # eyes apart
+    errs = {}
+    for conv in ("index", "centre", "one_based", "map_units"):
+        if conv == "map_units":   # the authors': index on the map grid, not scaled to the image
+            c = part_centroids(maps, (8, 8), "index")[0].numpy()
+        else:
+            c = part_centroids(maps, (128, 128), conv)[0].numpy()
+        tr = {"centroids": c[:n_tr], "landmarks": lm[:n_tr]}
+        te = {"centroids": c[n_tr:], "landmarks": lm[n_tr:]}
+        errs[conv] = {v: celeba_landmark_regression(tr, te, v)["error"]
+                      for v in ("scops_pixel", "iod_normalised")}
+    for conv in ("centre", "one_based", "map_units"):
+        assert errs[conv]["scops_pixel"] == pytest.approx(errs["index"]["scops_pixel"], rel=1e-6)  # float32
+    assert abs(errs["centre"]["iod_normalised"] - errs["index"]["iod_normalised"]) > 1e-2
 
 
 def test_celeba_rejects_zero_inter_ocular_distance():

@@ -80,16 +80,85 @@ def test_register_tokens_dropped():
 
 
 def test_targets_are_normalised_resized_views():
-    model = tiny_model()
+    """Default (model.half_resample=nearest): the target at the decoder's output size is the
+    normalised view sampled at the top-left pixel of every 2x2 / 4x4 block; bilinear on request."""
+    model = tiny_model()                         # patch 16 at 64 px: 4x4 map, 16x16 target (x0.25)
     v1, v2 = views()
     out = model(v1, v2)
     for i, v in ((1, v1), (2, v2)):
-        expect = F.interpolate(model.normalize(v), size=out[f"recon{i}"].shape[-2:],
+        assert torch.equal(out[f"target{i}"], model.normalize(v)[..., ::4, ::4])
+    bil = tiny_model(half_resample="bilinear")
+    out = bil(v1, v2)
+    for i, v in ((1, v1), (2, v2)):
+        expect = F.interpolate(bil.normalize(v), size=out[f"recon{i}"].shape[-2:],
                                mode="bilinear", align_corners=False, antialias=False)
         torch.testing.assert_close(out[f"target{i}"], expect)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     torch.testing.assert_close(model.normalize(v1), (v1 - mean) / std)
+    with pytest.raises(ValueError, match="model.half_resample"):
+        tiny_model(half_resample="area")
+
+
+def _noise_off_even_grid(v, seed=5):
+    """``v`` with every pixel whose row or column is odd replaced by noise; the (even, even)
+    pixels are kept bit for bit."""
+    g = torch.Generator().manual_seed(seed)
+    noisy = torch.rand(v.shape, generator=g)
+    keep = torch.zeros(v.shape[-2:], dtype=torch.bool)
+    keep[::2, ::2] = True
+    return torch.where(keep, v, noisy)
+
+
+def test_half_paths_see_only_the_even_even_pixels():
+    """The authors' x0.5 is ``F.interpolate(x, scale_factor=0.5)`` with no mode, i.e. PyTorch's
+    default nearest: output pixel (i, j) = input pixel (2i, 2j). It is applied to the view fed to
+    the part-token ViT and to the reconstruction target, which is that same downsampled tensor
+    (Jiahao-UTS/UnsupervisedPart, CUB_Model.py and CelebA_Model.py, ``forward``:
+    ``input = F.interpolate(input, scale_factor=0.5)`` then ``self.Transformer(input)`` and
+    ``self.high_level_loss(R_img, input, VGG)``; the same for ``input_pair``). So noise on every
+    pixel outside the even-even grid leaves the part tokens and the target bit-identical, and the
+    tokens are those of the even-even subsampling fed at full resolution."""
+    model = tiny_model(encoder=ENC_P8)   # 64 px, patch 8: 8x8 map, decoder x4 -> 32x32 = x0.5
+    v1, v2 = views()
+    n1 = _noise_off_even_grid(v1)
+    assert not torch.equal(n1, v1)
+    out, out_noisy = model(v1, v2), model(n1, v2)
+    assert torch.equal(out_noisy["part_tokens1"], out["part_tokens1"])
+    assert torch.equal(out_noisy["target1"], out["target1"])
+    assert torch.equal(out["target1"], model.normalize(v1)[..., ::2, ::2])
+    assert out["recon1"].shape[-2:] == (32, 32)
+    # the encoder sees the noise (the part maps change): the test is not vacuous
+    assert not torch.equal(out_noisy["feature_map1"], out["feature_map1"])
+    # the tokens are those of the even-even subsampling, fed to a ViT that does not downsample
+    half = model.normalize(v1)[..., ::2, ::2].contiguous()
+    full = PartTokenViT(num_parts=4, in_scale=1.0, out_dim=16, image_size=32, **TINY_PF)
+    full.load_state_dict(model.partformer.state_dict())
+    assert torch.equal(full(half), out["part_tokens1"])
+    # with bilinear the odd pixels leak in
+    bil = tiny_model(encoder=ENC_P8, half_resample="bilinear")
+    assert not torch.allclose(bil(n1, v2)["part_tokens1"], bil(v1, v2)["part_tokens1"])
+    assert not torch.allclose(bil(n1, v2)["target1"], bil(v1, v2)["target1"])
+
+
+@pytest.mark.parametrize("size", [(64, 64), (67, 70), (33, 49)])
+def test_part_token_vit_half_is_floor_and_even_pixels(size):
+    """``F.interpolate(x, scale_factor=0.5)`` gives floor(H/2) x floor(W/2) pixels (2i, 2j), odd
+    sizes included (PyTorch: output size floor(H * s); with ``recompute_scale_factor`` unset the
+    sampling scale is 1/s = 2, so source index floor(2i))."""
+    torch.manual_seed(0)
+    vit = PartTokenViT(num_parts=2, patch_size=8, width=32, depth=1, heads=2, out_dim=8,
+                       image_size=64)
+    assert vit.resample == "nearest"
+    assert vit.input_size(size) == (size[0] // 2, size[1] // 2)
+    x = torch.randn(2, 3, *size)
+    even = x[..., :2 * (size[0] // 2):2, :2 * (size[1] // 2):2].contiguous()
+    full = PartTokenViT(num_parts=2, in_scale=1.0, patch_size=8, width=32, depth=1, heads=2,
+                        out_dim=8, image_size=32)
+    full.load_state_dict(vit.state_dict())
+    assert torch.equal(vit(x), full(even))
+    with pytest.raises(ValueError, match="resample"):
+        PartTokenViT(num_parts=2, resample="bicubic")
 
 
 # ------------------------------------------------------------------------ batch concat == two calls
@@ -255,13 +324,20 @@ def test_part_token_vit_details():
     blk = vit.blocks[0]
     assert isinstance(blk.attn, torch.nn.MultiheadAttention)
     assert blk.attn.in_proj_weight.shape == (192, 64) and blk.mlp.fc1.weight.shape == (256, 64)
-    # the input is downsampled by in_scale: a 64 input == its bilinear 32x32 version at scale 1
+    # the input is downsampled by in_scale: a 64 input == its nearest 32x32 version at scale 1
     x = torch.randn(2, 3, 64, 64)
-    half = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    half = x[..., ::2, ::2].contiguous()
     vit1 = PartTokenViT(num_parts=3, in_scale=1.0, patch_size=8, width=64, depth=2, heads=4,
                         out_dim=16, image_size=32)
     vit1.load_state_dict(vit.state_dict())
     torch.testing.assert_close(vit(x), vit1(half), atol=1e-5, rtol=1e-5)
+    # bilinear on request (model.half_resample=bilinear)
+    vitb = PartTokenViT(num_parts=3, patch_size=8, width=64, depth=2, heads=4, out_dim=16,
+                        image_size=64, resample="bilinear")
+    vitb.load_state_dict(vit.state_dict())
+    torch.testing.assert_close(vitb(x), vit1(F.interpolate(x, scale_factor=0.5, mode="bilinear",
+                                                           align_corners=False)),
+                               atol=1e-5, rtol=1e-5)
     # manual pre-LN forward
     with torch.no_grad():
         p = vit.patch_embed(half).flatten(2).transpose(1, 2) + vit.sincos_pos_embed

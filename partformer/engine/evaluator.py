@@ -33,7 +33,8 @@ from partformer.metrics import clustering as C
 from partformer.metrics import keypoints as KP
 from partformer.metrics import segmentation as SEG
 
-PROTOCOL_VERSION = "1"
+# 2: regression centroids use the integer cell index (PDiscoFormer) instead of the cell centre
+PROTOCOL_VERSION = "2"
 
 # resize modes whose outputs all have the same size (others are evaluated one image at a time)
 FIXED_SIZE_RESIZES = ("whole", "shorter_center_crop", "longest_pad")
@@ -122,11 +123,12 @@ class CentroidRows:
 
     KEYS = ("index", "centroids", "presence", "keypoints", "visible", "bbox")
 
-    def __init__(self):
+    def __init__(self, convention: str = "index"):
+        self.convention = convention   # KP.CENTROID_CONVENTIONS
         self.rows: Dict[str, list] = {k: [] for k in self.KEYS}
 
     def update(self, batch: Dict[str, Any], maps: torch.Tensor) -> None:
-        cen, pres = KP.part_centroids(maps, tuple(batch["image"].shape[-2:]))
+        cen, pres = KP.part_centroids(maps, tuple(batch["image"].shape[-2:]), self.convention)
         self.rows["index"].append(batch["index"].numpy())
         self.rows["centroids"].append(np.asarray(cen, dtype=np.float64))
         self.rows["presence"].append(np.asarray(pres, dtype=np.float64))
@@ -147,9 +149,9 @@ class CentroidRows:
 
 
 def collect_centroids(predict: Predictor, dataset, batch_size: int = 32, num_workers: int = 0,
-                      progress: bool = False) -> Dict[str, np.ndarray]:
+                      progress: bool = False, convention: str = "index") -> Dict[str, np.ndarray]:
     """:class:`CentroidRows` of a whole dataset (e.g. the regressor split)."""
-    rows = CentroidRows()
+    rows = CentroidRows(convention)
     for batch, maps in _iterate(predict, dataset, batch_size, num_workers, progress, "centroids"):
         if maps is not None:
             rows.update(batch, maps)
@@ -159,9 +161,22 @@ def collect_centroids(predict: Predictor, dataset, batch_size: int = 32, num_wor
 def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whole",
              protocols: Optional[List[str]] = None, regressor_dataset=None,
              batch_size: int = 32, num_workers: int = 0, progress: bool = False,
-             max_images: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
+             max_images: Optional[int] = None,
+             centroid_convention: str = "index",
+             keypoint_lookup: str = "pixel") -> Dict[str, Dict[str, Any]]:
     """Evaluate ``predict`` on ``dataset``; returns ``{name: {value, protocol, variant, version,
-    count}}`` for every requested (or, when ``protocols`` is empty, every applicable) protocol."""
+    count}}`` for every requested (or, when ``protocols`` is empty, every applicable) protocol.
+    ``centroid_convention`` (``eval.centroid_convention``): the cell positions of the regression
+    protocols' centroids (``metrics.keypoints.CENTROID_CONVENTIONS``; ``index`` = PDiscoFormer);
+    recorded with each regression result. ``keypoint_lookup`` (``eval.keypoint_lookup``): how the
+    keypoint NMI / ARI protocols read the maps (``metrics.clustering.KEYPOINT_LOOKUPS``; ``pixel``
+    = PDiscoFormer, ``map_nearest`` = the PartFormer authors' code); recorded with each result."""
+    if keypoint_lookup not in C.KEYPOINT_LOOKUPS:
+        raise ValueError(f"eval.keypoint_lookup must be one of {sorted(C.KEYPOINT_LOOKUPS)}, "
+                         f"got {keypoint_lookup!r}")
+    if centroid_convention not in KP.CENTROID_CONVENTIONS:
+        raise ValueError(f"eval.centroid_convention must be one of "
+                         f"{sorted(KP.CENTROID_CONVENTIONS)}, got {centroid_convention!r}")
     if max_images is not None and max_images < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(max_images))
     base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
@@ -184,7 +199,7 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
         P = first["keypoints"].shape[0]
         for variant in ("with_bg", "fg_only", "fg_bbox"):
             if f"kp_nmi_{variant}" in wanted or f"kp_ari_{variant}" in wanted:
-                kp_metrics[variant] = C.KeypointClustering(K, P, variant)
+                kp_metrics[variant] = C.KeypointClustering(K, P, variant, lookup=keypoint_lookup)
     if any(p.startswith("px_") for p in wanted):
         Cn = _num_part_classes(base)
         for variant in ("with_bg", "fg_only"):
@@ -197,7 +212,7 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
     reg_wanted = [p for p in wanted if p.startswith("kp_error") or p.startswith("lm_error")]
     if reg_wanted and regressor_dataset is None:
         raise ValueError(f"{reg_wanted} need a regressor split (data.regressor_split)")
-    test_rows = CentroidRows() if reg_wanted else None
+    test_rows = CentroidRows(centroid_convention) if reg_wanted else None
 
     skipped = 0
     n_images = 0
@@ -232,9 +247,10 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
         for variant, m in metrics.items():
             m.all_reduce()
             r = m.compute()
+            extra = {"keypoint_lookup": keypoint_lookup} if prefix == "kp" else {}
             for key in ("nmi", "ari"):
                 if f"{prefix}_{key}_{variant}" in wanted:
-                    put(f"{prefix}_{key}_{variant}", r[key], r[count_key])
+                    put(f"{prefix}_{key}_{variant}", r[key], r[count_key], **extra)
     if hungarian is not None:
         hungarian.all_reduce()
         r = hungarian.compute()
@@ -246,18 +262,21 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
 
     if reg_wanted:
         # the test split's centroids came from the pass above; only the regressor split is new
-        train = collect_centroids(predict, regressor_dataset, batch_size, num_workers, progress)
+        train = collect_centroids(predict, regressor_dataset, batch_size, num_workers, progress,
+                                  centroid_convention)
         test = test_rows.gather()
         for name in reg_wanted:
             family, variant = PROTOCOL_FAMILIES[name]
             if family == "cub_keypoint_regression":
                 r = KP.cub_keypoint_regression(train, test, variant)
-                put(name, r["error"], r.get("num_pairs", 0))
+                put(name, r["error"], r.get("num_pairs", 0),
+                    centroid_convention=centroid_convention)
             else:
                 tr = {"centroids": train["centroids"], "landmarks": train["keypoints"]}
                 te = {"centroids": test["centroids"], "landmarks": test["keypoints"]}
                 r = KP.celeba_landmark_regression(tr, te, variant)
-                put(name, r["error"], r.get("num_images", len(te["landmarks"])))
+                put(name, r["error"], r.get("num_images", len(te["landmarks"])),
+                    centroid_convention=centroid_convention)
     skipped_t = D.all_reduce_sum(torch.tensor([skipped, n_images]))
     for r in results.values():
         r["skipped_images"] = int(skipped_t[0])

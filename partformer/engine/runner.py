@@ -37,9 +37,28 @@ def config_from_checkpoint(path: str, overrides=None) -> cfglib.Config:
         raise CheckpointError(f"{path} carries no config; pass --config with the training config")
     import yaml
     tree = yaml.safe_load(ckpt["config"])
+    _pin_half_resample(tree, ckpt, path)
     origins = {k: f"the config stored in {path}" for k in cfglib._dotted_keys(tree)}
     cfglib.apply_overrides(tree, overrides, origins)
     return cfglib.from_dict(tree, origins)
+
+
+def _pin_half_resample(tree: Dict[str, Any], ckpt: Dict[str, Any], path: str) -> None:
+    """Checkpoints written before ``model.half_resample`` existed were trained with bilinear x0.5
+    paths; the schema default is now nearest (the authors' code). Keep such a model as it was
+    trained, and say so. Converted official checkpoints (``source`` written by partformer.convert)
+    hold the authors' weights, which were trained with nearest."""
+    model = tree.get("model") if isinstance(tree, dict) else None
+    if not isinstance(model, dict) or "half_resample" in model:
+        return
+    official = isinstance(ckpt.get("source"), dict) and \
+        ckpt["source"].get("converter") == "partformer.convert"
+    model["half_resample"] = "nearest" if official else "bilinear"
+    if not official:
+        import warnings
+        warnings.warn(f"{path} predates model.half_resample and was trained with bilinear x0.5 "
+                      "resampling; using model.half_resample=bilinear for it (the default for new "
+                      "runs is nearest, as the authors' code; docs/differences.md)", stacklevel=3)
 
 
 def load_model(cfg, checkpoint: str, device: torch.device) -> torch.nn.Module:
@@ -91,7 +110,9 @@ def evaluate_methods(cfg, predictors: Dict[str, Any], split: Optional[str] = Non
         results[name] = evaluate(predict, dataset, cfg.model.num_parts, resize=cfg.data.resize,
                                  protocols=cfg.eval.protocols or None, regressor_dataset=regressor,
                                  batch_size=cfg.eval.batch_size, num_workers=cfg.eval.num_workers,
-                                 progress=progress, max_images=cfg.eval.max_images)
+                                 progress=progress, max_images=cfg.eval.max_images,
+                                 centroid_convention=cfg.eval.centroid_convention,
+                                 keypoint_lookup=cfg.eval.keypoint_lookup)
         timings[name] = time.time() - t0
     num_images = len(dataset)
     if cfg.eval.max_images is not None:

@@ -14,15 +14,18 @@ Definitions and citations of every protocol: docs/PROTOCOLS.md.
 from __future__ import annotations
 
 from partformer.metrics.clustering import (
+    KEYPOINT_LOOKUPS,
     ContingencyTable,
     KeypointClustering,
     PixelClustering,
     ari_from_table,
     nmi_from_table,
     sample_at_keypoint_pixels,
+    sample_at_keypoints_map_nearest,
 )
 from partformer.metrics.keypoints import (
     CELEBA_VARIANTS,
+    CENTROID_CONVENTIONS,
     CUB_VARIANTS,
     CentroidCollector,
     celeba_landmark_regression,
@@ -67,6 +70,8 @@ __all__ = [
     "nmi_from_table",
     "ari_from_table",
     "sample_at_keypoint_pixels",
+    "sample_at_keypoints_map_nearest",
+    "KEYPOINT_LOOKUPS",
     "part_centroids",
     "cub_keypoint_regression",
     "celeba_landmark_regression",
@@ -74,6 +79,7 @@ __all__ = [
     "iou_matrix",
     "CUB_VARIANTS",
     "CELEBA_VARIANTS",
+    "CENTROID_CONVENTIONS",
     "METRICS",
     "REGRESSION_PROTOCOLS",
     "build_metric",

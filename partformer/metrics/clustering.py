@@ -29,6 +29,8 @@ __all__ = [
     "nmi_from_table",
     "ari_from_table",
     "sample_at_keypoint_pixels",
+    "sample_at_keypoints_map_nearest",
+    "KEYPOINT_LOOKUPS",
     "KeypointClustering",
     "PixelClustering",
 ]
@@ -230,6 +232,17 @@ def _image_sizes(image_size: ImageSize, batch: int, default: Tuple[int, int], de
     return sizes.to(device)
 
 
+def _keypoint_image_sizes(part_maps: torch.Tensor, keypoints: torch.Tensor,
+                          image_size: ImageSize) -> torch.Tensor:
+    """Check ``part_maps [B, C, h, w]`` and ``keypoints [B, P, 2]``; per-sample (H, W) [B, 2]."""
+    if part_maps.ndim != 4 or keypoints.ndim != 3 or keypoints.shape[-1] != 2:
+        raise ValueError(f"expected part_maps [B,C,h,w] and keypoints [B,P,2], got {tuple(part_maps.shape)}, {tuple(keypoints.shape)}")
+    b, _, h, w = part_maps.shape
+    if keypoints.shape[0] != b:
+        raise ValueError(f"batch sizes differ: part_maps {b}, keypoints {keypoints.shape[0]}")
+    return _image_sizes(image_size, b, (h, w), part_maps.device)
+
+
 @torch.no_grad()
 def sample_at_keypoint_pixels(part_maps: torch.Tensor, keypoints: torch.Tensor, image_size: ImageSize = None) -> torch.Tensor:
     """Values of the part maps, bilinearly upsampled to the image, at the pixel containing each keypoint.
@@ -246,12 +259,7 @@ def sample_at_keypoint_pixels(part_maps: torch.Tensor, keypoints: torch.Tensor, 
         (up to float rounding), computed with ``grid_sample`` at those pixel centres so the maps
         are never upsampled. ``padding_mode="border"`` reproduces interpolate's edge clamping.
     """
-    if part_maps.ndim != 4 or keypoints.ndim != 3 or keypoints.shape[-1] != 2:
-        raise ValueError(f"expected part_maps [B,C,h,w] and keypoints [B,P,2], got {tuple(part_maps.shape)}, {tuple(keypoints.shape)}")
-    b, _, h, w = part_maps.shape
-    if keypoints.shape[0] != b:
-        raise ValueError(f"batch sizes differ: part_maps {b}, keypoints {keypoints.shape[0]}")
-    sizes = _image_sizes(image_size, b, (h, w), part_maps.device)  # [B, 2] (H, W)
+    sizes = _keypoint_image_sizes(part_maps, keypoints, image_size)  # [B, 2] (H, W)
     height, width = sizes[:, 0:1], sizes[:, 1:2]  # [B, 1]
     kp = keypoints.to(part_maps.device, torch.float64)
     col = torch.minimum(torch.floor(kp[..., 0]).clamp_min(0), width - 1)
@@ -262,6 +270,34 @@ def sample_at_keypoint_pixels(part_maps: torch.Tensor, keypoints: torch.Tensor, 
     grid = torch.stack([gx, gy], dim=-1).unsqueeze(2).float()  # [B, P, 1, 2]
     out = F.grid_sample(part_maps.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out[..., 0]  # [B, C, P]
+
+
+@torch.no_grad()
+def sample_at_keypoints_map_nearest(part_maps: torch.Tensor, keypoints: torch.Tensor,
+                                    image_size: ImageSize = None) -> torch.Tensor:
+    """Values of the part maps, at their own resolution, at the map cell nearest each keypoint:
+    the PartFormer authors' lookup (Jiahao-UTS/UnsupervisedPart, tools/validate_function.py
+    ``validate_CUB`` and CUB_NMI.py: ``F.grid_sample(maps, (x / W, y / H) * 2 - 1,
+    mode="nearest", align_corners=False)`` on the 128 x 128 maps, no upsampling).
+
+    That is cell ``nearbyint(x * w / W - 0.5)`` (ties to even), with zeros outside the map, exactly
+    as ``grid_sample`` computes it. Shapes as :func:`sample_at_keypoint_pixels`.
+    """
+    sizes = _keypoint_image_sizes(part_maps, keypoints, image_size)  # [B, 2] (H, W)
+    kp = keypoints.to(part_maps.device, torch.float32)
+    # their arithmetic, in float32: divide by the image size, then * 2 - 1
+    gx = kp[..., 0] / sizes[:, 1:2].float() * 2 - 1
+    gy = kp[..., 1] / sizes[:, 0:1].float() * 2 - 1
+    grid = torch.stack([gx, gy], dim=-1).unsqueeze(2)  # [B, P, 1, 2]
+    out = F.grid_sample(part_maps.float(), grid, mode="nearest", align_corners=False)
+    return out[..., 0]  # [B, C, P]
+
+
+# keypoint lookups of the keypoint NMI / ARI protocols (eval.keypoint_lookup)
+KEYPOINT_LOOKUPS = {
+    "pixel": sample_at_keypoint_pixels,             # PDiscoNet / PDiscoFormer: upsample, then pixel
+    "map_nearest": sample_at_keypoints_map_nearest,  # the PartFormer authors' validate_CUB
+}
 
 
 def _check_part_maps(part_maps: torch.Tensor, num_parts: int) -> None:
@@ -315,15 +351,22 @@ class KeypointClustering(_TableMetric):
             "FG-NMI"), or ``"fg_bbox"`` (Choudhury et al. 2021 "FG-NMI": computed like ``fg_only``,
             but only meaningful when the dataset was built with ``resize="bbox_crop"``).
 
-    The predicted label of a keypoint is the argmax over channels of the maps upsampled bilinearly
-    (align_corners=False) to the image, read at the pixel containing the keypoint.
+    The predicted label of a keypoint is the argmax over channels of the maps read at the keypoint
+    by ``lookup`` (:data:`KEYPOINT_LOOKUPS`): ``"pixel"`` (default; PDiscoNet, PDiscoFormer): the
+    maps upsampled bilinearly (align_corners=False) to the image, at the pixel containing the
+    keypoint; ``"map_nearest"``: the PartFormer authors' own code, the nearest cell of the maps at
+    their own resolution (:func:`sample_at_keypoints_map_nearest`).
     """
 
     VARIANTS = ("with_bg", "fg_only", "fg_bbox")
 
-    def __init__(self, num_parts: int, num_keypoints: int, variant: str = "with_bg"):
+    def __init__(self, num_parts: int, num_keypoints: int, variant: str = "with_bg",
+                 lookup: str = "pixel"):
         if variant not in self.VARIANTS:
             raise ValueError(f"unknown keypoint-clustering variant {variant!r}; choose from {self.VARIANTS}")
+        if lookup not in KEYPOINT_LOOKUPS:
+            raise ValueError(f"unknown keypoint lookup {lookup!r}; choose from {sorted(KEYPOINT_LOOKUPS)}")
+        self.lookup = lookup
         self.num_parts = int(num_parts)
         self.num_keypoints = int(num_keypoints)
         self.variant = variant
@@ -346,7 +389,7 @@ class KeypointClustering(_TableMetric):
         _check_part_maps(part_maps, self.num_parts)
         if keypoints.shape[1] != self.num_keypoints:
             raise ValueError(f"expected {self.num_keypoints} keypoints per image, got {keypoints.shape[1]}")
-        values = sample_at_keypoint_pixels(part_maps, keypoints, image_size)  # [B, K+1, P]
+        values = KEYPOINT_LOOKUPS[self.lookup](part_maps, keypoints, image_size)  # [B, K+1, P]
         if self.foreground_only:
             values = values[:, : self.num_parts]
         pred = values.argmax(dim=1)  # [B, P]

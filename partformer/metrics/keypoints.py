@@ -5,8 +5,21 @@ on a training split and evaluated on a test split; the error says how well the p
 semantic keypoints. Definitions, variants and citations: docs/PROTOCOLS.md.
 
 Coordinate convention: (x, y) image pixels, x = column, 0-based, pixel (row i, col j) covers
-[j, j+1) x [i, i+1); so the centre of map cell (i, j) of an ``h x w`` map over an ``H x W`` image is
-``((j + 0.5) * W / w, (i + 0.5) * H / h)``.
+[j, j+1) x [i, i+1). A centroid is the map-weighted mean of the positions of the map's cells; the
+position given to cell (i, j) of an ``h x w`` map over an ``H x W`` image is a named convention
+(:data:`CENTROID_CONVENTIONS`), ``((j + o) * W / w, (i + o) * H / h)`` with
+
+- ``index`` (o = 0, the default): the integer cell index, as PDiscoFormer
+  (ananthu-aniraj/pdiscoformer, ``utils/get_landmark_coordinates.py`` ``landmark_coordinates``,
+  scaled by input size / map size in ``engine/eval_interpretability_nmi_ari_keypoint.py``
+  ``create_centers``) and the PartFormer authors' CelebA evaluation (Jiahao-UTS/UnsupervisedPart,
+  ``utils/unsupervised_NME.py`` ``segment_to_landmark`` with ``arange(128)`` grids);
+- ``one_based`` (o = 1): Huang & Li's original CUB code (zxhuang1698/interpretability-by-parts,
+  ``src/cub200/eval_interp.py`` ``calc_center``: ``arange(1, w + 1)`` times the stride);
+- ``centre`` (o = 0.5): the geometric cell centre.
+
+The box / inter-ocular normalisation divides by a per-image length, so o is not absorbed by the
+regression's standardisation (except in ``scops_pixel``, which fits in pixels).
 """
 from __future__ import annotations
 
@@ -27,40 +40,52 @@ __all__ = [
     "celeba_landmark_regression",
     "CUB_VARIANTS",
     "CELEBA_VARIANTS",
+    "CENTROID_CONVENTIONS",
 ]
 
 CUB_VARIANTS = ("huang", "pdisco")
 CELEBA_VARIANTS = ("iod_normalised", "scops_pixel")
+# position of map cell (i, j) = ((j + o) * W / w, (i + o) * H / h); see the module docstring
+CENTROID_CONVENTIONS = {"index": 0.0, "one_based": 1.0, "centre": 0.5}
 
 
 @torch.no_grad()
-def part_centroids(part_maps: torch.Tensor, image_size: ImageSize = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def part_centroids(part_maps: torch.Tensor, image_size: ImageSize = None,
+                   convention: str = "index") -> Tuple[torch.Tensor, torch.Tensor]:
     """Soft centroids and presence of the K foreground parts.
 
     Args:
         part_maps: ``[B, K+1, h, w]`` softmax maps, background last.
         image_size: (H, W) of the image the maps cover, or one (H, W) per sample; default (h, w).
+        convention: position of map cell (i, j) (:data:`CENTROID_CONVENTIONS`): ``index``
+            ``(j, i)`` (PDiscoFormer; default), ``one_based`` ``(j + 1, i + 1)`` (Huang & Li),
+            ``centre`` ``(j + 0.5, i + 0.5)``; then scaled by ``(W / w, H / h)``.
 
     Returns:
-        centroids: float32 ``[B, K, 2]`` (x, y) in image pixels: the map-weighted mean of the map
-            cells' centres ``(j + 0.5, i + 0.5)``, scaled by ``(W / w, H / h)``. Computed on the
-            maps at their own resolution (no upsampling). A map with zero mass gets the image centre.
+        centroids: float32 ``[B, K, 2]`` (x, y) in image pixels: the map-weighted mean of the
+            cells' positions, scaled by ``(W / w, H / h)``. Computed on the maps at their own
+            resolution (no upsampling), in float64. A map with zero mass gets the centroid of a
+            uniform map.
         presence: float32 ``[B, K]``: the maximum of each foreground map (at its own resolution);
             the ``pdisco`` regression variant calls a part inactive when this is <= 0.5.
     """
     if part_maps.ndim != 4 or part_maps.shape[1] < 2:
         raise ValueError(f"part_maps must be [B, K+1, h, w] with K >= 1, got {tuple(part_maps.shape)}")
+    if convention not in CENTROID_CONVENTIONS:
+        raise ValueError(f"unknown centroid convention {convention!r}; choose from "
+                         f"{sorted(CENTROID_CONVENTIONS)}")
+    offset = CENTROID_CONVENTIONS[convention]
     b, _, h, w = part_maps.shape
     fg = part_maps[:, :-1].double()  # [B, K, h, w]
     sizes = _image_sizes(image_size, b, (h, w), part_maps.device)  # [B, 2] (H, W)
-    xs = torch.arange(w, dtype=torch.float64, device=fg.device) + 0.5
-    ys = torch.arange(h, dtype=torch.float64, device=fg.device) + 0.5
+    xs = torch.arange(w, dtype=torch.float64, device=fg.device) + offset
+    ys = torch.arange(h, dtype=torch.float64, device=fg.device) + offset
     mass = fg.sum(dim=(2, 3))  # [B, K]
     safe = mass.clamp_min(torch.finfo(torch.float64).tiny)
     cx = (fg.sum(dim=2) * xs).sum(dim=-1) / safe  # map cells
     cy = (fg.sum(dim=3) * ys).sum(dim=-1) / safe
-    cx = torch.where(mass > 0, cx, torch.full_like(cx, w / 2.0)) * (sizes[:, 1:2] / w)
-    cy = torch.where(mass > 0, cy, torch.full_like(cy, h / 2.0)) * (sizes[:, 0:1] / h)
+    cx = torch.where(mass > 0, cx, torch.full_like(cx, (w - 1) / 2.0 + offset)) * (sizes[:, 1:2] / w)
+    cy = torch.where(mass > 0, cy, torch.full_like(cy, (h - 1) / 2.0 + offset)) * (sizes[:, 0:1] / h)
     centroids = torch.stack([cx, cy], dim=-1).float()
     presence = fg.amax(dim=(2, 3)).float()
     return centroids, presence
@@ -74,13 +99,18 @@ class CentroidCollector:
     ``arrays()`` returns the dict of numpy arrays that :func:`cub_keypoint_regression` /
     :func:`celeba_landmark_regression` take. ``all_gather()`` concatenates the shards of all
     processes (rank order) when torch.distributed is initialised. Memory: O(N * (K + P)).
+    ``convention``: the centroid convention of :func:`part_centroids`.
     """
 
-    def __init__(self):
+    def __init__(self, convention: str = "index"):
+        if convention not in CENTROID_CONVENTIONS:
+            raise ValueError(f"unknown centroid convention {convention!r}; choose from "
+                             f"{sorted(CENTROID_CONVENTIONS)}")
+        self.convention = convention
         self._chunks: Dict[str, List[np.ndarray]] = defaultdict(list)
 
     def update(self, part_maps: torch.Tensor, image_size: ImageSize = None, **annotations) -> "CentroidCollector":
-        centroids, presence = part_centroids(part_maps, image_size)
+        centroids, presence = part_centroids(part_maps, image_size, self.convention)
         self.add(centroids=centroids, presence=presence, **annotations)
         return self
 

@@ -5,6 +5,9 @@ bilinear upsampling after each block listed in ``upsample_after`` (1-based), the
 bias) to ``out_channels``. The module is a plain ``nn.Sequential`` whose indices match the authors'
 ``Reconstruct_Block``: with the defaults, 0, 1 blocks, 2 upsample, 3, 4 blocks, 5 upsample,
 6 block, 7 the 1x1 conv; each block is itself ``Sequential(conv, norm, relu)``.
+
+Initialisation as the authors' ``_init_weights`` (CUB_Model.py / CelebA_Model.py): xavier-uniform
+conv weights; the final conv's bias keeps PyTorch's default; LayerNorms 1 / 0.
 """
 from __future__ import annotations
 
@@ -58,3 +61,6 @@ class ReconstructionDecoder(nn.Sequential):
         self.in_dim = in_dim
         self.upsample_after = upsample_after
         self.upscale = 2 ** len(upsample_after)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)

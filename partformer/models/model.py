@@ -3,7 +3,12 @@
 Training forward (METHOD.md §1, docs/ARCHITECTURE.md): two views in [0, 1] -> the documented dict.
 Test time (METHOD.md §2): ``predict(images)`` -> soft part maps ``[B, K+1, H', W']``, background last.
 
-Differences from the authors' code, on purpose:
+Both x0.5 paths, the view fed to the part-token ViT and the reconstruction target, are resampled
+with ``half_resample`` (``model.half_resample``): ``"nearest"`` by default, which is what the
+authors' ``F.interpolate(x, scale_factor=0.5)`` (no ``mode``; CUB_Model.py / CelebA_Model.py
+``forward``) does, i.e. output pixel (i, j) = input pixel (2i, 2j).
+
+Differences from the authors' code, on purpose (full list: docs/differences.md):
 - the frozen encoder runs once on ``cat([view1, view2])`` under ``torch.no_grad`` (theirs: twice);
   the compress head still runs once per view, so its BatchNorm sees per-view batch statistics as
   in their code; the part-token ViT and the decoder (per-sample LayerNorms only) run on both views
@@ -31,7 +36,7 @@ import torch.nn.functional as F
 
 from .decoder import ReconstructionDecoder
 from .encoder import CompressHead, build_encoder
-from .partformer_vit import PartTokenViT
+from .partformer_vit import RESAMPLE_MODES, PartTokenViT, resample
 
 __all__ = ["PartFormerModel", "build_model", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD"]
 
@@ -88,6 +93,14 @@ class PartFormerModel(nn.Module):
         predict_upsample: factor by which ``predict`` upsamples the feature map before the
             alignment; ``None``: the decoder's total upsampling (4 by default), i.e. the
             resolution of the training reconstructions.
+        half_resample: ``nearest`` (the authors' code) | ``bilinear``: how the normalised view is
+            downsampled for the part-token ViT (by ``partformer.in_scale``) and for the
+            reconstruction target (to the decoder's output size); one setting for both places.
+
+    Initialisation of the trainable parts follows the authors' ``_init_weights``: xavier-uniform
+    weights for the compress-head convs (default biases) and the decoder (see
+    ``ReconstructionDecoder``), the part-token ViT as ``PartTokenViT.reset_parameters``, xavier
+    ``arcface_weight``.
     """
 
     def __init__(self, num_parts: int = 4, image_size: int = 256,
@@ -99,8 +112,13 @@ class PartFormerModel(nn.Module):
                  decoder: Optional[Mapping[str, Any]] = None,
                  mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
                  std: Sequence[float] = IMAGENET_DEFAULT_STD,
-                 predict_upsample: Optional[int] = None):
+                 predict_upsample: Optional[int] = None,
+                 half_resample: str = "nearest"):
         super().__init__()
+        if half_resample not in RESAMPLE_MODES:
+            raise ValueError(f"model.half_resample must be one of {RESAMPLE_MODES}, "
+                             f"got {half_resample!r}")
+        self.half_resample = half_resample
         if alignment not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
         if num_parts < 1:
@@ -119,14 +137,19 @@ class PartFormerModel(nn.Module):
             self.encoder = build_encoder(enc, image_size=self.image_size)
         self.compress = CompressHead(self.encoder.embed_dim, self.feature_dim, variant=compress,
                                      hidden=tuple(compress_hidden))
+        for m in self.compress.modules():           # the authors' init: xavier weights only
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
 
         # part-token ViT
         pf = dict(_as_dict(partformer))
-        for key in ("num_parts", "out_dim", "image_size"):
+        for key in ("num_parts", "out_dim", "image_size", "resample"):
             if key in pf:
-                raise ValueError(f"partformer.{key} is set by the model; remove it from the config")
+                hint = " (use model.half_resample)" if key == "resample" else ""
+                raise ValueError(f"partformer.{key} is set by the model; remove it from the "
+                                 f"config{hint}")
         self.partformer = PartTokenViT(self.num_parts, out_dim=self.feature_dim,
-                                       image_size=self.image_size, **pf)
+                                       image_size=self.image_size, resample=half_resample, **pf)
 
         # alignment scale, ArcFace class vectors
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)),
@@ -204,8 +227,10 @@ class PartFormerModel(nn.Module):
         assign21 = self.assign(tok2, fmap1)
         recon = self.decoder(torch.cat([self.compose(assign12, tok1),
                                         self.compose(assign21, tok2)], dim=0))
-        target = F.interpolate(x, size=recon.shape[-2:], mode="bilinear", align_corners=False,
-                               antialias=False)
+        # the reconstruction target: the normalised views at the decoder's output size (x0.5 in
+        # the paper), resampled like the part-token ViT's input (the authors use the same tensor)
+        target = x if tuple(recon.shape[-2:]) == tuple(x.shape[-2:]) else \
+            resample(x, self.half_resample, size=recon.shape[-2:])
         return {
             "part_tokens1": tok1, "part_tokens2": tok2,
             "feature_map1": fmap1, "feature_map2": fmap2,

@@ -1,8 +1,10 @@
 """PartFormer: a small ViT with K+1 learnable part tokens (METHOD.md §1.3).
 
-The view (already normalised) is downsampled by ``in_scale`` (bilinear), cut into patches by a
-conv without bias, given a fixed 2-D sin-cos position embedding, and K+1 learnable part tokens
-(zero position embedding; the last one is background) are prepended. ``ln_pre``, ``depth`` pre-LN
+The view (already normalised) is downsampled by ``in_scale`` with ``resample`` (see
+:func:`resample`; ``"nearest"`` by default, as the authors' ``F.interpolate(x,
+scale_factor=0.5)``), cut into patches by a conv without bias, given a fixed 2-D sin-cos position
+embedding, and K+1 learnable part tokens (zero position embedding; the last one is background) are
+prepended. ``ln_pre``, ``depth`` pre-LN
 residual blocks (``nn.MultiheadAttention`` with fused in-projection, MLP with QuickGELU), then the
 K+1 tokens -> LayerNorm -> Linear(width -> out_dim, no bias).
 
@@ -18,15 +20,49 @@ tokens, then the patch rows; a converter should check ``pos_embed[0, K+1:]`` aga
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+import math
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["QuickGELU", "Mlp", "ResidualAttentionBlock", "PartTokenViT", "sincos_pos_embed_2d"]
+__all__ = ["QuickGELU", "Mlp", "ResidualAttentionBlock", "PartTokenViT", "sincos_pos_embed_2d",
+           "resample", "RESAMPLE_MODES"]
 
 SINCOS_LAYOUTS = ("mae", "yx")
+
+# ``F.interpolate`` arguments per resampling mode of the x0.5 paths (model.half_resample).
+# "nearest" is PyTorch's default mode, i.e. what the authors' ``F.interpolate(x, scale_factor=0.5)``
+# (CUB_Model.py / CelebA_Model.py ``forward``, no ``mode``) runs: output pixel (i, j) = input pixel
+# (floor(i / s), floor(j / s)) = (2i, 2j) for s = 0.5, for even and odd sizes alike.
+# "bilinear" (half-pixel centres, no antialiasing) is kept as an option: it was this project's
+# choice before it was checked against the authors' code.
+_RESAMPLE_KWARGS = {
+    "nearest": {"mode": "nearest"},
+    "bilinear": {"mode": "bilinear", "align_corners": False, "antialias": False},
+}
+RESAMPLE_MODES = tuple(_RESAMPLE_KWARGS)
+
+
+def resample(x: torch.Tensor, mode: str = "nearest", *, scale_factor: Optional[float] = None,
+             size: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """Resample images ``[B, C, H, W]`` by ``scale_factor`` or to ``size`` with ``mode``.
+
+    With ``scale_factor`` the output is ``floor(H * s) x floor(W * s)`` and the scale itself is used
+    for the sampling positions (``recompute_scale_factor`` unset), exactly PyTorch's
+    ``F.interpolate(x, scale_factor=s, mode=...)``. For ``nearest`` and s = 0.5 this is
+    ``x[..., 0:2*floor(H/2):2, 0:2*floor(W/2):2]``; giving ``size=(floor(H/2), floor(W/2))``
+    instead selects the same pixels.
+    """
+    kwargs = _RESAMPLE_KWARGS.get(mode)
+    if kwargs is None:
+        raise ValueError(f"resampling mode must be one of {RESAMPLE_MODES}, got {mode!r}")
+    if (scale_factor is None) == (size is None):
+        raise ValueError("give exactly one of scale_factor and size")
+    if size is not None:
+        return F.interpolate(x, size=tuple(int(s) for s in size), **kwargs)
+    return F.interpolate(x, scale_factor=float(scale_factor), **kwargs)
 
 
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, layout: str = "mae",
@@ -102,13 +138,20 @@ class PartTokenViT(nn.Module):
     ``Transformer.ln_pre`` -> ``norm_pre``, ``Transformer.transformer.resblocks.<i>`` ->
     ``blocks.<i>``, ``Transformer.ln_post`` -> ``norm_post``, ``Transformer.proj`` -> ``proj``
     (``nn.Linear``, weight ``[out_dim, width]``). ``sincos_pos_embed`` is a non-persistent buffer
-    for the default grid (``image_size * in_scale / patch_size``); other grids are computed and
-    cached on first use.
+    for the default grid (``floor(image_size * in_scale) / patch_size``); other grids are computed
+    and cached on first use.
+
+    ``resample``: how the view is downsampled by ``in_scale`` (:data:`RESAMPLE_MODES`; the model
+    sets it from ``model.half_resample``). Initialisation as the authors' ``VisionTransformer``
+    (backbone/Transformer.py ``initialize_weights``): xavier-uniform weights of every Linear (MLP,
+    attention out-projection, ``proj``) and of the patch conv, zero Linear biases, part tokens
+    N(0, 0.02); ``nn.MultiheadAttention`` keeps its own xavier in-projection with zero biases.
     """
 
     def __init__(self, num_parts: int, in_scale: float = 0.5, patch_size: int = 16,
                  width: int = 256, depth: int = 6, heads: int = 8, mlp_ratio: float = 4.0,
-                 out_dim: int = 64, image_size: int = 256, sincos_layout: str = "mae"):
+                 out_dim: int = 64, image_size: int = 256, sincos_layout: str = "mae",
+                 resample: str = "nearest"):
         super().__init__()
         if num_parts < 1:
             raise ValueError(f"num_parts must be >= 1, got {num_parts}")
@@ -116,6 +159,11 @@ class PartTokenViT(nn.Module):
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         if sincos_layout not in SINCOS_LAYOUTS:
             raise ValueError(f"sincos_layout must be one of {SINCOS_LAYOUTS}, got {sincos_layout!r}")
+        if resample not in RESAMPLE_MODES:
+            raise ValueError(f"resample must be one of {RESAMPLE_MODES}, got {resample!r}")
+        if in_scale <= 0:
+            raise ValueError(f"in_scale must be > 0, got {in_scale}")
+        self.resample = resample
         self.num_parts = num_parts
         self.num_tokens = num_parts + 1
         self.in_scale = float(in_scale)
@@ -125,8 +173,7 @@ class PartTokenViT(nn.Module):
         self.sincos_layout = sincos_layout
 
         self.patch_embed = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
-        self.part_tokens = nn.Parameter(torch.empty(1, self.num_tokens, width))
-        nn.init.normal_(self.part_tokens, std=0.02)
+        self.part_tokens = nn.Parameter(torch.empty(1, self.num_tokens, width))  # reset_parameters
         grid = self.grid_size((image_size, image_size))
         self.register_buffer("sincos_pos_embed",
                              sincos_pos_embed_2d(width, *grid, layout=sincos_layout)[None],
@@ -138,11 +185,27 @@ class PartTokenViT(nn.Module):
                                     for _ in range(depth))
         self.norm_post = nn.LayerNorm(width)
         self.proj = nn.Linear(width, out_dim, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The authors' initialisation (see the class docstring)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(m.weight)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.part_tokens, std=0.02)
 
     def input_size(self, image_size: Tuple[int, int]) -> Tuple[int, int]:
-        """Size of the downsampled input for an image of ``(H, W)``."""
-        return (max(1, int(round(image_size[0] * self.in_scale))),
-                max(1, int(round(image_size[1] * self.in_scale))))
+        """Size of the downsampled input for an image of ``(H, W)``: ``floor(H * in_scale)``, as
+        ``F.interpolate(scale_factor=in_scale)`` computes it."""
+        if self.in_scale == 1.0:
+            return int(image_size[0]), int(image_size[1])
+        return (int(math.floor(float(image_size[0]) * self.in_scale)),
+                int(math.floor(float(image_size[1]) * self.in_scale)))
 
     def grid_size(self, image_size: Tuple[int, int]) -> Tuple[int, int]:
         h, w = self.input_size(image_size)
@@ -164,9 +227,8 @@ class PartTokenViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: normalised images ``[B, 3, H, W]`` -> part tokens ``[B, K+1, out_dim]``."""
-        size = self.input_size(x.shape[-2:])
-        if size != tuple(x.shape[-2:]):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        if self.in_scale != 1.0:
+            x = resample(x, self.resample, scale_factor=self.in_scale)
         x = self.patch_embed(x)                                   # [B, W, gh, gw]
         B, C, gh, gw = x.shape
         x = x.flatten(2).transpose(1, 2)                          # [B, gh*gw, W], row-major
