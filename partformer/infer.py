@@ -250,7 +250,8 @@ def decode(path: str) -> Tuple[Optional[np.ndarray], str]:
         return None, str(e)
 
 
-def print_summary(summary: Dict[str, Any], file=sys.stdout) -> None:
+def print_summary(summary: Dict[str, Any], file=None) -> None:
+    file = file or sys.stdout
     print(f"wrote {summary['written']} image(s) to {summary['out_dir']} "
           f"({summary['already_done']} already done; label values: {summary['label_values']})",
           file=file)

@@ -18,13 +18,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 import partformer
-from partformer import config as cfglib
 from partformer.data.transforms import apply_resize, to_tensor_image
-from partformer.engine.checkpoint import atomic_torch_save
 from partformer.hub import WeightsError, export_weights
-from partformer.models import build_model
 
-from tests.tiny import tiny_config
+from tests.tiny import tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [(37, 53), (61, 29), (32, 32), (9, 70)]   # odd (H, W), smaller and larger than S = 32
@@ -32,15 +29,8 @@ SIZES = [(37, 53), (61, 29), (32, 32), (9, 70)]   # odd (H, W), smaller and larg
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    """A tiny randomly initialised model saved as one of our checkpoints (the predictor needs no
-    dataset): (path, config, model)."""
-    tmp = tmp_path_factory.mktemp("api")
-    cfg = tiny_config(str(tmp))
-    torch.manual_seed(0)
-    model = build_model(cfg.model, image_size=cfg.data.image_size).eval()
-    path = str(tmp / "run" / "best.pt")
-    atomic_torch_save({"model": model.state_dict(), "config": cfglib.to_yaml(cfg)}, path)
-    return path, cfg, model
+    """A tiny randomly initialised model saved as one of our checkpoints: (path, config, model)."""
+    return tiny_checkpoint(str(tmp_path_factory.mktemp("api")))
 
 
 def rand_image(h, w, seed=0):
