@@ -101,7 +101,7 @@ def train_main(argv: List[str]) -> int:
     p.add_argument("--no-test", action="store_true", help="skip the final test-split evaluation")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the grid and k-means baselines in the final table")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     cfg = _load(args)
 
     from partformer.engine.evaluator import write_json
@@ -202,7 +202,7 @@ def eval_main(argv: List[str]) -> int:
                    help="log an evaluation run to W&B (logging.wandb): results as summary and "
                         "table, part masks of logging.wandb.num_images images with per-image "
                         "metrics")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     if args.method == "partformer" and not args.checkpoint:
         raise cfglib.ConfigError("--method partformer needs --checkpoint FILE")
     cfg = _load(args)
@@ -311,7 +311,7 @@ def visualize_main(argv: List[str]) -> int:
     p.add_argument("--out", default=None,
                    help="PNG path (default: <checkpoint dir>/<view>_<split>.png)")
     p.add_argument("--wandb", action="store_true", help="also log the image with logging.wandb")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     cfg = _load(args)
     import numpy as np
     import torch
@@ -394,7 +394,7 @@ def infer_main(argv: List[str]) -> int:
     p.add_argument("--every", type=int, default=1, help="videos: every N-th frame")
     p.add_argument("--overwrite", action="store_true", help="redo images already done")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     if not 0.0 <= args.alpha <= 1.0:
         raise cfglib.ConfigError(f"--alpha must be in [0, 1], got {args.alpha}")
     from partformer.infer import print_summary, run_inference
@@ -429,7 +429,7 @@ def export_weights_main(argv: List[str]) -> int:
     p.add_argument("--description", default="")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--list", action="store_true", help="print the registered names and exit")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     if args.list:
         for name, e in sorted(hub.available_weights().items()):
             print(f"{name:<24} {e.file}  {e.description}")
@@ -459,7 +459,7 @@ def benchmark_main(argv: List[str]) -> int:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", default=None, help="JSON path (default: print only)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     cfg = _load(args)
     import torch
 
