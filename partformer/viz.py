@@ -187,15 +187,17 @@ def _pad_to(img: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _grid(cells: List[List[np.ndarray]], gap: int = 2) -> np.ndarray:
-    """Rows of images -> one image, each cell padded (white) to the largest cell."""
-    ch = max(c.shape[0] for row in cells for c in row)
-    cw = max(c.shape[1] for row in cells for c in row)
+    """Rows of images -> one image on white; each column as wide as its widest cell, each row as
+    tall as its tallest (cells are placed top-left)."""
     ncol = max(len(r) for r in cells)
-    out = np.full((len(cells) * (ch + gap) - gap, ncol * (cw + gap) - gap, 3), 255, np.uint8)
+    widths = [max((r[j].shape[1] for r in cells if j < len(r)), default=0) for j in range(ncol)]
+    heights = [max((c.shape[0] for c in r), default=0) for r in cells]
+    xs = np.concatenate([[0], np.cumsum([w + gap for w in widths])])
+    ys = np.concatenate([[0], np.cumsum([h + gap for h in heights])])
+    out = np.full((max(int(ys[-1]) - gap, 1), max(int(xs[-1]) - gap, 1), 3), 255, np.uint8)
     for i, row in enumerate(cells):
         for j, c in enumerate(row):
-            out[i * (ch + gap):i * (ch + gap) + c.shape[0],
-                j * (cw + gap):j * (cw + gap) + c.shape[1]] = c
+            out[ys[i]:ys[i] + c.shape[0], xs[j]:xs[j] + c.shape[1]] = c
     return out
 
 

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from partformer.cli import eval_main, train_main
+from partformer.cli import eval_main, train_main, visualize_main
 from partformer.engine.evaluator import PROTOCOL_FAMILIES, PROTOCOL_VERSION
 from partformer.engine.checkpoint import load_checkpoint
 
@@ -201,3 +201,26 @@ def test_visualize_writes_mask_grid_matching_predictions(trained, tmp_path):
     maps = torch.nn.functional.interpolate(maps, size=(S, S), mode="bilinear", align_corners=False)
     expected = viz.colorize(maps.argmax(1)[0].numpy(), cfg.model.num_parts)
     assert np.array_equal(grid[2 * S:3 * S, :S], expected)
+
+
+def test_visualize_contact_sheet_and_part_view(trained, tmp_path):
+    """--view contact: one row per image, columns input | parts | K + 1 heat maps, with a header
+    and a legend; --view parts: one row per part, its most confident crops."""
+    import cv2
+
+    _, cfg_path, run = trained
+    best = os.path.join(run, "best.pt")
+    sheet = str(tmp_path / "contact.png")
+    assert visualize_main(["--config", cfg_path, "--checkpoint", best, "--view", "contact",
+                           "--split", "val", "--num", "3", "--out", sheet]) == 0
+    img = cv2.imread(sheet)
+    K, S = 4, 32
+    assert img.shape[1] == (2 + K + 1) * S + (2 + K) * 2
+    assert img.shape[0] > 3 * S + 2 * 2 + 16              # header, three rows, legend
+    view = str(tmp_path / "parts.png")
+    assert visualize_main(["--config", cfg_path, "--checkpoint", best, "--view", "parts",
+                           "--split", "val", "--num", "5", "--out", view]) == 0
+    img = cv2.imread(view)
+    crop = max(8, round(0.4 * S))
+    assert img.shape[0] == K * 24 + (K - 1) * 2           # one row per part (cells >= 24 px)
+    assert img.shape[1] == 70 + 5 * (24 + 2) and crop <= 24
