@@ -70,13 +70,13 @@ def _load(args) -> cfglib.Config:
         path = args.resume
         if os.path.isdir(path):
             path = os.path.join(path, "last.pt")
-        return config_from_checkpoint(path, args.overrides)
+        return config_from_checkpoint(path, args.overrides, resolve_data_root=True)
     ckpt = getattr(args, "checkpoint", None)
     if ckpt:
         if args.config is None:
-            return config_from_checkpoint(ckpt, args.overrides)
+            return config_from_checkpoint(ckpt, args.overrides, resolve_data_root=True)
         # the architecture comes from the checkpoint; --config supplies data and evaluation
-        stored = cfglib.to_dict(config_from_checkpoint(ckpt, resolve_data_root=False))
+        stored = cfglib.to_dict(config_from_checkpoint(ckpt))
         return cfglib.load_config(args.config, args.overrides,
                                   sections={"model": stored["model"]},
                                   sections_origin=f"checkpoint {ckpt}")

@@ -135,7 +135,7 @@ def read_model_file(path: str, config: Optional[str] = None,
     ckpt = load_checkpoint(path)
     if "model" in ckpt and "config" in ckpt and config is None:
         from partformer.engine.runner import config_from_checkpoint
-        cfg = config_from_checkpoint(path, list(overrides), resolve_data_root=False, ckpt=ckpt)
+        cfg = config_from_checkpoint(path, list(overrides), ckpt=ckpt)
         return cfg, ckpt["model"], path
     if "model" in ckpt:  # .safetensors, or one of ours with an explicit config
         if config is None:

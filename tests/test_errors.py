@@ -261,9 +261,13 @@ def test_relative_data_root_resolves_where_training_ran(root, tmp_path, monkeypa
     assert "data.root=/path/to/syn" in err and os.listdir(elsewhere) == []
     assert eval_main(["--checkpoint", best, "--out", str(tmp_path / "e3"),
                       f"data.root={tmp_path / 'moved'}", "eval.protocols=[fg_iou]"]) == 0
-    # a checkpoint from before the root was recorded: asked as well, never guessed
+    # a checkpoint from before the root was recorded: the folder must exist here, else asked
     del ckpt["data_root"]
     old = str(tmp_path / "old.pt")
     atomic_torch_save(ckpt, old)
     err = fails(eval_main, ["--checkpoint", old, "--out", str(tmp_path / "e4")], capsys)
     assert "does not record where the training ran" in err and os.listdir(elsewhere) == []
+    shutil.copytree(str(tmp_path / "moved"), str(elsewhere / "syn"))
+    with pytest.warns(UserWarning, match="read from the current directory"):
+        assert eval_main(["--checkpoint", old, "--out", str(tmp_path / "e5"),
+                          "eval.protocols=[fg_iou]"]) == 0

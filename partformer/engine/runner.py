@@ -30,15 +30,17 @@ def model_predictor(model: torch.nn.Module, device: torch.device,
     return predict
 
 
-def config_from_checkpoint(path: str, overrides=None, resolve_data_root: bool = True,
+def config_from_checkpoint(path: str, overrides=None, resolve_data_root: bool = False,
                            ckpt: Optional[Dict[str, Any]] = None) -> cfglib.Config:
     """The resolved config stored in one of our checkpoints (plus command-line overrides).
 
-    A relative ``data.root`` is resolved where the training ran (the absolute root the trainer
-    records in the checkpoint), never against the current directory: when that folder does not
-    exist here, a :class:`~partformer.config.ConfigError` asks for ``data.root=``, so that no tool
-    reads, or generates, a dataset in the wrong place. ``resolve_data_root=False`` skips this
-    (prediction needs no dataset). ``ckpt``: the already loaded checkpoint, if any.
+    ``resolve_data_root`` (tools that read the dataset): a relative ``data.root`` that the command
+    line does not override is resolved where the training ran (the absolute root the trainer
+    records in the checkpoint). When that folder does not exist here, a
+    :class:`~partformer.config.ConfigError` asks for ``data.root=``, so that no tool reads, or
+    generates, a dataset in the wrong place. A checkpoint without the record (older ones,
+    converted ones) uses the folder relative to the current directory only if it exists.
+    ``ckpt``: the already loaded checkpoint, if any.
     """
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
     if "config" not in ckpt:
@@ -62,6 +64,13 @@ def _resolve_stored_root(tree: Dict[str, Any], origins: Dict[str, str], ckpt: Di
     if recorded and os.path.isdir(recorded):
         data["root"] = recorded
         origins["data.root"] = f"{path} (relative root resolved where training ran)"
+        return
+    if not recorded and os.path.isdir(root):
+        import warnings
+        warnings.warn(f"{path} does not record where it was trained; its relative data.root "
+                      f"{root!r} is read from the current directory ({os.path.abspath(root)})",
+                      stacklevel=3)
+        data["root"] = os.path.abspath(root)
         return
     where = (f"where the training ran it was {recorded}, which does not exist here"
              if recorded else "the checkpoint does not record where the training ran")
