@@ -214,29 +214,43 @@ def _header(titles: Sequence[str], colours: Sequence[Optional[np.ndarray]], cw: 
     return out
 
 
+def _enlarge(img: np.ndarray, min_size: int) -> Tuple[np.ndarray, int]:
+    """Nearest-neighbour enlargement by the integer factor that brings the shorter side to at
+    least ``min_size`` (small network-size images stay readable); returns (image, factor)."""
+    import cv2
+    f = max(1, int(np.ceil(min_size / max(1, min(img.shape[:2])))))
+    if f == 1:
+        return img, 1
+    return cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_NEAREST), f
+
+
 def contact_sheet(images, part_maps, alpha: float = 0.55,
                   names: Optional[Sequence[str]] = None,
-                  keypoints: Optional[Sequence[Tuple[np.ndarray, np.ndarray]]] = None
-                  ) -> np.ndarray:
+                  keypoints: Optional[Sequence[Tuple[np.ndarray, np.ndarray]]] = None,
+                  min_size: int = 128) -> np.ndarray:
     """One row per image; columns: input (with GT keypoints when ``keypoints`` gives
     ``(xy [P, 2], visible [P])`` per image), part overlay, then one heat map per part (and the
     background), under a header naming each column in its colour and a legend.
 
     ``images``: ``[B, 3, H, W]`` in [0, 1] or a list of uint8 ``[H, W, 3]`` arrays (sizes may
     differ); ``part_maps``: ``[B, K+1, h, w]`` or a list of ``[K+1, h, w]`` (each resized to its
-    image)."""
+    image). Images smaller than ``min_size`` are enlarged by an integer factor for display."""
     imgs = to_uint8_images(images)
     K = part_maps[0].shape[0] - 1
     pal = part_palette(K)
     labels = part_names(K, names)
     rows = []
     for i, img in enumerate(imgs):
+        img, f = _enlarge(img, min_size)
         maps = maps_to_size(part_maps[i][None], img.shape[:2])[0].cpu().numpy()
         lab = maps.argmax(0)
-        first = img if keypoints is None else draw_keypoints(img, *keypoints[i])
+        first = img
+        if keypoints is not None:
+            xy, vis = keypoints[i]
+            first = draw_keypoints(img, np.asarray(xy, np.float64) * f, vis)
         rows.append([first, overlay(img, lab, K, alpha)] +
                     [heatmap(img, maps[k], pal[k]) for k in range(K + 1)])
-    cw = max(im.shape[1] for im in imgs)
+    cw = max(r[0].shape[1] for r in rows)
     grid = _grid(rows)
     head = _header(["input", "parts"] + labels, [None, None] + list(pal), cw)
     leg = legend(K, names, width=grid.shape[1])
@@ -246,13 +260,15 @@ def contact_sheet(images, part_maps, alpha: float = 0.55,
 
 
 def part_view(crops: Sequence[Sequence[np.ndarray]], names: Optional[Sequence[str]] = None,
-              scores: Optional[Sequence[Sequence[float]]] = None) -> np.ndarray:
+              scores: Optional[Sequence[Sequence[float]]] = None, min_size: int = 64
+              ) -> np.ndarray:
     """The per-part consistency view: row ``k`` shows the crops where part ``k`` is most
-    confident (``crops[k]``, uint8 images, best first), after a label cell in the part's colour;
-    ``scores[k][j]`` is printed under crop ``j``."""
+    confident (``crops[k]``, uint8 images, best first; enlarged to ``min_size`` for display),
+    after a label cell in the part's colour; ``scores[k][j]`` is printed under crop ``j``."""
     K = len(crops)
     pal = part_palette(K)
     labels = part_names(K, names)
+    crops = [[_enlarge(c, min_size)[0] for c in row] for row in crops]
     size = max([c.shape[0] for row in crops for c in row] + [24])
     rows = []
     for k in range(K):
@@ -263,9 +279,9 @@ def part_view(crops: Sequence[Sequence[np.ndarray]], names: Optional[Sequence[st
         for j, c in enumerate(crops[k]):
             c = _pad_to(c, size, size)
             if scores is not None:
-                c = c.copy()
-                _text(c, f"{scores[k][j]:.2f}", (2, size - 4), 0.3, (255, 255, 255), 2)
-                _text(c, f"{scores[k][j]:.2f}", (2, size - 4), 0.3, (0, 0, 0), 1)
+                label = f"{scores[k][j]:.3f}"
+                _text(c, label, (2, size - 4), 0.3, (255, 255, 255), 2)
+                _text(c, label, (2, size - 4), 0.3, (0, 0, 0), 1)
             cells.append(c)
         rows.append(cells)
     return _grid(rows)

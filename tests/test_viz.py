@@ -104,16 +104,19 @@ def test_legend_contact_sheet_and_part_view_layout():
         assert (leg == c).all(axis=-1).sum() >= 100
     images = torch.rand(2, 3, 20, 16)
     maps = torch.softmax(torch.randn(2, K + 1, 5, 4) * 3, dim=1)
-    sheet = viz.contact_sheet(images, maps)
+    sheet = viz.contact_sheet(images, maps, min_size=16)
     # columns: input, parts, K part heat maps and the background heat map
     cols = 2 + K + 1
     assert sheet.shape[1] == cols * 16 + (cols - 1) * 2
     assert sheet.shape[0] > 2 * 20 + 16                    # header, 2 rows, legend
+    big = viz.contact_sheet(images, maps)                  # 16 px wide: enlarged x8 to 128
+    assert big.shape[1] == cols * 128 + (cols - 1) * 2
     heat = viz.heatmap(np.zeros((4, 4, 3), np.uint8), np.ones((4, 4)), viz.PALETTE[2])
     assert (heat == viz.PALETTE[2]).all()                  # p = 1: the part's colour
     crops = [[np.zeros((10, 10, 3), np.uint8)] * 2, [np.zeros((12, 12, 3), np.uint8)], []]
-    view = viz.part_view(crops, scores=[[0.9, 0.8], [0.7], []])
-    assert view.shape[0] == 3 * 24 + 2 * 2                 # one row per part (min cell 24)
+    view = viz.part_view(crops, scores=[[0.9, 0.8], [0.7], []], min_size=30)
+    # one row per part; crops enlarged by integer factors (10 -> 30, 12 -> 36), cells 36 px
+    assert view.shape == (3 * 36 + 2 * 2, 70 + 2 * (36 + 2), 3)
 
 
 def test_part_confidence_and_top_crops(tmp_path):
@@ -145,10 +148,10 @@ def test_part_confidence_and_top_crops(tmp_path):
         return m
 
     crops, values = top_part_crops(predict, Toy(), 1, top=3, crop_fraction=0.5, batch_size=2)
-    # one pixel of confidence c: its 3x3 mean peaks at c / 9; best first (images 4, 3, 2)
+    # crop side 8, window 5: one pixel of confidence c gives c / 25; best first (images 4, 3, 2)
     assert len(crops) == 1 and len(crops[0]) == 3
-    assert values[0] == pytest.approx([1 / 9, 0.75 / 9, 0.5 / 9])
-    # 8 x 8 crop around the first peak cell (2, 11), shifted inside: rows 0..7, cols 7..14; the
+    assert values[0] == pytest.approx([1 / 25, 0.75 / 25, 0.5 / 25])
+    # 8 x 8 crop around the first peak cell (1, 10), shifted inside: rows 0..7, cols 6..13; the
     # part's single pixel (3, 12) is all edge, so it has the part's colour at full opacity
     assert crops[0][0].shape == (8, 8, 3)
-    assert (crops[0][0][3, 5] == viz.PALETTE[0]).all()
+    assert (crops[0][0][3, 6] == viz.PALETTE[0]).all()

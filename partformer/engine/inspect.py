@@ -48,10 +48,13 @@ def contact_sheet_for(predict, samples: Sequence[Dict[str, Any]], alpha: float =
 
 def part_confidence(maps: torch.Tensor, window: int = 3) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per image and part, how surely and where a part appears: the peak of its soft map after a
-    ``window x window`` mean (one saturated pixel does not count), and the peak's ``(row, col)``.
+    ``window x window`` mean (a part must be confident over a region, not one pixel; softmax maps
+    saturate, so a single pixel would tie), and the peak's ``(row, col)``.
     ``maps [B, K+1, H, W]`` -> ``scores [B, K]``, ``peaks [B, K, 2]`` (int64)."""
+    window = window | 1  # odd: the mean is centred on the peak
+    # outside the image counts as 0: a window half off the border is not inflated
     fg = F.avg_pool2d(maps[:, :-1].float(), window, stride=1, padding=window // 2,
-                      count_include_pad=False)
+                      count_include_pad=True)
     B, K, H, W = fg.shape
     scores, flat = fg.reshape(B, K, -1).max(dim=-1)
     return scores, torch.stack([flat // W, flat % W], dim=-1)
@@ -62,9 +65,10 @@ def top_part_crops(predict, dataset, num_parts: int, top: int = 8, crop_fraction
                    resize: str = "whole", alpha: float = 0.45, progress: bool = False
                    ) -> Tuple[List[List[np.ndarray]], List[List[float]]]:
     """For each part, the ``top`` images of the split where it is most confident
-    (:func:`part_confidence`), as square crops (side ``crop_fraction`` x the image's shorter side)
-    centred on the part's peak, with that part's mask overlaid. Returns ``(crops, scores)``, one
-    list per part, best first (fewer than ``top`` when the split is smaller)."""
+    (:func:`part_confidence` with a window of half the crop side), as square crops (side
+    ``crop_fraction`` x the image's shorter side) centred on that peak, with that part's mask
+    overlaid. Returns ``(crops, scores)``, one list per part, best first (fewer than ``top`` when
+    the split is smaller)."""
     if max_images is not None and max_images < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(max_images))
     if resize not in FIXED_SIZE_RESIZES:
@@ -75,7 +79,8 @@ def top_part_crops(predict, dataset, num_parts: int, top: int = 8, crop_fraction
         if maps is None:
             continue
         maps = viz.maps_to_size(maps, tuple(batch["image"].shape[-2:]))
-        scores, peaks = part_confidence(maps)
+        side = _crop_side(*maps.shape[-2:], crop_fraction)
+        scores, peaks = part_confidence(maps, window=max(3, side // 2))
         for b, index in enumerate(batch["index"].tolist()):
             for k in range(num_parts):
                 item = (float(scores[b, k]), -index, tuple(peaks[b, k].tolist()))
@@ -107,8 +112,11 @@ def _square_crop(image: np.ndarray, row: int, col: int, fraction: float) -> np.n
     """A square of side ``fraction`` x the shorter side centred on ``(row, col)``, shifted to stay
     inside the image."""
     H, W = image.shape[:2]
-    side = max(8, int(round(fraction * min(H, W))))
-    side = min(side, H, W)
+    side = _crop_side(H, W, fraction)
     top = min(max(row - side // 2, 0), H - side)
     left = min(max(col - side // 2, 0), W - side)
     return image[top:top + side, left:left + side].copy()
+
+
+def _crop_side(height: int, width: int, fraction: float) -> int:
+    return min(max(8, int(round(fraction * min(height, width)))), height, width)
