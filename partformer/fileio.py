@@ -9,6 +9,15 @@ import tempfile
 from typing import IO, Iterator
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "wb", fsync: bool = False) -> Iterator[IO]:
     """Open a temporary file beside ``path`` for writing (``mode`` ``"w"`` or ``"wb"``); on
@@ -20,6 +29,7 @@ def atomic_open(path: str, mode: str = "wb", fsync: bool = False) -> Iterator[IO
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would give
         with os.fdopen(fd, mode) as f:
             yield f
             if fsync:

@@ -3,6 +3,8 @@ distinct, overlays put the palette colour exactly where the mask says, label PNG
 the contact sheet / per-part view have the documented layout."""
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -155,3 +157,16 @@ def test_part_confidence_and_top_crops(tmp_path):
     # part's single pixel (3, 12) is all edge, so it has the part's colour at full opacity
     assert crops[0][0].shape == (8, 8, 3)
     assert (crops[0][0][3, 6] == viz.PALETTE[0]).all()
+
+
+def test_atomic_writes_have_normal_permissions(tmp_path):
+    """Files written atomically get the mode open() would give (umask), not mkstemp's 0600."""
+    import stat
+    from partformer.fileio import _UMASK, atomic_open
+    path = str(tmp_path / "a.png")
+    viz.save_png(path, np.zeros((4, 4, 3), np.uint8))
+    with atomic_open(str(tmp_path / "b.json"), "w") as f:
+        f.write("{}")
+    for name in ("a.png", "b.json"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o666 & ~_UMASK
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "b.json"]
