@@ -1,18 +1,30 @@
+import os
+import re
+
 from setuptools import find_packages, setup
 
-with open("README.md", encoding="utf-8") as f:
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
     long_description = f.read()
+with open(os.path.join(HERE, "partformer", "__init__.py"), encoding="utf-8") as f:
+    version = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 setup(
     name="partformer",
-    version="0.1.0",
+    version=version,
     description="Unsupervised part discovery: PartFormer (Xia et al., TPAMI 2024) with faithful "
                 "evaluation protocols",
     long_description=long_description,
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["partformer", "partformer.*"]),
+    # the top-level configs/ folder ships inside the package as partformer/configs (a data-only
+    # package), so that a non-editable install finds them (partformer.config.CONFIG_DIR); the
+    # named weights in partformer/weights ship as package data
+    packages=find_packages(include=["partformer", "partformer.*"]) + ["partformer.configs"],
+    package_dir={"partformer.configs": "configs"},
+    package_data={"partformer.configs": ["*.yaml", "_base_/*.yaml"],
+                  "partformer": ["weights/*.yaml", "weights/*.safetensors", "weights/*.pt"]},
     include_package_data=True,
     install_requires=[
         # ranges, not pins: researchers install the torch build that matches their CUDA
@@ -37,7 +49,9 @@ setup(
             "partformer-visualize=partformer.cli:visualize_main",
             "partformer-benchmark=partformer.cli:benchmark_main",
             "partformer-pretrain=partformer.cli:pretrain_main",
-            "partformer-convert-official=partformer.convert:main",
+            "partformer-infer=partformer.cli:infer_main",
+            "partformer-export-weights=partformer.cli:export_weights_main",
+            "partformer-convert-official=partformer.cli:convert_official_main",
         ],
     },
     classifiers=[

@@ -1,0 +1,47 @@
+"""partformer: unsupervised part discovery (PartFormer, Xia et al., TPAMI 2024).
+
+Public API (README "Use it from Python")::
+
+    import partformer
+    predictor = partformer.load("runs/<run>/best.pt")   # or a run dir, shipped weights by name,
+                                                       # or the authors' model_best.pth
+    out = predictor("photo.jpg")                       # .maps [K+1, H, W] (background last),
+                                                       # .labels [H, W] (K = background)
+    cfg = partformer.load_config("configs/cub_k4.yaml", ["model.num_parts=8"])
+    model = partformer.build_model(cfg.model, image_size=cfg.data.image_size)
+
+The names are imported on first use, so ``import partformer`` stays light (no torch / timm).
+"""
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load", "build_model", "load_config", "Predictor", "Prediction",
+           "available_weights"]
+
+_LAZY = {
+    "load": ("partformer.predictor", "load"),
+    "Predictor": ("partformer.predictor", "Predictor"),
+    "Prediction": ("partformer.predictor", "Prediction"),
+    "build_model": ("partformer.models", "build_model"),
+    "load_config": ("partformer.config", "load_config"),
+    "available_weights": ("partformer.hub", "available_weights"),
+}
+
+
+_SUBMODULES = ("viz", "hub", "config", "predictor")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        import importlib
+        return importlib.import_module(f"partformer.{name}")
+    if name in _LAZY:
+        import importlib
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'partformer' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY) + list(_SUBMODULES))

@@ -1,102 +1,195 @@
-"""Command-line entry points (``tools/train.py``, ``tools/eval.py`` and the console scripts).
+"""Command-line entry points (``tools/*.py`` and the ``partformer-*`` console scripts).
 
-Thin composition roots: parse the config, hand data, model and predictors to the engine.
+Thin composition roots: parse the config, hand data, model and predictors to the engine. Every
+entry point is wrapped by :func:`cli_entry`: an expected error (config, dataset layout, unreadable
+data, checkpoint, missing weights) prints one ``error: ...`` message that names the key / file /
+line and the fix, and exits with status 2; ``--debug`` shows the traceback instead. Ctrl-C during
+training saves ``last.pt`` and exits with status 130 and one line saying how to resume.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from partformer import config as cfglib
 from partformer.engine import distributed as D
-from partformer.engine.checkpoint import CheckpointError
+
+EXIT_ERROR = 2          # expected errors (argparse uses 2 for usage errors too)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+
+
+def expected_errors() -> tuple:
+    """Exception types that are the user's to fix (one message, no traceback)."""
+    from partformer.convert import ConversionError
+    from partformer.data.io import BadImageError, DatasetError
+    from partformer.engine.checkpoint import CheckpointError
+    from partformer.engine.trainer import NonFiniteLossError
+    return (cfglib.ConfigError, DatasetError, BadImageError, FileNotFoundError, CheckpointError,
+            ConversionError, NonFiniteLossError, NotADirectoryError, PermissionError)
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e``; for an error re-raised from a DataLoader worker, the original
+    message (torch puts the worker's whole traceback into it)."""
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    if "Original Traceback" in msg:
+        last = [ln for ln in msg.strip().splitlines() if ln.strip()][-1]
+        msg = last.split(": ", 1)[1] if ": " in last else last
+    return msg
+
+
+def cli_entry(main: Callable[[List[str]], int]) -> Callable[[Optional[List[str]]], int]:
+    """Wrap ``main(argv) -> exit status`` with the package's error contract (module docstring)."""
+    @functools.wraps(main)
+    def wrapped(argv: Optional[List[str]] = None) -> int:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        debug = "--debug" in argv or os.environ.get("PARTFORMER_DEBUG") == "1"
+        try:
+            return main(argv)
+        except expected_errors() as e:
+            if debug:
+                raise
+            print(f"error: {one_line(e)}\n(run with --debug for the traceback)", file=sys.stderr)
+            return EXIT_ERROR
+    return wrapped
+
+
+def _add_common(p: argparse.ArgumentParser, config: bool = True) -> None:
+    if config:
+        cfglib.add_config_args(p)
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an error (also PARTFORMER_DEBUG=1)")
 
 
 def _load(args) -> cfglib.Config:
-    try:
-        if args.config is None and getattr(args, "resume", None):
-            from partformer.engine.runner import config_from_checkpoint
-            path = args.resume
-            if os.path.isdir(path):
-                path = os.path.join(path, "last.pt")
-            return config_from_checkpoint(path, args.overrides)
-        ckpt = getattr(args, "checkpoint", None)
-        if ckpt:
-            from partformer.engine.runner import config_from_checkpoint
-            if args.config is None:
-                return config_from_checkpoint(ckpt, args.overrides)
-            # the architecture comes from the checkpoint; --config supplies data and evaluation
-            stored = cfglib.to_dict(config_from_checkpoint(ckpt))
-            return cfglib.load_config(args.config, args.overrides,
-                                      sections={"model": stored["model"]},
-                                      sections_origin=f"checkpoint {ckpt}")
-        return cfglib.load_config(args.config, args.overrides)
-    except cfglib.ConfigError as e:
-        sys.exit(f"config error: {e}")
-    except CheckpointError as e:  # the config comes from an unreadable or foreign checkpoint
-        sys.exit(f"checkpoint error: {e}")
+    from partformer.engine.runner import config_from_checkpoint
+    if args.config is None and getattr(args, "resume", None):
+        path = args.resume
+        if os.path.isdir(path):
+            path = os.path.join(path, "last.pt")
+        return config_from_checkpoint(path, args.overrides, resolve_data_root=True)
+    ckpt = getattr(args, "checkpoint", None)
+    if ckpt:
+        if args.config is None:
+            return config_from_checkpoint(ckpt, args.overrides, resolve_data_root=True)
+        # the architecture comes from the checkpoint; --config supplies data and evaluation
+        stored = cfglib.to_dict(config_from_checkpoint(ckpt))
+        return cfglib.load_config(args.config, args.overrides,
+                                  sections={"model": stored["model"]},
+                                  sections_origin=f"checkpoint {ckpt}")
+    return cfglib.load_config(args.config, args.overrides)
 
 
-def train_main(argv: Optional[List[str]] = None) -> int:
+def _progress(cfg) -> bool:
+    return cfg.logging.progress and sys.stderr.isatty()
+
+
+# ------------------------------------------------------------------------------------ train
+@cli_entry
+def train_main(argv: List[str]) -> int:
     p = argparse.ArgumentParser(
         description="Train PartFormer. Without arguments: the embedded synthetic benchmark "
                     "(generated on first use), then test-split evaluation next to the grid and "
                     "k-means baselines.")
-    cfglib.add_config_args(p)
+    _add_common(p)
     p.add_argument("--resume", default=None,
                    help="run directory or its last.pt: continue that run exactly where it stopped")
     p.add_argument("--run-dir", default=None, help="run directory (default: runs/<name>-<time>)")
     p.add_argument("--no-test", action="store_true", help="skip the final test-split evaluation")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the grid and k-means baselines in the final table")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     cfg = _load(args)
 
-    from partformer.engine.runner import build_baseline, evaluate_methods, model_predictor
-    from partformer.engine.trainer import Trainer
-    from partformer.engine.checkpoint import load_checkpoint, load_state_dict_strict
+    from partformer.engine.evaluator import write_json
+    from partformer.engine.logger import EXIT_FAILED
+    from partformer.engine.trainer import Trainer, TrainingInterrupted
 
     run_dir = args.run_dir
     if args.resume and run_dir is None:
         run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume)
     trainer = Trainer(cfg, run_dir=run_dir, resume=args.resume)
-    if D.is_main_process():
+    main = D.is_main_process()
+    if main:
         print(cfglib.to_yaml(cfg))
         print(f"run directory: {trainer.run_dir}")
         print(f"device: {trainer.device}, world size: {trainer.world}, precision: "
               f"{trainer.amp_dtype or 'fp32'}, train images: {len(trainer.train_set)}, "
               f"steps: {trainer.total_steps} ({trainer.steps_per_epoch}/epoch)")
+    exit_code = EXIT_FAILED
     try:
-        summary = trainer.fit()
-        if D.is_main_process():
+        try:
+            summary = trainer.fit()
+        except TrainingInterrupted as e:
+            exit_code = EXIT_INTERRUPTED
+            if main:
+                saved = (f"saved {e.path}" if e.path else "last.pt not written (non-finite "
+                         "weights; the previous one is kept)")
+                print(f"interrupted at step {e.step} ({saved}); resume with: python "
+                      f"tools/train.py --resume {trainer.run_dir}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if main:
+            write_json(os.path.join(trainer.run_dir, "train_summary.json"), summary)
             print(f"training done: {summary}")
-        if not args.no_test:
-            best = os.path.join(trainer.run_dir, "best.pt")
-            D.barrier()
-            chosen = best if os.path.isfile(best) else os.path.join(trainer.run_dir, "last.pt")
-            load_state_dict_strict(trainer.model, load_checkpoint(chosen)["model"], source=chosen)
-            predictors = {"partformer": model_predictor(trainer.model, trainer.device,
-                                                        trainer.amp_dtype)}
-            if not args.no_baselines:
-                predictors["grid"] = build_baseline("grid", cfg, trainer.device, None)
-                predictors["kmeans"] = build_baseline("kmeans", cfg, trainer.device,
-                                                      trainer.train_set)
-            evaluate_methods(cfg, predictors, out_dir=trainer.run_dir,
-                             progress=cfg.logging.progress and sys.stderr.isatty(),
-                             extra={"checkpoint": os.path.basename(chosen), "train": summary})
+        exit_code = 0 if args.no_test else _final_test(args, cfg, trainer, summary)
+        return exit_code
     finally:
-        trainer.close()
+        trainer.close(exit_code)
         D.cleanup()
+
+
+def _final_test(args, cfg, trainer, summary) -> int:
+    """Evaluate the selected checkpoint on the test split. A failure (or Ctrl-C) here never
+    loses the finished training: the checkpoints and ``train_summary.json`` are written, and the
+    message says how to rerun the evaluation."""
+    from partformer.engine.checkpoint import load_checkpoint, load_state_dict_strict
+    from partformer.engine.runner import build_baseline, evaluate_methods, model_predictor
+
+    best = os.path.join(trainer.run_dir, "best.pt")
+    D.barrier()
+    chosen = best if os.path.isfile(best) else os.path.join(trainer.run_dir, "last.pt")
+    rerun = f"python tools/eval.py --checkpoint {chosen} [key=value overrides]"
+    try:
+        load_state_dict_strict(trainer.model, load_checkpoint(chosen)["model"], source=chosen)
+        predictors = {"partformer": model_predictor(trainer.model, trainer.device,
+                                                    trainer.amp_dtype)}
+        if not args.no_baselines:
+            predictors["grid"] = build_baseline("grid", cfg, trainer.device, None)
+            predictors["kmeans"] = build_baseline("kmeans", cfg, trainer.device,
+                                                  trainer.train_set)
+        results = evaluate_methods(cfg, predictors, out_dir=trainer.run_dir,
+                                   progress=_progress(cfg),
+                                   extra={"checkpoint": os.path.basename(chosen),
+                                          "train": summary})
+    except KeyboardInterrupt:
+        if D.is_main_process():
+            print(f"interrupted during the final evaluation; training finished ({chosen}, "
+                  f"train_summary.json). Evaluate with: {rerun}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - whatever broke, the training is kept
+        if args.debug or not isinstance(e, expected_errors()):
+            import traceback
+            traceback.print_exc()
+        if D.is_main_process():
+            print(f"error: the final evaluation failed: {one_line(e)}\nTraining finished and is "
+                  f"saved ({chosen}, {os.path.join(trainer.run_dir, 'train_summary.json')}). "
+                  f"Fix the cause (e.g. eval.skip_bad_images=true for unreadable test images) "
+                  f"and evaluate with: {rerun}", file=sys.stderr)
+        return EXIT_ERROR
+    trainer.logger.log_results(results, cfg.data.test_split)
     return 0
 
 
-def eval_main(argv: Optional[List[str]] = None) -> int:
+# ------------------------------------------------------------------------------------ eval
+@cli_entry
+def eval_main(argv: List[str]) -> int:
     p = argparse.ArgumentParser(
         description="Evaluate a PartFormer checkpoint or a training-free baseline under every "
                     "protocol that applies to the dataset; prints a table and writes JSON.")
-    cfglib.add_config_args(p)
+    _add_common(p)
     p.add_argument("--checkpoint", default=None,
                    help="our checkpoint (best.pt / last.pt) or a converted official one")
     p.add_argument("--method", default=None, choices=["partformer", "grid", "kmeans"],
@@ -105,21 +198,28 @@ def eval_main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default=None,
                    help="directory for results_<split>.json and config.yaml (default: "
                         "<checkpoint dir>/eval, or runs/eval-<dataset>)")
-    args = p.parse_args(argv)
+    p.add_argument("--wandb", action="store_true",
+                   help="log an evaluation run to W&B (logging.wandb): results as summary and "
+                        "table, part masks of logging.wandb.num_images images with per-image "
+                        "metrics")
+    args = p.parse_intermixed_args(argv)
+    if args.method == "partformer" and not args.checkpoint:
+        raise cfglib.ConfigError("--method partformer needs --checkpoint FILE")
     cfg = _load(args)
     device = D.init_distributed(cfg.train.device)
+    from partformer.data import build_dataset
+    from partformer.engine.logger import EXIT_FAILED, ExperimentLogger
     from partformer.engine.runner import (build_baseline, evaluate_methods, load_model,
                                           model_predictor)
     from partformer.engine.trainer import resolve_precision
-    from partformer.data import build_dataset
+    logger = None
+    exit_code = EXIT_FAILED
     try:
         methods = [args.method] if args.method else (
             ["partformer"] if args.checkpoint else ["grid", "kmeans"])
         predictors = {}
         for m in methods:
             if m == "partformer":
-                if not args.checkpoint:
-                    sys.exit("--method partformer needs --checkpoint FILE")
                 model = load_model(cfg, args.checkpoint, device)
                 predictors[m] = model_predictor(model, device,
                                                 resolve_precision(cfg.train.precision, device))
@@ -132,84 +232,239 @@ def eval_main(argv: Optional[List[str]] = None) -> int:
                            else os.path.join(cfg.experiment.output_dir, f"eval-{cfg.data.name}"))
         if D.is_main_process():
             print(cfglib.to_yaml(cfg))
-            os.makedirs(out, exist_ok=True)
+        if args.wandb:
+            logger = ExperimentLogger(out, cfg.logging.wandb, cfglib.to_dict(cfg),
+                                      f"eval-{cfg.experiment.name}", job_type="eval")
+        split = args.split or cfg.data.test_split
+        results = evaluate_methods(cfg, predictors, split=split, out_dir=out,
+                                   progress=_progress(cfg),
+                                   extra={"checkpoint": args.checkpoint})
+        if D.is_main_process():  # beside the results: what produced them
             cfglib.save_config(cfg, os.path.join(out, "config.yaml"))
-        evaluate_methods(cfg, predictors, split=args.split, out_dir=out,
-                         progress=cfg.logging.progress and sys.stderr.isatty(),
-                         extra={"checkpoint": args.checkpoint})
+        if logger is not None:
+            logger.log_results(results, split, step=0)
+            _log_eval_masks(logger, cfg, predictors, split)
+        exit_code = 0
+        return 0
     finally:
+        if logger is not None:
+            logger.close(exit_code)
         D.cleanup()
-    return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(train_main())
+def _log_eval_masks(logger, cfg, predictors, split: str) -> None:
+    """Part masks of the first ``logging.wandb.num_images`` readable images of ``split``, per
+    method, with per-image metrics (the same view as during training)."""
+    import torch
 
-
-def visualize_main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(
-        description="Save a grid of predicted part masks (image | overlay | parts | GT parts) for "
-                    "the first images of a split; optionally log it to W&B. Works on your own "
-                    "images with data.name=image_folder data.root=DIR.")
-    cfglib.add_config_args(p)
-    p.add_argument("--checkpoint", required=True, help="our checkpoint or a converted one")
-    p.add_argument("--split", default=None, help="dataset split (default: data.val_split or test)")
-    p.add_argument("--num", type=int, default=8, help="number of images")
-    p.add_argument("--out", default=None, help="PNG path (default: <checkpoint dir>/masks_<split>.png)")
-    p.add_argument("--wandb", action="store_true", help="also log the grid with logging.wandb")
-    args = p.parse_args(argv)
-    cfg = _load(args)
     from partformer import viz
     from partformer.data import build_dataset
     from partformer.data.collate import collate
-    from partformer.engine.runner import load_model
+    from partformer.engine.evaluator import num_part_classes, per_image_metrics
+    from partformer.engine.inspect import readable_samples
+
+    dataset = build_dataset(cfg.data, split, skip_bad_images=True)
+    samples = readable_samples(dataset, cfg.logging.wandb.num_images)
+    if not samples:
+        return
+    ncls = num_part_classes(dataset) if "part_mask" in samples[0] else None
+    K = cfg.model.num_parts
+    for method, predict in predictors.items():
+        images, labels, gts, rows, ids = [], [], [], [], []
+        for s in samples:
+            b = collate([s])
+            with torch.no_grad():
+                maps = viz.maps_to_size(predict(b).float().cpu(), tuple(b["image"].shape[-2:]))
+            img = viz.to_uint8_images(b["image"])[0]
+            if "keypoints" in s:
+                img = viz.draw_keypoints(img, s["keypoints"].numpy(),
+                                         s["keypoints_visible"].numpy())
+            images.append(img)
+            labels.append(maps.argmax(1)[0].numpy())
+            if "part_mask" in s:
+                gts.append(s["part_mask"].numpy())
+            rows += per_image_metrics(maps, b, K, ncls)
+            ids.append(int(s["index"]))
+        logger.log_masks(f"{split}/{method}/masks", images, labels, K, step=0,
+                         ground_truth=gts or None,
+                         gt_names=getattr(dataset, "part_names", None), rows=rows, ids=ids)
+
+
+# ------------------------------------------------------------------------------------ visualize
+@cli_entry
+def visualize_main(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(
+        description="Look at the part masks of a checkpoint on a dataset split (your own images: "
+                    "data.name=image_folder data.root=DIR). --view grid: image | overlay | parts "
+                    "| GT parts per image; contact: rows of images, columns input (GT keypoints) "
+                    "| overlay | one heat map per part, with a legend; parts: for each part, the "
+                    "crops of the split where it is most confident.")
+    _add_common(p)
+    p.add_argument("--checkpoint", required=True, help="our checkpoint or a converted one")
+    p.add_argument("--view", choices=("grid", "contact", "parts"), default="grid")
+    p.add_argument("--split", default=None, help="dataset split (default: data.val_split or test)")
+    p.add_argument("--num", type=int, default=8,
+                   help="images (grid, contact) or crops per part (parts)")
+    p.add_argument("--max-images", type=int, default=None,
+                   help="parts view: search only the first N images of the split")
+    p.add_argument("--alpha", type=float, default=0.55, help="overlay opacity in [0, 1]")
+    p.add_argument("--out", default=None,
+                   help="PNG path (default: <checkpoint dir>/<view>_<split>.png)")
+    p.add_argument("--wandb", action="store_true", help="also log the image with logging.wandb")
+    args = p.parse_intermixed_args(argv)
+    cfg = _load(args)
+    import numpy as np
+    import torch
+
+    from partformer import viz
+    from partformer.data import build_dataset
+    from partformer.data.collate import collate
+    from partformer.engine import inspect
+    from partformer.engine.runner import load_model, model_predictor
+    from partformer.engine.trainer import resolve_precision
     device = D.init_distributed(cfg.train.device)
     split = args.split or cfg.data.val_split or cfg.data.test_split
     dataset = build_dataset(cfg.data, split, skip_bad_images=True)
-    samples = [s for s in (dataset[i] for i in range(min(args.num, len(dataset)))) if s is not None]
-    if not samples:
-        sys.exit(f"no readable image in the first {args.num} of split {split!r}")
     model = load_model(cfg, args.checkpoint, device)
-    grids = []
-    import torch
-    with torch.no_grad():
-        for s in samples:  # one at a time: images may differ in size
-            b = collate([s])
-            maps = model.predict(b["image"].to(device)).float().cpu()
-            grids.append(viz.mask_grid(b["image"], maps, b.get("part_mask")))
-    height = max(g.shape[0] for g in grids)
-    import numpy as np
-    grid = np.concatenate([np.pad(g, ((0, height - g.shape[0]), (0, 2), (0, 0)),
-                                  constant_values=255) for g in grids], axis=1)
+    predict = model_predictor(model, device, resolve_precision(cfg.train.precision, device))
+    if args.view == "parts":
+        crops, scores = inspect.top_part_crops(
+            predict, dataset, cfg.model.num_parts, top=args.num,
+            batch_size=cfg.eval.batch_size, num_workers=cfg.eval.num_workers,
+            max_images=args.max_images, resize=cfg.data.resize, alpha=args.alpha,
+            progress=_progress(cfg))
+        image = viz.part_view(crops, scores=scores)
+        caption = f"per part: the {args.num} most confident crops of the {split} split"
+    else:
+        samples = inspect.readable_samples(dataset, args.num)
+        if not samples:
+            raise FileNotFoundError(f"no readable image in split {split!r} of "
+                                    f"data.root={cfg.data.root}")
+        if args.view == "contact":
+            image = inspect.contact_sheet_for(predict, samples, args.alpha)
+            caption = "input | parts | heat map per part"
+        else:
+            grids = []
+            with torch.no_grad():
+                for s in samples:  # one at a time: images may differ in size
+                    b = collate([s])
+                    grids.append(viz.mask_grid(b["image"], predict(b).float().cpu(),
+                                               b.get("part_mask")))
+            height = max(g.shape[0] for g in grids)
+            image = np.concatenate([np.pad(g, ((0, height - g.shape[0]), (0, 2), (0, 0)),
+                                           constant_values=255) for g in grids], axis=1)
+            caption = "image | parts overlay | parts | GT parts"
+    name = "masks" if args.view == "grid" else args.view
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
-                                   f"masks_{split}.png")
-    viz.save_png(out, grid)
-    print(f"wrote {out} ({len(samples)} images)")
+                                   f"{name}_{split}.png")
+    viz.save_png(out, image)
+    print(f"wrote {out} ({args.view} view, split {split})")
     if args.wandb:
         from partformer.engine.logger import ExperimentLogger
-        logger = ExperimentLogger(os.path.dirname(out), cfg.logging.wandb, cfglib.to_dict(cfg),
-                                  f"visualize-{cfg.experiment.name}")
-        logger.log_image(f"{split}/part_masks", grid, step=0,
-                         caption="image | parts overlay | parts | GT parts")
+        logger = ExperimentLogger(os.path.dirname(os.path.abspath(out)), cfg.logging.wandb,
+                                  cfglib.to_dict(cfg), f"visualize-{cfg.experiment.name}",
+                                  job_type="visualize")
+        logger.log_image(f"{split}/{args.view}", image, step=0, caption=caption)
         logger.close()
     return 0
 
 
-def benchmark_main(argv: Optional[List[str]] = None) -> int:
+# ------------------------------------------------------------------------------------ infer
+@cli_entry
+def infer_main(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(
+        description="Part masks for your own images: folders, quoted globs ('photos/*.jpg'), "
+                    "image files and videos (frame by frame). Writes labels/<name>.png (value k "
+                    "= part k, K = background), overlays/<name>.png, parts/<name>.json "
+                    "(centroids, presence, area per part), parts.json and summary.json. A re-run "
+                    "skips images already done unless --overwrite.")
+    _add_common(p, config=False)
+    p.add_argument("inputs", nargs="+", help="folders, image / video files or quoted globs")
+    p.add_argument("--model", "--checkpoint", dest="model", required=True,
+                   help="checkpoint (runs/<run>/best.pt), run directory, shipped weights name, "
+                        ".safetensors (with --config) or the authors' model_best.pth")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--config", default=None, help="config of a .safetensors file")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--resize", default=None,
+                   help="override the model's data.resize (e.g. shorter for a crop-trained model)")
+    p.add_argument("--alpha", type=float, default=0.55, help="overlay opacity in [0, 1]")
+    p.add_argument("--no-overlays", action="store_true", help="write labels and JSON only")
+    p.add_argument("--every", type=int, default=1, help="videos: every N-th frame")
+    p.add_argument("--overwrite", action="store_true", help="redo images already done")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_intermixed_args(argv)
+    if not 0.0 <= args.alpha <= 1.0:
+        raise cfglib.ConfigError(f"--alpha must be in [0, 1], got {args.alpha}")
+    from partformer.infer import print_summary, run_inference
+    from partformer.predictor import load
+    predictor = load(args.model, args.device, config=args.config, batch_size=args.batch_size,
+                     resize=args.resize)
+    print(f"{predictor}", file=sys.stderr)
+    summary = run_inference(predictor, args.inputs, args.out, overwrite=args.overwrite,
+                            alpha=args.alpha, overlays=not args.no_overlays, every=args.every,
+                            progress=not args.no_progress and sys.stderr.isatty())
+    print_summary(summary)
+    if summary["failed"] and not (summary["written"] or summary["already_done"]):
+        print("error: no input could be read", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+# ------------------------------------------------------------------------------------ others
+@cli_entry
+def export_weights_main(argv: List[str]) -> int:
+    from partformer import hub
+    p = argparse.ArgumentParser(
+        description="Export a checkpoint as named weights (model-only safetensors + config + an "
+                    "index.yaml entry with its sha256) so that partformer.load(NAME) finds it "
+                    "offline. --list prints the known names.")
+    _add_common(p, config=False)
+    p.add_argument("checkpoint", nargs="?", help="runs/<run>/best.pt (or last.pt)")
+    p.add_argument("--name", help="the name partformer.load() will take")
+    p.add_argument("--out", default=hub.WEIGHTS_DIR,
+                   help="folder with the index.yaml to add to (default: partformer/weights, "
+                        "shipped with the package)")
+    p.add_argument("--description", default="")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--list", action="store_true", help="print the registered names and exit")
+    args = p.parse_intermixed_args(argv)
+    if args.list:
+        for name, e in sorted(hub.available_weights().items()):
+            print(f"{name:<24} {e.file}  {e.description}")
+        return 0
+    if not args.checkpoint or not args.name:
+        p.error("checkpoint and --name are required (or --list)")
+    e = hub.export_weights(args.checkpoint, args.out, args.name, args.description,
+                           args.overwrite)
+    extra = ("" if os.path.abspath(args.out) == hub.WEIGHTS_DIR
+             else f" with {hub.ENV_PATH}={os.path.abspath(args.out)}")
+    print(f"wrote {e.file} (sha256 {e.sha256[:16]}...) and its entry in {e.index}\n"
+          f"load with partformer.load({args.name!r}){extra}")
+    return 0
+
+
+def convert_official_main(argv: Optional[List[str]] = None) -> int:
+    from partformer.convert import main
+    return cli_entry(main)(argv)
+
+
+@cli_entry
+def benchmark_main(argv: List[str]) -> int:
     p = argparse.ArgumentParser(
         description="Measure training-step and prediction speed and peak memory of a config on "
                     "random images (no dataset needed). Prints a table and writes JSON.")
-    cfglib.add_config_args(p)
+    _add_common(p)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", default=None, help="JSON path (default: print only)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     cfg = _load(args)
-    import json
-
     import torch
 
     from partformer.engine.benchmark import benchmark
+    from partformer.engine.evaluator import write_json
     from partformer.engine.trainer import resolve_precision
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -219,37 +474,35 @@ def benchmark_main(argv: Optional[List[str]] = None) -> int:
     for k, v in res.items():
         print(f"{k:>20}: {v:.4g}" if isinstance(v, float) else f"{k:>20}: {v}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=2)
+        write_json(args.out, res)
     return 0
 
 
-def pretrain_main(argv: Optional[List[str]] = None) -> int:
+# ------------------------------------------------------------------------------------ pretrain
+@cli_entry
+def pretrain_main(argv: List[str]) -> int:
     p = argparse.ArgumentParser(
         description="Self-supervised pretraining of a feature-map encoder (multi-crop DINO with a "
                     "dense term) on unlabeled images, with a k-means probe on the validation "
-                    "split; or --export a checkpoint's teacher encoder as .safetensors.")
-    cfglib.add_config_args(p)
+                    "split; or --export a checkpoint's teacher encoder as .safetensors. Without "
+                    "--config: configs/pretrain/synthetic.yaml.")
+    _add_common(p)
     p.add_argument("--resume", default=None,
                    help="run directory or its last.pt: continue that run exactly where it stopped")
     p.add_argument("--run-dir", default=None, help="run directory (default: runs/<name>-<time>)")
     p.add_argument("--export", default=None, metavar="CHECKPOINT",
-                   help="write the teacher encoder of this pretraining checkpoint (best.pt) to --out "
-                        "and exit")
+                   help="write the teacher encoder of this pretraining checkpoint (best.pt) to "
+                        "--out and exit")
     p.add_argument("--out", default=None, help="output .safetensors of --export")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     if args.export:
         if not args.out:
             p.error("--export needs --out FILE.safetensors")
+        from partformer.fileio import sha256_file
         from partformer.pretrain.trainer import export_encoder
-        try:
-            meta = export_encoder(args.export, args.out)
-        except CheckpointError as e:
-            sys.exit(f"checkpoint error: {e}")
-        import hashlib
-        with open(args.out, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
-        print(f"wrote {args.out} (step {meta['step']}, sha256 {digest})\nprobe: {meta['probe']}")
+        meta = export_encoder(args.export, args.out)
+        print(f"wrote {args.out} (step {meta['step']}, sha256 {sha256_file(args.out)})\n"
+              f"probe: {meta['probe']}")
         return 0
     if args.config is None and not args.resume:
         args.config = os.path.join(cfglib.CONFIG_DIR, "pretrain", "synthetic.yaml")
@@ -258,23 +511,29 @@ def pretrain_main(argv: Optional[List[str]] = None) -> int:
     run_dir = args.run_dir
     if args.resume and run_dir is None:
         run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume)
-    try:
-        trainer = Pretrainer(cfg, run_dir=run_dir, resume=args.resume)
-    except cfglib.ConfigError as e:
-        sys.exit(f"config error: {e}")
-    except CheckpointError as e:
-        sys.exit(f"checkpoint error: {e}")
-    if D.is_main_process():
+    trainer = Pretrainer(cfg, run_dir=run_dir, resume=args.resume)
+    main = D.is_main_process()
+    if main:
         print(cfglib.to_yaml(cfg))
         print(f"run directory: {trainer.run_dir}\ndevice: {trainer.device}, world size: "
               f"{trainer.world}, images: {len(trainer.bank)}, steps: {trainer.total_steps}")
     try:
         summary = trainer.fit()
+    except KeyboardInterrupt:
+        path = trainer.save("last")
+        if main:
+            print(f"interrupted at step {trainer.step} (saved {path}); resume with: python "
+                  f"tools/pretrain.py --resume {trainer.run_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         trainer.close()
         D.cleanup()
-    if D.is_main_process():
+    if main:
         print(f"pretraining done: {summary}\nexport the selected encoder with: python "
               f"tools/pretrain.py --export {os.path.join(trainer.run_dir, 'best.pt')} "
               "--out encoder.safetensors")
     return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(train_main())

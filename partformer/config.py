@@ -15,12 +15,29 @@ import os
 import typing
 from dataclasses import dataclass, field
 from collections.abc import Mapping
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
 
 BASE_KEY = "_base_"
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def _config_dir() -> str:
+    """The shipped configs: ``configs/`` of a source checkout (editable install), else the copy that
+    ``setup.py`` packs into the wheel as ``partformer/configs`` (``pip install .``)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    checkout = os.path.join(os.path.dirname(here), "configs")
+    if os.path.isfile(os.path.join(checkout, "default.yaml")):
+        return checkout
+    return os.path.join(here, "configs")
+
+
+CONFIG_DIR = _config_dir()
+
+# vocabularies of config values; the modules that act on them use these tuples
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULERS = ("multistep", "cosine", "constant")
+WANDB_MODES = ("offline", "online", "disabled")
 
 
 class ConfigError(ValueError):
@@ -186,6 +203,9 @@ class LoggingConfig:
     progress: bool = True             # tqdm bars (rank 0 and a terminal only)
 
 
+PRETRAIN_OBJECTIVES = ("dino", "dino_dense")
+
+
 @dataclass
 class PretrainConfig:
     """Self-supervised encoder pretraining (tools/pretrain.py; docs/PRETRAINING.md). The encoder
@@ -236,9 +256,32 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------- loading
+def shipped_configs() -> List[str]:
+    """Names of the shipped config files (``cub_k4.yaml``, ...), relative to :data:`CONFIG_DIR`."""
+    if not os.path.isdir(CONFIG_DIR):
+        return []
+    return sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+
+
+def resolve_config_path(path: str) -> str:
+    """``path`` if it is a file; else a shipped config of that name (``cub_k4``, ``cub_k4.yaml``,
+    ``configs/cub_k4.yaml``), so that an installed package finds its configs from any directory."""
+    if os.path.isfile(path) or os.path.isabs(path):
+        return path
+    name = path[len("configs/"):] if path.startswith("configs/") else path
+    for cand in (name, name + ".yaml"):
+        if os.path.isfile(os.path.join(CONFIG_DIR, cand)):
+            return os.path.join(CONFIG_DIR, cand)
+    return path
+
+
 def _read_yaml(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+        close = difflib.get_close_matches(os.path.basename(path), shipped_configs(), n=3,
+                                          cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"config file not found: {path}{hint} Pass a YAML file or the name of "
+                          f"a shipped config ({CONFIG_DIR}: {', '.join(shipped_configs())})")
     with open(path) as f:
         try:
             data = yaml.safe_load(f)
@@ -327,7 +370,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         default = os.path.join(CONFIG_DIR, "default.yaml")
         path = default if os.path.isfile(default) else None
     if path is not None:
-        tree = _load_tree(path, origins)
+        tree = _load_tree(resolve_config_path(os.fspath(path)), origins)
     for name, section in (sections or {}).items():
         tree[name] = section
         for sub in _dotted_keys({name: section}):
@@ -347,7 +390,91 @@ def apply_overrides(tree: Dict[str, Any], overrides: Optional[List[str]],
 
 
 def from_dict(tree: Dict[str, Any], origins: Optional[Dict[str, str]] = None) -> Config:
-    return _build(Config, tree, "", origins or {})
+    """Build and validate a :class:`Config` from a raw tree: types (:func:`_build`) and values
+    that cannot work (:data:`CHECKS`), each error naming the key and where it was set."""
+    origins = origins or {}
+    cfg = _build(Config, tree, "", origins)
+    check_values(cfg, origins)
+    return cfg
+
+
+# ------------------------------------------------------------------------------- value checks
+def _dataset_names() -> List[str]:
+    from partformer.data import dataset_names  # the registry (imports the dataset modules)
+    return dataset_names()
+
+
+def _at_least(n: float, what: str = ""):
+    return (lambda v: v >= n), f"a number >= {n:g}{what}"
+
+
+def _optional_at_least(n: float):
+    return (lambda v: v is None or v >= n), f"null or a number >= {n:g}"
+
+
+def _one_of(choices):
+    if callable(choices):
+        return (lambda v: v in choices()), lambda: f"one of {list(choices())}"
+    return (lambda v: v in choices), f"one of {list(choices)}"
+
+
+# values that pass the type check but cannot work; rejected when the config is read (not after the
+# data has loaded): dotted key -> (test, what is expected)
+CHECKS: Dict[str, Tuple[Callable[[Any], bool], Any]] = {
+    "data.name": _one_of(_dataset_names),
+    "data.image_size": _at_least(1),
+    "data.num_workers": _at_least(0),
+    "model.num_parts": _at_least(1, " (K foreground parts; the background map is added)"),
+    "model.feature_dim": _at_least(1),
+    "model.align_scale": ((lambda v: v > 0), "a number > 0"),
+    "model.predict_upsample": _at_least(1),
+    "train.epochs": _at_least(0),
+    "train.max_steps": _optional_at_least(1),
+    "train.batch_size": _at_least(1),
+    "train.lr": ((lambda v: v > 0), "a number > 0"),
+    "train.weight_decay": _at_least(0),
+    "train.grad_accum": _at_least(1),
+    "train.grad_clip": _at_least(0, " (0 disables clipping)"),
+    "train.precision": _one_of(PRECISIONS),
+    "train.max_nonfinite": _at_least(1),
+    "train.log_every": _at_least(1),
+    "train.val_every": _at_least(1),
+    "train.threads": _at_least(0, " (0 keeps torch's default)"),
+    "train.scheduler.name": _one_of(SCHEDULERS),
+    "train.scheduler.gamma": ((lambda v: v > 0), "a number > 0"),
+    "train.scheduler.warmup_epochs": _at_least(0),
+    "eval.batch_size": _at_least(1),
+    "eval.num_workers": _at_least(0),
+    "eval.max_images": _optional_at_least(1),
+    "logging.wandb.mode": _one_of(WANDB_MODES),
+    "logging.wandb.num_images": _at_least(0),
+    "pretrain.objective": _one_of(PRETRAIN_OBJECTIVES),
+    "pretrain.source_size": _at_least(1),
+    "pretrain.global_crops": _at_least(2, " (DINO compares each global crop with another)"),
+    "pretrain.global_size": _at_least(1),
+    "pretrain.local_crops": _at_least(0),
+    "pretrain.local_size": _at_least(1),
+    "pretrain.student_temp": ((lambda v: v > 0), "a number > 0"),
+    "pretrain.teacher_temp": ((lambda v: v > 0), "a number > 0"),
+    "pretrain.extra_synthetic": _at_least(0),
+    "pretrain.checkpoint_every": _at_least(1),
+    "pretrain.probe_every": _at_least(0, " (0 disables the probe)"),
+    "pretrain.probe_parts": _at_least(1),
+}
+
+
+def check_values(cfg: Config, origins: Optional[Dict[str, str]] = None) -> None:
+    """Raise :class:`ConfigError` for the first value of :data:`CHECKS` that cannot work."""
+    origins = origins or {}
+    for dotted, (test, expected) in CHECKS.items():
+        obj = cfg
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        if not test(obj):
+            expected = expected() if callable(expected) else expected
+            raise ConfigError(f"config key `{dotted}`{_where(dotted, origins)} must be {expected}, "
+                              f"got {obj!r}. Fix it in the config file or on the command line "
+                              f"({dotted}=...)")
 
 
 def _where(dotted: str, origins: Dict[str, str]) -> str:
@@ -444,10 +571,10 @@ def to_yaml(cfg) -> str:
 
 
 def save_config(cfg, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    """Write the resolved config as YAML, atomically."""
+    from partformer.fileio import atomic_open
+    with atomic_open(path, "w") as f:
         f.write(to_yaml(cfg))
-    os.replace(tmp, path)
 
 
 def add_config_args(parser) -> None:

@@ -39,7 +39,6 @@ functional re-implementation of their forward pass.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
 import re
@@ -50,11 +49,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from partformer import config as cfglib
+from partformer.fileio import sha256_file
 
 __all__ = [
     "ConversionError", "OFFICIAL_DATASETS", "load_official", "official_to_ours_key",
     "infer_num_parts", "detect_dataset", "check_pos_embed", "official_config",
-    "convert_state_dict", "convert_file", "main",
+    "convert_state_dict", "convert_checkpoint", "convert_file", "main",
 ]
 
 OFFICIAL_DATASETS = ("cub", "celeba")
@@ -459,14 +459,6 @@ def _inverse_names():
     return name
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def convert_file(input_path: str, output_path: str, dataset: str,
                  base_config: Optional[str] = None, overrides: Optional[Sequence[str]] = None,
                  unsafe_load: bool = False, overwrite: bool = False) -> Dict[str, Any]:
@@ -476,8 +468,7 @@ def convert_file(input_path: str, output_path: str, dataset: str,
     config of ``dataset`` (or ``base_config``) with the authors' architecture and K inferred from
     the file; the model is rebuilt from it and loaded strictly before anything is written.
     """
-    from partformer.engine.checkpoint import atomic_torch_save, load_state_dict_strict
-    from partformer.models import build_model
+    from partformer.engine.checkpoint import atomic_torch_save
 
     if dataset not in OFFICIAL_DATASETS:
         raise ConversionError(f"--dataset must be one of {OFFICIAL_DATASETS}, got {dataset!r}")
@@ -485,7 +476,23 @@ def convert_file(input_path: str, output_path: str, dataset: str,
         raise ConversionError(f"{output_path} exists; pass --overwrite to replace it")
     if os.path.abspath(output_path) == os.path.abspath(input_path):
         raise ConversionError("--output must differ from --input")
+    ckpt = convert_checkpoint(input_path, dataset, base_config, overrides, unsafe_load)
+    atomic_torch_save(ckpt, output_path)
+    return dict(ckpt["source"], output=output_path)
+
+
+def convert_checkpoint(input_path: str, dataset: Optional[str] = None,
+                       base_config: Optional[str] = None, overrides: Optional[Sequence[str]] = None,
+                       unsafe_load: bool = False) -> Dict[str, Any]:
+    """Convert an official file in memory -> our checkpoint dict ``{"model", "config", "source"}``
+    (what :func:`convert_file` writes; ``partformer.load`` uses it to read the authors' files on
+    the fly). ``dataset`` (``cub`` / ``celeba``) defaults to the one the compress head shows."""
+    from partformer.engine.checkpoint import load_state_dict_strict
+    from partformer.models import build_model
+
     official, info = load_official(input_path, unsafe=unsafe_load)
+    if dataset is None:
+        dataset = detect_dataset(official) or "cub"  # unrecognised: the check below explains
 
     num_parts = infer_num_parts(official)
     looks_like = detect_dataset(official)
@@ -514,12 +521,11 @@ def convert_file(input_path: str, output_path: str, dataset: str,
     state, report = convert_state_dict(official, model.state_dict(), num_parts, source=input_path)
     load_state_dict_strict(model, state, source=f"converted {input_path}")  # what eval.py does
 
-    source = dict(file=os.path.basename(input_path), sha256=_sha256(input_path), dataset=dataset,
+    source = dict(file=os.path.basename(input_path), sha256=sha256_file(input_path),
+                  dataset=dataset,
                   num_parts=num_parts, image_size=image_size, converter="partformer.convert",
                   **info, **report)
-    ckpt = {"model": state, "config": cfglib.to_yaml(cfg), "source": source}
-    atomic_torch_save(ckpt, output_path)
-    return dict(source, output=output_path)
+    return {"model": state, "config": cfglib.to_yaml(cfg), "source": source}
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -544,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the input with torch.load(weights_only=False); only for trusted "
                         "files that hold non-tensor Python objects")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
@@ -556,8 +563,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            overrides=args.overrides, unsafe_load=args.unsafe_load,
                            overwrite=args.overwrite)
     except (ConversionError, CheckpointError) as e:
+        if args.debug:
+            raise
         print(f"conversion failed: {e}", file=sys.stderr)
-        return 1
+        return 2  # the exit status of every CLI's expected errors
     extra = "".join(f", {k} {src[k]}" for k in ("epoch", "perf") if k in src)
     print(f"converted {args.input} ({src['format']}{extra}; sha256 {src['sha256'][:16]}...)\n"
           f"  dataset {src['dataset']}, K = {src['num_parts']}, image size {src['image_size']}, "

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from partformer.cli import eval_main, train_main
+from partformer.cli import eval_main, train_main, visualize_main
 from partformer.engine.evaluator import PROTOCOL_FAMILIES, PROTOCOL_VERSION
 from partformer.engine.checkpoint import load_checkpoint
 
@@ -130,42 +130,49 @@ def test_resume_from_cli(trained, tmp_path):
     assert last_step(run) == 4
 
 
-def test_config_errors_exit_with_message(trained, tmp_path):
+def error_of(main, argv, capsys) -> str:
+    """Run a CLI that must fail with an expected error: exit status 2, one `error:` message and
+    no traceback on stderr; returns the message."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_config_errors_exit_with_message(trained, tmp_path, capsys):
     root, config, run = trained
-    with pytest.raises(SystemExit) as e:
-        train_main(["--config", config, "--run-dir", str(tmp_path / "r"), "train.bach_size=3"])
-    assert "train.bach_size" in str(e.value.code) and "train.batch_size" in str(e.value.code)
+    err = error_of(train_main, ["--config", config, "--run-dir", str(tmp_path / "r"),
+                                "train.bach_size=3"], capsys)
+    assert "train.bach_size" in err and "train.batch_size" in err
     assert not os.path.exists(tmp_path / "r")
-    with pytest.raises(SystemExit) as e:
-        eval_main(["--config", config, "--method", "grid", "model.num_part=3"])
-    assert "model.num_part" in str(e.value.code)
-    with pytest.raises(SystemExit) as e:
-        eval_main(["--checkpoint", os.path.join(run, "best.pt"), "--out", str(tmp_path / "o"),
-                   "model.num_partz=3"])
-    assert "model.num_partz" in str(e.value.code) and "command line" in str(e.value.code)
-    with pytest.raises(SystemExit) as e:
-        eval_main(["--config", config, "--method", "partformer"])
-    assert "--checkpoint" in str(e.value.code)
+    err = error_of(eval_main, ["--config", config, "--method", "grid", "model.num_part=3"], capsys)
+    assert "model.num_part" in err
+    err = error_of(eval_main, ["--checkpoint", os.path.join(run, "best.pt"), "--out",
+                               str(tmp_path / "o"), "model.num_partz=3"], capsys)
+    assert "model.num_partz" in err and "command line" in err
+    err = error_of(eval_main, ["--config", config, "--method", "partformer"], capsys)
+    assert "--checkpoint" in err
+    # --debug: the traceback instead of the message
+    from partformer.config import ConfigError
+    with pytest.raises(ConfigError, match="train.bach_size"):
+        train_main(["--config", config, "--run-dir", str(tmp_path / "r"), "train.bach_size=3",
+                    "--debug"])
 
 
-def test_resume_with_foreign_checkpoint_is_a_clear_error(trained, tmp_path):
+def test_resume_with_foreign_checkpoint_is_a_clear_error(trained, tmp_path, capsys):
     _, config, run = trained
     weights = str(tmp_path / "weights.pt")
     torch.save({"model": load_checkpoint(os.path.join(run, "best.pt"))["model"]}, weights)
     # without --config the config would come from the checkpoint: it has none
-    with pytest.raises(SystemExit) as e:
-        train_main(["--resume", weights, "--no-test"])
-    assert "carries no config" in str(e.value.code)
+    assert "carries no config" in error_of(train_main, ["--resume", weights, "--no-test"], capsys)
     # with --config: not a training checkpoint
-    from partformer.engine.checkpoint import CheckpointError
-    with pytest.raises(CheckpointError, match="not a training checkpoint"):
-        train_main(["--config", config, "--resume", weights, "--run-dir", str(tmp_path / "r"),
-                    "--no-test"])
+    err = error_of(train_main, ["--config", config, "--resume", weights, "--run-dir",
+                                str(tmp_path / "r"), "--no-test"], capsys)
+    assert "not a training checkpoint" in err
     with open(tmp_path / "empty.pt", "wb"):
         pass
-    with pytest.raises(SystemExit) as e:
-        eval_main(["--checkpoint", str(tmp_path / "empty.pt")])
-    assert "truncated, corrupt" in str(e.value.code)
+    err = error_of(eval_main, ["--checkpoint", str(tmp_path / "empty.pt")], capsys)
+    assert "truncated, corrupt" in err
 
 
 def test_visualize_writes_mask_grid_matching_predictions(trained, tmp_path):
@@ -194,3 +201,25 @@ def test_visualize_writes_mask_grid_matching_predictions(trained, tmp_path):
     maps = torch.nn.functional.interpolate(maps, size=(S, S), mode="bilinear", align_corners=False)
     expected = viz.colorize(maps.argmax(1)[0].numpy(), cfg.model.num_parts)
     assert np.array_equal(grid[2 * S:3 * S, :S], expected)
+
+
+def test_visualize_contact_sheet_and_part_view(trained, tmp_path):
+    """--view contact: one row per image, columns input | parts | K + 1 heat maps, with a header
+    and a legend; --view parts: one row per part, its most confident crops."""
+    import cv2
+
+    _, cfg_path, run = trained
+    best = os.path.join(run, "best.pt")
+    sheet = str(tmp_path / "contact.png")
+    assert visualize_main(["--config", cfg_path, "--checkpoint", best, "--view", "contact",
+                           "--split", "val", "--num", "3", "--out", sheet]) == 0
+    img = cv2.imread(sheet)
+    K, D = 4, 128                                         # 32 px images shown x4
+    assert img.shape[1] == (2 + K + 1) * D + (2 + K) * 2
+    assert img.shape[0] > 3 * D + 2 * 2 + 16              # header, three rows, legend
+    view = str(tmp_path / "parts.png")
+    assert visualize_main(["--config", cfg_path, "--checkpoint", best, "--view", "parts",
+                           "--split", "val", "--num", "5", "--out", view]) == 0
+    img = cv2.imread(view)
+    cell = 13 * 5                                          # 13 px crops (0.4 x 32) shown x5
+    assert img.shape == (K * cell + (K - 1) * 2, 70 + 5 * (cell + 2), 3)

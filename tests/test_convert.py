@@ -530,7 +530,7 @@ def test_cli_reports_errors(tmp_path, capsys):
     garbage.write_bytes(b"\x00\x01 not a checkpoint")
     rc = conv.main(["--dataset", "cub", "--input", str(garbage),
                     "--output", str(tmp_path / "out.pt")])
-    assert rc == 1
+    assert rc == 2
     assert "conversion failed" in capsys.readouterr().err
     assert not (tmp_path / "out.pt").exists()
     with pytest.raises(ConversionError, match="model section is fixed"):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from partformer import config as cfglib
 from partformer.data import DATASETS, build_dataset
 from partformer.data.collate import collate
 from partformer.data.cub import CUBDataset, default_val_ids
@@ -328,12 +329,36 @@ def test_bad_image_raises_or_is_skipped(tmp_path):
 def test_read_table_text_columns_and_line_numbers(tmp_path):
     p = tmp_path / "t.txt"
     p.write_text("\ufeff1 left eye \r\n\r\n  2   right\twing\r\n3 tail")
-    (ids, names), lines = read_table(p, 2, (int, str), return_line_numbers=True)
+    (ids, names), lines = read_table(p, 2, (int, str), return_line_numbers=True,
+                                     rest_of_line=True)
     assert ids.tolist() == [1, 2, 3] and names == ["left eye", "right\twing", "tail"]
     assert lines.tolist() == [1, 3, 4]
+    # without rest_of_line (a path column) an extra field is an error naming the line
+    with pytest.raises(ValueError, match=r"t\.txt, line 1: expected 2 .*found 3: '1 left eye'"):
+        read_table(p, 2, (int, str))
     p.write_text("")
     ids, names = read_table(p, 2, (int, str))
     assert len(ids) == 0 and names == []
+
+
+def test_images_txt_line_with_extra_column_is_rejected(tmp_path):
+    """Issue 9: `1 a/b.jpg extra` used to become the path 'a/b.jpg extra'; now the dataset stops
+    naming images.txt, the line and the fix (through build_dataset: data.root and the split)."""
+    from partformer.data.io import DatasetError
+    t = fresh(tmp_path)
+    path = os.path.join(t.root, "images.txt")
+    with open(path) as f:
+        lines = f.read().splitlines()
+    lines[2] = lines[2] + " extra"
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"images\.txt, line 3: expected 2 .*found 3.*Fix or remove "
+                                         r"that line \(a text field here cannot contain spaces\)"):
+        CUBDataset(t.root, "train", 32)
+    cfg = cfglib.DataConfig(name="cub", root=t.root, image_size=32)
+    with pytest.raises(DatasetError, match=r"data\.name=cub split 'train' at data\.root=.*"
+                                           r"images\.txt, line 3"):
+        build_dataset(cfg, "train")
 
 
 def test_read_table_numeric_errors(tmp_path):

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -402,8 +403,12 @@ def test_train_set_smaller_than_batch(root, tmp_path):
 
 
 def test_select_metric_must_exist(root, tmp_path):
-    with pytest.raises(KeyError, match="select_metric"):
-        fit(root, tmp_path / "run", ["train.max_steps=1", "train.select_metric=lm_error_iod"])
+    """A metric validation does not compute is refused before any training, naming the key and
+    the metrics that exist (it used to fail at the first validation, after an epoch)."""
+    with pytest.raises(cfglib.ConfigError, match=r"train\.select_metric='lm_error_iod' is not "
+                                                 r"computed.*choose one of \['kp_nmi_with_bg'"):
+        make(root, tmp_path / "run", ["train.max_steps=1", "train.select_metric=lm_error_iod"])
+    assert not os.path.exists(tmp_path / "run" / "last.pt")
 
 
 def test_run_dir_copy_is_independent(root, tmp_path):
@@ -422,7 +427,7 @@ def test_mask_grid_and_palette(tmp_path):
     from partformer import viz
     pal = viz.part_palette(25)
     assert pal.shape == (26, 3) and pal.dtype.name == "uint8"
-    assert (pal[-1] == 0).all() and len({tuple(c) for c in pal[:20]}) == 20
+    assert (pal[-1] == viz.BACKGROUND).all() and len({tuple(c) for c in pal[:25]}) == 25
     images = torch.rand(3, 3, 16, 12)
     labels = torch.zeros(3, 8, 6, dtype=torch.long)
     labels[:, :, 3:] = 4                                 # right half: background (K = 4)
@@ -432,12 +437,13 @@ def test_mask_grid_and_palette(tmp_path):
     grid = viz.mask_grid(images, maps, gt, max_items=2)
     assert grid.shape == (4 * 16, 2 * 12 + 2, 3) and grid.dtype.name == "uint8"
     parts = grid[32:48, :12]                             # third block: the argmax mask
-    assert (parts[:, 6:] == 0).all()                     # background drawn black
+    assert (parts[:, 6:] == viz.BACKGROUND).all()        # background drawn neutral grey
     assert (parts[:, :6] == pal[0]).all()
     overlay = grid[16:32, :12]
-    img = (images[0].permute(1, 2, 0).numpy() * 255).astype("uint8")
+    img = np.rint(images[0].permute(1, 2, 0).numpy() * 255).astype("uint8")  # exact for uint8 input
     assert (overlay[:, 6:] == img[:, 6:]).all()          # background pixels untouched
-    assert (grid[48:56, :12] != 0).any() and (grid[56:64, :12] == 0).all()   # GT: bg black
+    assert (grid[48:56, :12] == viz.PALETTE[1]).all()   # GT class 2 -> colour 1
+    assert (grid[56:64, :12] == viz.BACKGROUND).all()    # GT background: grey
     assert viz.mask_grid(images, maps, max_items=8).shape == (3 * 16, 3 * 12 + 4, 3)
     path = str(tmp_path / "g.png")
     viz.save_png(path, grid)

@@ -269,8 +269,9 @@ def test_pretraining_rejects_bad_settings(root, tmp_path):
     from partformer.config import ConfigError
     from partformer.pretrain.trainer import Pretrainer
     with pytest.raises(ConfigError, match="pretrain.objective"):
-        Pretrainer(pretrain_config(root, str(tmp_path / "x"), ["pretrain.objective=simclr"]),
-                   verbose=False)
+        pretrain_config(root, str(tmp_path / "x"), ["pretrain.objective=simclr"])
+    with pytest.raises(ConfigError, match="pretrain.global_crops"):
+        pretrain_config(root, str(tmp_path / "x"), ["pretrain.global_crops=1"])
     with pytest.raises(ConfigError, match="photometric"):
         Pretrainer(pretrain_config(root, str(tmp_path / "y"), ["pretrain.photometric={hue: 1}"]),
                    verbose=False)

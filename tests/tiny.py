@@ -81,3 +81,19 @@ def shared_root(tmp_path_factory) -> str:
         tiny_yaml(tmp)
         _SHARED["root"] = tmp
     return _SHARED["root"]
+
+
+def tiny_checkpoint(tmp: str, overrides: Optional[List[str]] = None, seed: int = 0):
+    """A randomly initialised tiny model saved as one of our checkpoints at
+    ``<tmp>/run/best.pt`` (prediction needs no dataset): ``(path, config, model)``."""
+    import torch
+
+    from partformer.engine.checkpoint import atomic_torch_save
+    from partformer.models import build_model
+
+    cfg = tiny_config(tmp, overrides)
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, image_size=cfg.data.image_size).eval()
+    path = os.path.join(os.fspath(tmp), "run", "best.pt")
+    atomic_torch_save({"model": model.state_dict(), "config": cfglib.to_yaml(cfg)}, path)
+    return path, cfg, model

@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from partformer.convert import main  # noqa: E402
+from partformer.cli import convert_official_main as main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

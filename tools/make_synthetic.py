@@ -57,6 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--image-format", choices=("jpg", "png"), default=d.image_format)
     p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
     p.add_argument("--workers", type=int, default=1, help="processes (output is identical)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p.parse_args(argv)
 
 
@@ -83,4 +84,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from partformer.cli import cli_entry  # errors: one message, exit status 2 (--debug: traceback)
+
+    sys.exit(cli_entry(main)())

@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL,
                    help="images of trainval held out as the val split (default %(default)s)")
     p.add_argument("--seed", type=int, default=VAL_SEED, help="seed of the val draw (default 0)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
     splits = prepare_celeba_splits(args.root, args.mafl, num_val=args.num_val, seed=args.seed)
     print(f"wrote {os.path.join(args.root, 'splits')}/<split>.txt")
@@ -38,4 +39,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from partformer.cli import cli_entry  # errors: one message, exit status 2 (--debug: traceback)
+
+    sys.exit(cli_entry(main)())

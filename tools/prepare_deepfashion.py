@@ -27,6 +27,7 @@ def main(argv=None) -> int:
                    help='the "In-shop Clothes Retrieval Benchmark" folder '
                         '(or its Anno/segmentation)')
     p.add_argument("--check-masks", action="store_true", help="decode every mask (slow)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
     counts = check_deepfashion_layout(args.root, check_masks=args.check_masks)
     print("DeepFashion segmentation subset: layout OK")
@@ -38,4 +39,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from partformer.cli import cli_entry  # errors: one message, exit status 2 (--debug: traceback)
+
+    sys.exit(cli_entry(main)())

@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--image-dir", default=None, help="OOD train image folder (default: auto)")
     p.add_argument("--check-masks", action="store_true",
                    help="Seg: read every label PNG and check its values are 0..40")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
 
     if args.release in ("ood", "both"):
@@ -66,4 +67,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from partformer.cli import cli_entry  # errors: one message, exit status 2 (--debug: traceback)
+
+    sys.exit(cli_entry(main)())

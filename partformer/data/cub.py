@@ -224,7 +224,8 @@ class CUBDataset(Dataset):
                           labels_txt: str) -> List[str]:
         classes_txt = os.path.join(self.root, "classes.txt")
         if os.path.isfile(classes_txt):
-            cid, names = read_table(classes_txt, 2, (int, str), names=("class_id", "class_name"))
+            cid, names = read_table(classes_txt, 2, (int, str), names=("class_id", "class_name"),
+                                    rest_of_line=True)
             if not np.array_equal(np.sort(cid), np.arange(1, len(cid) + 1)):
                 raise ValueError(f"{classes_txt}: class ids must be 1..{len(cid)} (each once)")
             class_names = [names[i] for i in np.argsort(cid)]
@@ -258,7 +259,8 @@ class CUBDataset(Dataset):
 
     def _read_parts(self, ids: np.ndarray):
         parts_txt = self._file("parts", "parts.txt")
-        pid, keypoint_names = read_table(parts_txt, 2, (int, str), names=("part_id", "name"))
+        pid, keypoint_names = read_table(parts_txt, 2, (int, str), names=("part_id", "name"),
+                                         rest_of_line=True)  # CUB: "7 left eye"
         num_kp = len(pid)
         if num_kp == 0 or not np.array_equal(pid, np.arange(1, num_kp + 1)):
             raise ValueError(f"{parts_txt}: part ids must be 1..P in order, found {pid.tolist()}")
@@ -293,7 +295,8 @@ class CUBDataset(Dataset):
 
     def _read_part_names(self, part_dir: str) -> List[str]:
         names_txt = require_file(os.path.join(part_dir, "part_names.txt"), CUB_LAYOUT)
-        pid, names = read_table(names_txt, 2, (int, str), names=("part_id", "name"))
+        pid, names = read_table(names_txt, 2, (int, str), names=("part_id", "name"),
+                                rest_of_line=True)
         if not np.array_equal(np.sort(pid), np.arange(1, len(pid) + 1)):
             raise ValueError(f"{names_txt}: part ids must be 1..C (each once; 0 is the "
                              f"background), found {sorted(pid.tolist())}")

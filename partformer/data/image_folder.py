@@ -6,14 +6,13 @@ path order so that the index -> file mapping is deterministic.
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
 from partformer.data import register_dataset
-from partformer.data.io import BadImageError, load_image
+from partformer.data.io import decode_or_skip, load_image
 from partformer.data.transforms import apply_resize, check_resize_mode, to_tensor_image
 
 __all__ = ["ImageFolderDataset", "IMAGE_EXTENSIONS", "list_images"]
@@ -78,19 +77,15 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def image_path(self, index: int) -> str:
+        return os.path.join(self.folder, self.paths[index])
+
     def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range ({len(self)} images in {self.folder})")
-        path = os.path.join(self.folder, self.paths[index])
-        try:
-            image = load_image(path)
-        except BadImageError as e:
-            if self.skip_bad_images:
-                warnings.warn(f"skipping undecodable file: {e}", stacklevel=2)
-                return None
-            raise BadImageError(f"{e}. Remove or replace it, or pass skip_bad_images=True "
-                                f"(config: data.skip_bad_images=true for training, "
-                                f"eval.skip_bad_images=true for evaluation)") from None
+        image = decode_or_skip(lambda: load_image(self.image_path(index)), self.skip_bad_images)
+        if image is None:
+            return None
         h, w = image.shape[:2]
         out = apply_resize(self.resize, self.image_size, image)
         return {

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-__all__ = ["BadImageError", "read_table", "require_file", "load_image", "load_mask",
+__all__ = ["BadImageError", "DatasetError", "read_table", "require_file", "load_image", "load_mask",
            "DATASETS_README"]
 
 DATASETS_README = "datasets/README.md"
@@ -32,6 +32,11 @@ _NUMPY_TYPES = {int: np.int64, float: np.float64}
 
 class BadImageError(OSError):
     """An image (or mask) file exists but cannot be decoded (truncated download, wrong format)."""
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be built from ``data.*`` (layout, annotation tables, options); the message
+    names the config keys, the file and line, and the fix."""
 
 
 def require_file(path: PathLike, layout_hint: str = "") -> str:
@@ -66,7 +71,7 @@ def _read_text(path: str) -> str:
 
 
 def read_table(path: PathLike, ncols: int, types: Sequence[type], *,
-               names: Optional[Sequence[str]] = None,
+               names: Optional[Sequence[str]] = None, rest_of_line: bool = False,
                return_line_numbers: bool = False) -> Union[List, Tuple[List, np.ndarray]]:
     """Parse a whitespace-separated annotation file into columns.
 
@@ -78,6 +83,9 @@ def read_table(path: PathLike, ncols: int, types: Sequence[type], *,
             takes the rest of the line, so names with spaces (CUB ``parts.txt``: ``7 left eye``)
             parse as one field.
         names: optional column names, used in error messages (e.g. ``("image_id", "x", "y")``).
+        rest_of_line: the last column (``str``) takes the rest of the line, spaces included (names
+            such as CUB's ``7 left eye``). Otherwise a line with more fields than ``ncols`` is an
+            error (a path column never silently swallows an extra column).
         return_line_numbers: also return the 1-based line number of every row.
 
     Returns:
@@ -108,7 +116,9 @@ def read_table(path: PathLike, ncols: int, types: Sequence[type], *,
             columns, line_numbers_arr = fast
             return (columns, line_numbers_arr) if return_line_numbers else columns
     # general path (text columns, or a numeric file the fast path refused: it finds the error)
-    maxsplit = ncols - 1 if types[-1] is str else -1
+    if rest_of_line and types[-1] is not str:
+        raise ValueError("read_table: rest_of_line needs a str last column")
+    maxsplit = ncols - 1 if rest_of_line else -1
     rows: List[List[str]] = []
     line_numbers: List[int] = []
     for k, line in enumerate(text.splitlines(), 1):
@@ -117,7 +127,9 @@ def read_table(path: PathLike, ncols: int, types: Sequence[type], *,
             continue
         if len(fields) != ncols:
             raise ValueError(f"{path}, line {k}: expected {ncols} whitespace-separated columns "
-                             f"{schema}, found {len(fields)}: {line.strip()!r}")
+                             f"{schema}, found {len(fields)}: {line.strip()!r}. Fix or remove "
+                             f"that line" + ("" if rest_of_line or str not in types else
+                                             " (a text field here cannot contain spaces)"))
         rows.append(fields)
         line_numbers.append(k)
 
@@ -242,9 +254,9 @@ def load_mask(path: PathLike) -> np.ndarray:
     return np.ascontiguousarray(mask)
 
 
-SKIP_HINT = ("Re-download the file, or pass skip_bad_images=True to skip such images with a "
-             "warning (config: data.skip_bad_images=true for training, eval.skip_bad_images=true "
-             "for evaluation)")
+SKIP_HINT = ("Re-download or remove the file (and its line in the split's list), or skip such "
+             "images with a warning: data.skip_bad_images=true for training, "
+             "eval.skip_bad_images=true for evaluation (skip_bad_images=True in Python)")
 
 
 def check_index(index: int, length: int, what: str) -> None:
@@ -254,13 +266,15 @@ def check_index(index: int, length: int, what: str) -> None:
 
 
 def decode_or_skip(load, skip_bad_images: bool):
-    """Run ``load()``, which decodes one sample's files. A file that fails to decode raises
-    ``BadImageError`` saying how to fix or skip it; with ``skip_bad_images`` it warns instead and
-    returns ``None`` (``partformer.data.collate`` drops it and counts it)."""
+    """Run ``load()``, which decodes one sample's files. A file that is missing or fails to decode
+    (the two are handled alike) raises ``BadImageError`` / ``FileNotFoundError`` saying how to fix
+    or skip it; with ``skip_bad_images`` it warns, naming the file, and returns ``None``
+    (``partformer.data.collate`` drops it and counts it)."""
     try:
         return load()
-    except BadImageError as e:
+    except (BadImageError, FileNotFoundError) as e:
         if skip_bad_images:
-            warnings.warn(f"skipping undecodable file: {e}", stacklevel=3)
+            what = "missing" if isinstance(e, FileNotFoundError) else "undecodable"
+            warnings.warn(f"skipping {what} file: {e}", stacklevel=3)
             return None
-        raise BadImageError(f"{e}. {SKIP_HINT}") from None
+        raise type(e)(f"{e}. {SKIP_HINT}") from None

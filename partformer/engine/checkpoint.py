@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Dict, Iterable, Mapping
 
 import torch
+
+from partformer.fileio import atomic_open
 
 
 class CheckpointError(RuntimeError):
@@ -15,19 +16,8 @@ class CheckpointError(RuntimeError):
 def atomic_torch_save(obj: Any, path: str) -> None:
     """Write ``obj`` to ``path`` so that a crash never leaves a truncated file at ``path``:
     save to a temporary file in the same directory, fsync, then rename over the target."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "wb", fsync=True) as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:

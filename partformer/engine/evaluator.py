@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -84,7 +83,7 @@ def applicable_protocols(sample: Dict[str, Any], resize: str, regression: Option
     return out
 
 
-def _num_part_classes(dataset) -> int:
+def num_part_classes(dataset) -> int:
     """C: number of GT part classes excluding background (labels 0..C)."""
     for attr in ("num_part_classes",):
         if getattr(dataset, attr, None):
@@ -102,8 +101,10 @@ def _loader(dataset, batch_size: int, num_workers: int) -> DataLoader:
                       num_workers=num_workers, collate_fn=collate, drop_last=False)
 
 
-def _iterate(predict: Predictor, dataset, batch_size: int, num_workers: int,
-             progress: bool = False, desc: str = "eval"):
+def iterate_predictions(predict: Predictor, dataset, batch_size: int, num_workers: int,
+                        progress: bool = False, desc: str = "eval"):
+    """``(batch, maps)`` over ``dataset`` (this process's share, no sample dropped); ``maps`` is
+    None for a batch whose images were all skipped."""
     loader = _loader(dataset, batch_size, num_workers)
     if progress and D.is_main_process():
         from tqdm import tqdm
@@ -152,20 +153,54 @@ def collect_centroids(predict: Predictor, dataset, batch_size: int = 32, num_wor
                       progress: bool = False, convention: str = "index") -> Dict[str, np.ndarray]:
     """:class:`CentroidRows` of a whole dataset (e.g. the regressor split)."""
     rows = CentroidRows(convention)
-    for batch, maps in _iterate(predict, dataset, batch_size, num_workers, progress, "centroids"):
+    for batch, maps in iterate_predictions(predict, dataset, batch_size, num_workers, progress,
+                                           "centroids"):
         if maps is not None:
             rows.update(batch, maps)
     return rows.gather()
+
+
+def first_sample(dataset) -> Dict[str, Any]:
+    """The first sample of ``dataset`` that decodes (a skipped image may be anywhere in a split,
+    the first one included); it tells which protocols apply. Raises ``BadImageError`` when no image
+    of the split can be decoded."""
+    from partformer.data.io import BadImageError
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        if sample is not None:
+            return sample
+    raise BadImageError(f"none of the {len(dataset)} images of {_describe(dataset)} could be "
+                        "read (all missing or undecodable; see the warnings above). Check "
+                        "data.root and the dataset's image folder")
+
+
+def _describe(dataset) -> str:
+    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    return repr(base) if type(base).__repr__ is not object.__repr__ else type(base).__name__
+
+
+def skipped_files(dataset, seen: List[np.ndarray]) -> List[str]:
+    """Files of this process's share of ``dataset`` (``EvalSampler`` order) whose index is not in
+    ``seen`` (the ``index`` entries of the batches): the images that were skipped, merged across
+    processes, named by ``dataset.image_path(i)`` when the dataset has it."""
+    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    got = set(np.concatenate(seen).tolist()) if seen else set()
+    mine = [i for i in D.EvalSampler(len(dataset)) if i not in got]
+    name = getattr(base, "image_path", None)
+    local = [name(i) if name is not None else f"index {i}" for i in mine]
+    return sorted(sum(D.all_gather_objects(local), []))
 
 
 def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whole",
              protocols: Optional[List[str]] = None, regressor_dataset=None,
              batch_size: int = 32, num_workers: int = 0, progress: bool = False,
              max_images: Optional[int] = None,
-             centroid_convention: str = "index",
-             keypoint_lookup: str = "pixel") -> Dict[str, Dict[str, Any]]:
+             centroid_convention: str = "index", keypoint_lookup: str = "pixel",
+             info: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
     """Evaluate ``predict`` on ``dataset``; returns ``{name: {value, protocol, variant, version,
-    count}}`` for every requested (or, when ``protocols`` is empty, every applicable) protocol.
+    count, skipped_images}}`` for every requested (or, when ``protocols`` is empty, every
+    applicable) protocol. ``info`` (a dict, optional) receives ``skipped_files`` (the images of the
+    split that were skipped as missing or undecodable) and ``num_images`` (those evaluated).
     ``centroid_convention`` (``eval.centroid_convention``): the cell positions of the regression
     protocols' centroids (``metrics.keypoints.CENTROID_CONVENTIONS``; ``index`` = PDiscoFormer);
     recorded with each regression result. ``keypoint_lookup`` (``eval.keypoint_lookup``): how the
@@ -180,9 +215,7 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
     if max_images is not None and max_images < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(max_images))
     base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
-    first = dataset[0]
-    if first is None:
-        raise ValueError("the first evaluation image failed to decode")
+    first = first_sample(dataset)
     regression = getattr(base, "regression_protocol", None)
     wanted = list(protocols) if protocols else applicable_protocols(
         first, resize, regression, regressor_dataset is not None)
@@ -201,11 +234,11 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
             if f"kp_nmi_{variant}" in wanted or f"kp_ari_{variant}" in wanted:
                 kp_metrics[variant] = C.KeypointClustering(K, P, variant, lookup=keypoint_lookup)
     if any(p.startswith("px_") for p in wanted):
-        Cn = _num_part_classes(base)
+        Cn = num_part_classes(base)
         for variant in ("with_bg", "fg_only"):
             if f"px_nmi_{variant}" in wanted or f"px_ari_{variant}" in wanted:
                 px_metrics[variant] = C.PixelClustering(K, Cn, variant)
-    hungarian = SEG.HungarianPartIoU(K, _num_part_classes(base)) \
+    hungarian = SEG.HungarianPartIoU(K, num_part_classes(base)) \
         if "part_miou_hungarian" in wanted else None
     fg_iou = SEG.ForegroundIoU() if "fg_iou" in wanted else None
 
@@ -216,13 +249,15 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
 
     skipped = 0
     n_images = 0
+    seen: List[np.ndarray] = []
     need_pass = kp_metrics or px_metrics or hungarian or fg_iou or test_rows
     if need_pass:
-        for batch, maps in _iterate(predict, dataset, batch_size, num_workers, progress):
+        for batch, maps in iterate_predictions(predict, dataset, batch_size, num_workers, progress):
             skipped += int(batch["num_skipped"])
             if maps is None:
                 continue
             n_images += maps.shape[0]
+            seen.append(batch["index"].numpy())
             size = tuple(batch["image"].shape[-2:])
             for m in kp_metrics.values():
                 m.update(maps, batch["keypoints"], batch["keypoints_visible"], size)
@@ -280,7 +315,42 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
     skipped_t = D.all_reduce_sum(torch.tensor([skipped, n_images]))
     for r in results.values():
         r["skipped_images"] = int(skipped_t[0])
+    if info is not None:
+        info["num_images"] = int(skipped_t[1])
+        info["skipped_files"] = skipped_files(dataset, seen) if need_pass and skipped_t[0] else []
     return results
+
+
+def per_image_metrics(maps: torch.Tensor, batch: Dict[str, Any], num_parts: int,
+                      num_classes: Optional[int] = None) -> List[Dict[str, float]]:
+    """Metrics of each image of a batch on its own (for inspection, e.g. a W&B table; the split's
+    numbers are the pooled ones of :func:`evaluate`). ``maps [B, K+1, h, w]``; the batch's
+    annotations decide which apply: ``kp_nmi_with_bg`` (keypoints), ``px_nmi_with_bg`` and
+    ``part_miou_hungarian`` (part masks; ``num_classes`` C needed), ``fg_iou`` (fg masks)."""
+    size = tuple(batch["image"].shape[-2:])
+    rows = []
+    for i in range(maps.shape[0]):
+        m = maps[i:i + 1].float()
+        row: Dict[str, float] = {}
+        if "keypoints" in batch:
+            vis = batch["keypoints_visible"][i:i + 1]
+            kp = C.KeypointClustering(num_parts, vis.shape[1], "with_bg")
+            kp.update(m, batch["keypoints"][i:i + 1], vis, size)
+            row["kp_nmi_with_bg"] = kp.compute()["nmi"]
+            row["visible_keypoints"] = int(vis.sum())
+        if "part_mask" in batch and num_classes:
+            gt = batch["part_mask"][i:i + 1]
+            px = C.PixelClustering(num_parts, num_classes, "with_bg")
+            row["px_nmi_with_bg"] = px.update(m, gt).compute()["nmi"]
+            hung = SEG.HungarianPartIoU(num_parts, num_classes)
+            hung.update(m, gt)
+            row["part_miou_hungarian"] = float(hung.compute()["miou"])
+        if "fg_mask" in batch:
+            fg = SEG.ForegroundIoU()
+            fg.update(m, batch["fg_mask"][i:i + 1])
+            row["fg_iou"] = fg.compute()["fg_iou"]
+        rows.append(row)
+    return rows
 
 
 def format_table(columns: Dict[str, Dict[str, Dict[str, Any]]], title: str = "") -> str:
@@ -309,7 +379,7 @@ def format_table(columns: Dict[str, Dict[str, Dict[str, Any]]], title: str = "")
 
 
 def write_json(path: str, payload: Dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    """Write ``payload`` as indented JSON, atomically."""
+    from partformer.fileio import atomic_open
+    with atomic_open(path, "w") as f:
         json.dump(payload, f, indent=2, sort_keys=False)
-    os.replace(tmp, path)

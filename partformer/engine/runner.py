@@ -30,9 +30,19 @@ def model_predictor(model: torch.nn.Module, device: torch.device,
     return predict
 
 
-def config_from_checkpoint(path: str, overrides=None) -> cfglib.Config:
-    """The resolved config stored in one of our checkpoints (plus command-line overrides)."""
-    ckpt = load_checkpoint(path)
+def config_from_checkpoint(path: str, overrides=None, resolve_data_root: bool = False,
+                           ckpt: Optional[Dict[str, Any]] = None) -> cfglib.Config:
+    """The resolved config stored in one of our checkpoints (plus command-line overrides).
+
+    ``resolve_data_root`` (tools that read the dataset): a relative ``data.root`` that the command
+    line does not override is resolved where the training ran (the absolute root the trainer
+    records in the checkpoint). When that folder does not exist here, a
+    :class:`~partformer.config.ConfigError` asks for ``data.root=``, so that no tool reads, or
+    generates, a dataset in the wrong place. A checkpoint without the record (older ones,
+    converted ones) uses the folder relative to the current directory only if it exists.
+    ``ckpt``: the already loaded checkpoint, if any.
+    """
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     if "config" not in ckpt:
         raise CheckpointError(f"{path} carries no config; pass --config with the training config")
     import yaml
@@ -40,6 +50,8 @@ def config_from_checkpoint(path: str, overrides=None) -> cfglib.Config:
     _pin_half_resample(tree, ckpt, path)
     origins = {k: f"the config stored in {path}" for k in cfglib._dotted_keys(tree)}
     cfglib.apply_overrides(tree, overrides, origins)
+    if resolve_data_root and origins.get("data.root") != "command line":
+        _resolve_stored_root(tree, origins, ckpt, path)
     return cfglib.from_dict(tree, origins)
 
 
@@ -61,15 +73,56 @@ def _pin_half_resample(tree: Dict[str, Any], ckpt: Dict[str, Any], path: str) ->
                       "runs is nearest, as the authors' code; docs/differences.md)", stacklevel=3)
 
 
+def _resolve_stored_root(tree: Dict[str, Any], origins: Dict[str, str], ckpt: Dict[str, Any],
+                         path: str) -> None:
+    data = tree.setdefault("data", {})
+    root = data.get("root", cfglib.DataConfig().root)
+    if not isinstance(root, str) or os.path.isabs(os.path.expanduser(root)):
+        return
+    recorded = ckpt.get("data_root")
+    if recorded and os.path.isdir(recorded):
+        data["root"] = recorded
+        origins["data.root"] = f"{path} (relative root resolved where training ran)"
+        return
+    if not recorded and os.path.isdir(root):
+        import warnings
+        warnings.warn(f"{path} does not record where it was trained; its relative data.root "
+                      f"{root!r} is read from the current directory ({os.path.abspath(root)})",
+                      stacklevel=3)
+        data["root"] = os.path.abspath(root)
+        return
+    where = (f"where the training ran it was {recorded}, which does not exist here"
+             if recorded else "the checkpoint does not record where the training ran")
+    raise cfglib.ConfigError(
+        f"{path} stores the relative data.root {root!r} and {where}. Pass the dataset folder on "
+        f"the command line: data.root=/path/to/{os.path.basename(root.rstrip('/')) or 'dataset'} "
+        "(it is not guessed from the current directory, so that no dataset is read from, or "
+        "generated into, the wrong place)")
+
+
 def load_model(cfg, checkpoint: str, device: torch.device) -> torch.nn.Module:
-    from partformer.models import build_model
-    model = build_model(cfg.model, image_size=cfg.data.image_size)
+    """Build ``cfg.model`` and load the weights of ``checkpoint`` strictly (eval mode)."""
     ckpt = load_checkpoint(checkpoint)
     state = ckpt.get("model", ckpt.get("state_dict"))
     if state is None:
         raise CheckpointError(f"{checkpoint} has neither `model` nor `state_dict`; the authors' "
-                              "files must be converted first with tools/convert_official.py")
-    load_state_dict_strict(model, state, source=checkpoint)
+                              "files must be converted first with tools/convert_official.py (or "
+                              "loaded with partformer.load, which converts them on the fly)")
+    return model_from_state(cfg, state, checkpoint, device)
+
+
+def model_from_state(cfg, state: Dict[str, torch.Tensor], source: str,
+                     device: torch.device) -> torch.nn.Module:
+    """``build_model(cfg.model)`` with ``state`` loaded strictly, on ``device``, in eval mode."""
+    import dataclasses
+
+    from partformer.models import build_model
+
+    # every weight comes from `state`: building must not fetch (or need) pretrained encoder weights
+    encoder = dataclasses.replace(cfg.model.encoder, pretrained=False, weights=None)
+    model = build_model(dataclasses.replace(cfg.model, encoder=encoder),
+                        image_size=cfg.data.image_size)
+    load_state_dict_strict(model, state, source=source)
     return model.to(device).eval()
 
 
@@ -105,6 +158,7 @@ def evaluate_methods(cfg, predictors: Dict[str, Any], split: Optional[str] = Non
     regressor = build_dataset(cfg.data, reg_split, skip_bad_images=skip) if reg_split else None
     results = {}
     timings = {}
+    info: Dict[str, Any] = {}
     for name, predict in predictors.items():
         t0 = time.time()
         results[name] = evaluate(predict, dataset, cfg.model.num_parts, resize=cfg.data.resize,
@@ -112,7 +166,7 @@ def evaluate_methods(cfg, predictors: Dict[str, Any], split: Optional[str] = Non
                                  batch_size=cfg.eval.batch_size, num_workers=cfg.eval.num_workers,
                                  progress=progress, max_images=cfg.eval.max_images,
                                  centroid_convention=cfg.eval.centroid_convention,
-                                 keypoint_lookup=cfg.eval.keypoint_lookup)
+                                 keypoint_lookup=cfg.eval.keypoint_lookup, info=info)
         timings[name] = time.time() - t0
     num_images = len(dataset)
     if cfg.eval.max_images is not None:
@@ -128,6 +182,7 @@ def evaluate_methods(cfg, predictors: Dict[str, Any], split: Optional[str] = Non
                        "num_parts": cfg.model.num_parts,
                        "image_size": cfg.data.image_size, "resize": cfg.data.resize,
                        "regressor_split": reg_split, "protocol_version": PROTOCOL_VERSION,
+                       "skipped_files": info.get("skipped_files", []),
                        "eval_seconds": timings, "results": results, **(extra or {})}
             write_json(os.path.join(out_dir, f"results_{split}.json"), payload)
     return results

@@ -26,8 +26,10 @@ from partformer.data.collate import collate
 from partformer.engine import distributed as D
 from partformer.engine.checkpoint import (CheckpointError, all_finite, atomic_torch_save,
                                           load_checkpoint, load_state_dict_strict)
-from partformer.engine.evaluator import evaluate
-from partformer.engine.logger import ExperimentLogger
+from partformer.engine.evaluator import (FIXED_SIZE_RESIZES, applicable_protocols, evaluate,
+                                         first_sample, num_part_classes, per_image_metrics)
+from partformer.engine.logger import EXIT_OK, ExperimentLogger
+from partformer.engine.runner import model_predictor
 from partformer.losses import PartFormerCriterion
 from partformer.models import build_model
 
@@ -36,6 +38,18 @@ CHECKPOINT_FORMAT = 1
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during :meth:`Trainer.fit`: ``last.pt`` was saved at ``step`` (``path``)."""
+
+    def __init__(self, step: int, path: Optional[str]):
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.path = step, path
+
+
+# at most this many skipped file names are kept in checkpoints and the run summary (all are counted)
+MAX_SKIPPED_NAMES = 100
 
 
 def seed_everything(seed: int) -> None:
@@ -50,7 +64,8 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
         return torch.bfloat16 if device.type == "cuda" else None
     table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in table:
-        raise ValueError(f"train.precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+        raise cfglib.ConfigError(f"train.precision must be one of {list(cfglib.PRECISIONS)}, got "
+                                 f"{precision!r}")
     return table[precision]
 
 
@@ -71,8 +86,8 @@ def lr_lambda_factory(sched, steps_per_epoch: int, total_steps: int):
             return sched.min_lr + (1 - sched.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
         if sched.name == "constant":
             return 1.0
-        raise ValueError(f"train.scheduler.name must be multistep, cosine or constant, "
-                         f"got {sched.name!r}")
+        raise cfglib.ConfigError(f"train.scheduler.name must be one of "
+                                 f"{list(cfglib.SCHEDULERS)}, got {sched.name!r}")
 
     return fn
 
@@ -104,9 +119,11 @@ class Trainer:
         # ----- data
         self.train_set = build_dataset(cfg.data, cfg.data.train_split)
         if len(self.train_set) < cfg.train.batch_size * self.world:
-            raise ValueError(f"the {cfg.data.train_split} split has {len(self.train_set)} images, "
-                             f"fewer than one batch ({cfg.train.batch_size} x {self.world} ranks)")
+            raise cfglib.ConfigError(
+                f"the {cfg.data.train_split} split has {len(self.train_set)} images, fewer than "
+                f"one batch ({cfg.train.batch_size} x {self.world} ranks); lower train.batch_size")
         self.val_set = build_dataset(cfg.data, cfg.data.val_split) if cfg.data.val_split else None
+        self._check_select_metric()
         self.sampler = D.TrainSampler(len(self.train_set), seed=cfg.experiment.seed)
         self.loader = DataLoader(self.train_set, batch_size=cfg.train.batch_size,
                                  sampler=self.sampler, num_workers=cfg.data.num_workers,
@@ -115,8 +132,8 @@ class Trainer:
                                  persistent_workers=False)
         micro = len(self.sampler) // cfg.train.batch_size
         if micro < cfg.train.grad_accum:
-            raise ValueError(f"train.grad_accum={cfg.train.grad_accum} is more than the "
-                             f"{micro} micro-batches of one epoch")
+            raise cfglib.ConfigError(f"train.grad_accum={cfg.train.grad_accum} is more than the "
+                                     f"{micro} micro-batches of one epoch; lower it")
         self.steps_per_epoch = micro // cfg.train.grad_accum
         # an incomplete accumulation group at the end of an epoch is dropped (as drop_last drops
         # an incomplete batch): its gradients would otherwise leak into the next epoch's first step
@@ -150,15 +167,35 @@ class Trainer:
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
         self.skipped_images = 0
+        self.skipped_files: list = []
         self.wandb_id = None
+        self._metrics_rows: Optional[int] = None
         if resume:
             self.load_resume(resume)
+        self._mark_boundary()
         if D.is_main_process():
             os.makedirs(self.run_dir, exist_ok=True)
             cfglib.save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
         self.logger = ExperimentLogger(self.run_dir, cfg.logging.wandb, cfglib.to_dict(cfg),
-                                       os.path.basename(self.run_dir), resume_id=self.wandb_id)
+                                       os.path.basename(self.run_dir), resume_id=self.wandb_id,
+                                       keep_rows=self._metrics_rows)
         self.viz_batch = self._fixed_val_batch()
+
+    def _check_select_metric(self) -> None:
+        """Fail before training, not at the first validation, when ``train.select_metric`` is not
+        computed on the validation split."""
+        if self.val_set is None:
+            return
+        cfg = self.cfg
+        available = applicable_protocols(first_sample(self.val_set), cfg.data.resize,
+                                         getattr(self.val_set, "regression_protocol", None),
+                                         has_regressor_split=False)
+        if cfg.train.select_metric not in available:
+            raise cfglib.ConfigError(
+                f"train.select_metric={cfg.train.select_metric!r} is not computed on the "
+                f"{cfg.data.val_split} split of {cfg.data.name} (validation runs no regression "
+                f"protocol); choose one of {available}, e.g. "
+                f"train.select_metric={available[0] if available else '...'}")
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
@@ -171,11 +208,16 @@ class Trainer:
             "epoch": self.epoch, "step": self.step, "micro_in_epoch": self.micro_in_epoch,
             "best_value": self.best_value, "best_epoch": self.best_epoch,
             "nonfinite_total": self.nonfinite_total, "skipped_images": self.skipped_images,
+            "skipped_files": list(self.skipped_files),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "numpy": _numpy_state(), "python": _python_state()},
             "config": cfglib.to_yaml(self.cfg),
+            # where a relative data.root pointed when training ran (tools resolve it with this)
+            "data_root": os.path.abspath(self.cfg.data.root), "cwd": os.getcwd(),
             "wandb_id": getattr(self.logger, "wandb_id", None) if hasattr(self, "logger") else None,
+            # metrics.jsonl rows written so far: a resumed run drops the rows after them
+            "metrics_rows": self.logger.rows if hasattr(self, "logger") else 0,
         }
 
     def save(self, name: str) -> Optional[str]:
@@ -208,6 +250,8 @@ class Trainer:
         self.best_value, self.best_epoch = float(ckpt["best_value"]), int(ckpt["best_epoch"])
         self.nonfinite_total = int(ckpt.get("nonfinite_total", 0))
         self.skipped_images = int(ckpt.get("skipped_images", 0))
+        self.skipped_files = list(ckpt.get("skipped_files", []))
+        self._metrics_rows = ckpt.get("metrics_rows")
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])
         if torch.cuda.is_available() and rng.get("cuda"):
@@ -238,6 +282,47 @@ class Trainer:
         return self.criterion(out)
 
     def fit(self) -> Dict[str, Any]:
+        """Train until ``train.max_steps`` / ``train.epochs``; returns the run summary.
+
+        Ctrl-C (``KeyboardInterrupt``) saves ``last.pt`` at the last completed optimiser step
+        (a half-accumulated step is discarded, its BatchNorm statistics restored) and raises
+        :class:`TrainingInterrupted`; ``--resume`` continues from there.
+        """
+        try:
+            return self._fit()
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(self.step, self._save_interrupted()) from None
+
+    def _mark_boundary(self) -> None:
+        """Remember the state at an optimiser-step boundary (what an interrupt rolls back to)."""
+        self._boundary = (self.epoch, self.micro_in_epoch, self.skipped_images,
+                          len(self.skipped_files))
+        self._group_buffers = None
+
+    def _save_interrupted(self) -> Optional[str]:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._group_buffers is not None:  # forward passes of an unfinished step changed them
+            with torch.no_grad():
+                for b, saved in zip(self.model.buffers(), self._group_buffers):
+                    b.copy_(saved)
+        self.epoch, self.micro_in_epoch, self.skipped_images, n = self._boundary
+        del self.skipped_files[n:]
+        try:
+            return self.save("last")
+        except NonFiniteLossError:  # the previous last.pt is kept
+            return None
+
+    def _skipped_names(self, epoch_indices, micro: int, batch) -> None:
+        """Name the images dropped from micro-batch ``micro`` of this epoch (their sampler indices
+        minus the indices that came back)."""
+        bs = self.cfg.train.batch_size
+        kept = set(batch["index"].tolist()) if "index" in batch else set()
+        name = getattr(self.train_set, "image_path", None)
+        for i in epoch_indices[micro * bs:(micro + 1) * bs]:
+            if i not in kept and len(self.skipped_files) < MAX_SKIPPED_NAMES:
+                self.skipped_files.append(name(i) if name is not None else f"index {i}")
+
+    def _fit(self) -> Dict[str, Any]:
         cfg = self.cfg
         t0 = time.time()
         show = cfg.logging.progress and D.is_main_process() and sys.stderr.isatty()
@@ -247,6 +332,8 @@ class Trainer:
                 self.total_steps / self.steps_per_epoch)):
             self.model.train()
             self.sampler.set_epoch(self.epoch, skip=self.micro_in_epoch * cfg.train.batch_size)
+            epoch_indices = list(self.sampler)
+            self._mark_boundary()
             bar = None
             if show:
                 from tqdm import tqdm
@@ -254,14 +341,16 @@ class Trainer:
                            desc=f"epoch {self.epoch}", dynamic_ncols=True, leave=False)
             bad_in_accum = False
             running: Dict[str, float] = {}
-            for batch in self.loader:
+            for j, batch in enumerate(self.loader):
                 if self.micro_in_epoch >= self.micro_per_epoch:
                     break
                 if self.micro_in_epoch % accum == 0:
                     # buffers (BatchNorm running statistics) change in the forward pass; a
-                    # skipped step restores them, so a non-finite batch leaves no trace
-                    group_buffers = [b.detach().clone() for b in self.model.buffers()]
-                self.skipped_images += int(batch["num_skipped"])
+                    # skipped (or interrupted) step restores them, so it leaves no trace
+                    self._group_buffers = [b.detach().clone() for b in self.model.buffers()]
+                if int(batch["num_skipped"]):
+                    self.skipped_images += int(batch["num_skipped"])
+                    self._skipped_names(epoch_indices, j, batch)
                 micro_index = self.epoch * self.micro_per_epoch + self.micro_in_epoch
                 self.micro_in_epoch += 1
                 if bar is not None:
@@ -290,11 +379,12 @@ class Trainer:
                 if bad_in_accum:
                     self.optimizer.zero_grad(set_to_none=True)
                     with torch.no_grad():
-                        for b, saved in zip(self.model.buffers(), group_buffers):
+                        for b, saved in zip(self.model.buffers(), self._group_buffers):
                             b.copy_(saved)
                     self.nonfinite_streak += 1
                     self.nonfinite_total += 1
                     bad_in_accum = False
+                    self._mark_boundary()
                     msg = (f"non-finite loss at step {self.step} (epoch {self.epoch}); step skipped "
                            f"({self.nonfinite_streak} in a row, limit {cfg.train.max_nonfinite})")
                     if D.is_main_process():
@@ -315,6 +405,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
                 self.step += 1
+                self._mark_boundary()
                 if self.step % cfg.train.log_every == 0 or self.step == 1:
                     n = running.pop("_n")
                     scal = {f"train/{k}": v / n for k, v in running.items()}
@@ -334,6 +425,7 @@ class Trainer:
             if epoch_finished:
                 self.epoch += 1
                 self.micro_in_epoch = 0
+            self._mark_boundary()
             if self.val_set is not None and (
                     done or (epoch_finished and self.epoch % cfg.train.val_every == 0)):
                 self.validate()
@@ -344,44 +436,36 @@ class Trainer:
                    "best_epoch": self.best_epoch, "best_value": self.best_value,
                    "select_metric": cfg.train.select_metric,
                    "nonfinite_skipped": self.nonfinite_total,
-                   "skipped_images": self.skipped_images}
-        self.logger.summary(summary)
+                   "skipped_images": self.skipped_images,
+                   "skipped_files": list(self.skipped_files)}
+        self.logger.summary({k: v for k, v in summary.items() if k != "skipped_files"})
+        self._log_model_artifact()
         return summary
 
+    def _log_model_artifact(self) -> None:
+        """``best.pt`` (else ``last.pt``) as a W&B model artifact."""
+        for name in ("best", "last"):
+            path = os.path.join(self.run_dir, f"{name}.pt")
+            if os.path.isfile(path):
+                self.logger.log_artifact(path, f"{os.path.basename(self.run_dir)}-{name}",
+                                         metadata={"step": self.step, "checkpoint": f"{name}.pt",
+                                                   "select_metric": self.cfg.train.select_metric,
+                                                   "best_value": self.best_value})
+                return
+
     # ------------------------------------------------------------------ validation
-    def predictor(self):
-        model = self.model
-
-        def predict(batch):
-            images = batch["image"].to(self.device)
-            with self._autocast():
-                return model.predict(images)
-        return predict
-
     @torch.no_grad()
     def validate(self) -> Dict[str, Any]:
         cfg = self.cfg
-        self.model.eval()
-        res = evaluate(self.predictor(), self.val_set, cfg.model.num_parts, resize=cfg.data.resize,
+        res = evaluate(model_predictor(self.model, self.device, self.amp_dtype), self.val_set,
+                       cfg.model.num_parts, resize=cfg.data.resize,
                        batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers)
         self.model.train()
         scal = {f"val/{k}": v["value"] for k, v in res.items()}
         self.logger.log(scal, self.step)
         if self.viz_batch is not None and D.is_main_process():
-            from partformer import viz
-            self.model.eval()
-            maps = self.model.predict(self.viz_batch["image"].to(self.device)).float().cpu()
-            self.model.train()
-            grid = viz.mask_grid(self.viz_batch["image"], maps, self.viz_batch.get("part_mask"),
-                                 max_items=cfg.logging.wandb.num_images)
-            os.makedirs(os.path.join(self.run_dir, "masks"), exist_ok=True)
-            viz.save_png(os.path.join(self.run_dir, "masks", f"val_step{self.step:07d}.png"), grid)
-            self.logger.log_image("val/part_masks", grid, self.step,
-                                  caption="image | parts overlay | parts | GT parts")
+            self._log_val_masks()
         metric = cfg.train.select_metric
-        if metric not in res:
-            raise KeyError(f"train.select_metric={metric!r} is not computed on this dataset; "
-                           f"available: {sorted(res)}")
         value = res[metric]["value"]
         if D.is_main_process() and self.verbose:
             print(f"[val] epoch {self.epoch} step {self.step}: " + ", ".join(
@@ -391,18 +475,46 @@ class Trainer:
             self.save("best")
         return res
 
+    def _log_val_masks(self) -> None:
+        """The fixed validation images: a mask-grid PNG in ``masks/`` and, in W&B, segmentation
+        overlays (prediction and GT part masks, class labels) with a table of per-image metrics."""
+        from partformer import viz
+        cfg, batch = self.cfg, self.viz_batch
+        maps = model_predictor(self.model, self.device, self.amp_dtype)(batch).float().cpu()
+        self.model.train()
+        maps = viz.maps_to_size(maps, tuple(batch["image"].shape[-2:]))
+        grid = viz.mask_grid(batch["image"], maps, batch.get("part_mask"),
+                             max_items=cfg.logging.wandb.num_images)
+        viz.save_png(os.path.join(self.run_dir, "masks", f"val_step{self.step:07d}.png"), grid)
+        K = cfg.model.num_parts
+        images = viz.to_uint8_images(batch["image"])
+        if "keypoints" in batch:  # GT keypoints with their identity
+            images = [viz.draw_keypoints(im, kp.numpy(), vis.numpy()) for im, kp, vis in
+                      zip(images, batch["keypoints"], batch["keypoints_visible"])]
+        gt = list(batch["part_mask"].numpy()) if "part_mask" in batch else None
+        ncls = num_part_classes(self.val_set) if gt is not None else None
+        self.logger.log_masks("val/masks", images, list(maps.argmax(1).numpy()), K, self.step,
+                              ground_truth=gt, gt_names=getattr(self.val_set, "part_names", None),
+                              rows=per_image_metrics(maps, batch, K, ncls),
+                              ids=[self._image_name(int(i)) for i in batch["index"]])
+
+    def _image_name(self, index: int) -> str:
+        name = getattr(self.val_set, "image_path", None)
+        return os.path.basename(name(index)) if name is not None else f"index {index}"
+
     def _fixed_val_batch(self):
         if self.val_set is None or not D.is_main_process():
             return None
         n = min(self.cfg.logging.wandb.num_images, len(self.val_set))
         samples = [self.val_set[i] for i in range(n)]
         samples = [s for s in samples if s is not None]
-        if not samples or self.cfg.data.resize not in ("whole", "shorter_center_crop"):
+        if not samples or self.cfg.data.resize not in FIXED_SIZE_RESIZES:
             return None
         return collate(samples)
 
-    def close(self) -> None:
-        self.logger.close()
+    def close(self, exit_code: int = EXIT_OK) -> None:
+        """Finish logging; ``exit_code`` is recorded in W&B (1 failed, 130 interrupted)."""
+        self.logger.close(exit_code)
 
 
 def _numpy_state():

@@ -35,7 +35,7 @@ from partformer.pretrain.dino import (DenseDinoLoss, DinoLoss, ProjectionHead, c
 
 __all__ = ["PretrainNet", "Pretrainer", "OBJECTIVES", "export_encoder"]
 
-OBJECTIVES = ("dino", "dino_dense")
+OBJECTIVES = cfglib.PRETRAIN_OBJECTIVES
 CHECKPOINT_FORMAT = "partformer-pretrain-1"
 ENCODER_FORMAT = "partformer-encoder-1"
 
@@ -75,12 +75,6 @@ class Pretrainer:
     def __init__(self, cfg, run_dir: Optional[str] = None, resume: Optional[str] = None,
                  verbose: bool = True):
         p = cfg.pretrain
-        if p.objective not in OBJECTIVES:
-            raise cfglib.ConfigError(f"pretrain.objective must be one of {OBJECTIVES}, "
-                                     f"got {p.objective!r}")
-        if p.global_crops < 2:
-            raise cfglib.ConfigError("pretrain.global_crops must be >= 2 (DINO compares each "
-                                     f"global crop with another), got {p.global_crops}")
         self.cfg, self.verbose = cfg, verbose
         self.device = D.init_distributed(cfg.train.device)
         self.rank, self.world = D.get_rank(), D.get_world_size()
@@ -356,8 +350,8 @@ class Pretrainer:
             self.best_value, self.best_step = float(value), self.step
             self.save("best")
 
-    def close(self) -> None:
-        self.logger.close()
+    def close(self, exit_code: int = 0) -> None:
+        self.logger.close(exit_code)
 
 
 # ---------------------------------------------------------------------------------------- export

@@ -1,0 +1,150 @@
+"""What a run writes to Weights & Biases (issue 9), read back from the OFFLINE run directory:
+segmentation masks with class labels on the fixed validation images, the per-image metric table,
+the final test results (summary and table), best.pt as an artifact, the exit status of finished,
+failed and interrupted runs, and `tools/eval.py --wandb`."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from partformer import config as cfglib
+from partformer.cli import eval_main, train_main
+from partformer.data import build_dataset
+from partformer.engine.runner import load_model, model_predictor
+from partformer import viz
+
+from tests.tiny import shared_root, tiny_yaml
+from tests.wandb_offline import read_run
+
+
+@pytest.fixture
+def wandb_offline(monkeypatch, tmp_path):
+    """W&B offline, every W&B folder in the test's tmp dir."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
+                     ("WANDB_CONFIG_DIR", "config"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home" / sub))
+
+
+def finished_run(parent: str, timeout: float = 60.0):
+    """The offline run once W&B has written its exit record (the file is finalised by W&B's
+    service process shortly after ``finish()`` returns)."""
+    deadline = time.time() + timeout
+    while True:
+        run = read_run(parent)
+        if run["exit_code"] is not None or time.time() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return shared_root(tmp_path_factory)
+
+
+def test_training_run_logs_masks_tables_results_and_artifact(root, tmp_path, wandb_offline):
+    run_dir = str(tmp_path / "run")
+    assert train_main(["--config", tiny_yaml(root), "--run-dir", run_dir, "train.max_steps=2",
+                       "logging.wandb.num_images=3", "--no-baselines"]) == 0
+    run = finished_run(run_dir)
+    assert run["exit_code"] == 0 and run["run"].job_type == "train"
+    K = 4
+    # segmentation overlays: prediction + ground truth, with class labels
+    labels = run["config"]["_wandb"]["mask/class_labels"]
+    pred = labels["val/masks_wandb_delimeter_prediction"]["value"]
+    gt = labels["val/masks_wandb_delimeter_ground_truth"]["value"]
+    assert pred == {**{str(k): f"part {k}" for k in range(K)}, str(K): "background"}
+    assert gt == {"0": "background", "1": "head", "2": "body", "3": "wing", "4": "tail",
+                  "5": "leg"}
+    rows = [h for h in run["history"] if "val/masks/_type" in h]
+    assert len(rows) == 1 and rows[0]["val/masks/_type"] == "images/separated"
+    assert rows[0]["val/masks/count"] == 3 and rows[0]["_step"] == 2
+    masks = rows[0]["val/masks/all_masks"]
+    # the logged prediction of the first validation image is the selected model's argmax and its
+    # ground truth the dataset's part mask
+    cfg = cfglib.load_config(os.path.join(run_dir, "config.yaml"))
+    val = build_dataset(cfg.data, "val")
+    model = load_model(cfg, os.path.join(run_dir, "best.pt"), torch.device("cpu"))
+    batch = {k: v[None] for k, v in val[0].items() if torch.is_tensor(v)}
+    maps = viz.maps_to_size(model_predictor(model, torch.device("cpu"))(batch), (32, 32))
+    logged = cv2.imread(os.path.join(run["dir"], "files", masks[0]["prediction"]["path"]),
+                        cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(logged, maps.argmax(1)[0].numpy())
+    logged_gt = cv2.imread(os.path.join(run["dir"], "files", masks[0]["ground_truth"]["path"]),
+                           cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(logged_gt, val[0]["part_mask"].numpy())
+    # the per-image metric table, next to the images
+    table = rows[0]
+    assert table["val/masks_table/_type"] == "table-file" and table["val/masks_table/nrows"] == 3
+    preview = json.load(open(os.path.join(run["dir"], "files", table["val/masks_table/path"])))
+    assert preview["columns"] == ["id", "image", "fg_iou", "kp_nmi_with_bg",
+                                  "part_miou_hungarian", "px_nmi_with_bg", "visible_keypoints"]
+    assert [r[0] for r in preview["data"]] == rows[0]["val/masks/captions"]
+    # final test results: summary values equal results_test.json, plus a table
+    results = json.load(open(os.path.join(run_dir, "results_test.json")))["results"]
+    for name, r in results["partformer"].items():
+        assert run["summary"][f"test/partformer/{name}"] == pytest.approx(r["value"])
+    assert run["summary"]["test/results/_type"] == "table-file"
+    assert run["summary"]["test/results/nrows"] == len(results["partformer"])
+    # training summary and best.pt as a model artifact
+    assert run["summary"]["steps"] == 2 and run["summary"]["skipped_images"] == 0
+    models = [a for a in run["artifacts"] if a.type == "model"]
+    assert len(models) == 1 and models[0].name == "run-best"
+    assert [c.path for c in models[0].manifest.contents] == ["best.pt"]
+    assert json.loads(models[0].metadata)["checkpoint"] == "best.pt"
+    tables = {a.name.split("-", 2)[-1].rsplit("-", 1)[0] for a in run["artifacts"]
+              if a.type == "run_table"}
+    assert tables == {"valmasks_table", "testresults"}
+
+
+def test_failed_and_interrupted_runs_are_not_recorded_as_finished(root, tmp_path, wandb_offline,
+                                                                  monkeypatch, capsys):
+    from partformer.engine.trainer import Trainer
+
+    def boom(self, images, micro_index):
+        raise RuntimeError("a bug in the training step")
+
+    monkeypatch.setattr(Trainer, "train_step_losses", boom)
+    failed = str(tmp_path / "failed")
+    with pytest.raises(RuntimeError, match="a bug"):   # not an expected error: traceback
+        train_main(["--config", tiny_yaml(root), "--run-dir", failed, "train.max_steps=2",
+                    "--no-test"])
+    assert finished_run(failed)["exit_code"] == 1
+
+    def interrupt(self, images, micro_index):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_step_losses", interrupt)
+    stopped = str(tmp_path / "stopped")
+    assert train_main(["--config", tiny_yaml(root), "--run-dir", stopped, "train.max_steps=2",
+                       "--no-test"]) == 130
+    assert finished_run(stopped)["exit_code"] == 130
+    assert "interrupted at step 0" in capsys.readouterr().err
+
+
+def test_eval_wandb_logs_an_evaluation_run(root, tmp_path, wandb_offline, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")   # the training run itself is not looked at
+    run_dir = str(tmp_path / "run")
+    assert train_main(["--config", tiny_yaml(root), "--run-dir", run_dir, "train.max_steps=1",
+                       "--no-test"]) == 0
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = str(tmp_path / "eval")
+    assert eval_main(["--checkpoint", os.path.join(run_dir, "best.pt"), "--out", out, "--wandb",
+                      "logging.wandb.num_images=2"]) == 0
+    run = finished_run(out)
+    assert run["exit_code"] == 0 and run["run"].job_type == "eval"
+    results = json.load(open(os.path.join(out, "results_test.json")))["results"]["partformer"]
+    for name, r in results.items():
+        assert run["summary"][f"test/partformer/{name}"] == pytest.approx(r["value"])
+    row = [h for h in run["history"] if "test/partformer/masks/_type" in h]
+    assert len(row) == 1 and row[0]["test/partformer/masks/count"] == 2
+    assert row[0]["test/partformer/masks_table/nrows"] == 2
+    assert glob.glob(os.path.join(run["dir"], "files", "media", "images", "mask", "test",
+                                  "partformer", "*.mask.png"))
