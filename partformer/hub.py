@@ -8,6 +8,8 @@ Shipped weights live in the package folder ``partformer/weights/``, listed in it
                                    # carries its config may omit it)
       sha256: <hex digest of file> # checked on every load: a truncated download is an error
       description: one line shown by available_weights()
+      kind: model                  # model (default: partformer.load) | encoder (a feature-map
+                                   # encoder's weights, for model.encoder.weights: <name>)
 
 so ``partformer.load("<name>")`` works offline. Folders named in the ``PARTFORMER_WEIGHTS_PATH``
 environment variable (``os.pathsep``-separated, each with its own ``index.yaml``) are searched
@@ -35,6 +37,9 @@ INDEX_FILE = "index.yaml"
 ENV_PATH = "PARTFORMER_WEIGHTS_PATH"
 
 
+WEIGHT_KINDS = ("model", "encoder")
+
+
 class WeightsError(FileNotFoundError):
     """Weights that cannot be found or verified; the message names the file and the fix."""
 
@@ -47,6 +52,7 @@ class WeightsEntry:
     sha256: Optional[str]
     description: str = ""
     index: str = ""                # the index.yaml that lists it
+    kind: str = "model"            # model | encoder
 
 
 def weights_dirs() -> List[str]:
@@ -72,15 +78,19 @@ def _read_index(folder: str) -> Dict[str, WeightsEntry]:
         if not isinstance(e, dict) or "file" not in e:
             raise WeightsError(f"{path}: entry {name!r} needs at least `file:` (and `config:`, "
                                "`sha256:`)")
-        unknown = sorted(set(e) - {"file", "config", "sha256", "description"})
+        unknown = sorted(set(e) - {"file", "config", "sha256", "description", "kind"})
         if unknown:
             raise WeightsError(f"{path}: entry {name!r} has unknown keys {unknown}; known: file, "
-                               "config, sha256, description")
+                               "config, sha256, description, kind")
+        kind = str(e.get("kind", "model"))
+        if kind not in WEIGHT_KINDS:
+            raise WeightsError(f"{path}: entry {name!r} has kind {kind!r}; known: "
+                               f"{', '.join(WEIGHT_KINDS)}")
         config = e.get("config")
         if config and os.path.isfile(os.path.join(folder, config)):
             config = os.path.join(folder, config)
         out[str(name)] = WeightsEntry(str(name), os.path.join(folder, e["file"]), config,
-                                      e.get("sha256"), str(e.get("description", "")), path)
+                                      e.get("sha256"), str(e.get("description", "")), path, kind)
     return out
 
 
@@ -93,15 +103,15 @@ def available_weights() -> Dict[str, WeightsEntry]:
     return found
 
 
-def resolve_weights(name: str) -> WeightsEntry:
-    """The entry called ``name``, its file present and its SHA-256 as listed."""
-    entries = available_weights()
+def resolve_weights(name: str, kind: str = "model") -> WeightsEntry:
+    """The entry called ``name`` of ``kind``, its file present and its SHA-256 as listed."""
+    entries = {n: e for n, e in available_weights().items() if e.kind == kind}
     if name not in entries:
         import difflib
         close = difflib.get_close_matches(name, list(entries), n=3)
         raise WeightsError(
-            f"no file, run directory or shipped weights called {name!r}. Shipped / registered "
-            f"names: {sorted(entries) or 'none'}" + (f" (did you mean {close[0]!r}?)" if close
+            f"no file, run directory or shipped {kind} weights called {name!r}. Shipped / "
+            f"registered {kind} names: {sorted(entries) or 'none'}" + (f" (did you mean {close[0]!r}?)" if close
                                                       else "")
             + f". Pass a checkpoint path (runs/<run>/best.pt), or add an entry to an index.yaml "
             f"in a folder of ${ENV_PATH} (tools/export_weights.py writes one)")

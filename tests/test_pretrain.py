@@ -279,3 +279,31 @@ def test_pretraining_rejects_bad_settings(root, tmp_path):
         Pretrainer(pretrain_config(root, str(tmp_path / "z"), ["pretrain.extra_synthetic=4",
                                                                "pretrain.extra_seed=0"]),
                    verbose=False)
+
+
+def test_encoder_weights_load_by_registered_name(root, tmp_path, monkeypatch):
+    """``model.encoder.weights: <name>`` finds ``kind: encoder`` entries of a weights index (the
+    shipped encoder is found this way); a model entry of that name is not an encoder, and a
+    changed file fails its sha256 check."""
+    from partformer.fileio import sha256_file
+    from partformer.hub import ENV_PATH
+    src = FeatureMapEncoder("resnet10t", out_indices=[1, 2], **TINY_CNN["kwargs"])
+    from safetensors.torch import save_file
+    save_file(src.model.state_dict(), str(tmp_path / "enc.safetensors"))
+    digest = sha256_file(str(tmp_path / "enc.safetensors"))
+    (tmp_path / "index.yaml").write_text(
+        f"tiny_enc:\n  kind: encoder\n  file: enc.safetensors\n  sha256: {digest}\n"
+        f"tiny_model:\n  file: enc.safetensors\n")
+    monkeypatch.setenv(ENV_PATH, str(tmp_path))
+    enc = FeatureMapEncoder("resnet10t", weights="tiny_enc", out_indices=[1, 2],
+                            **TINY_CNN["kwargs"])
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(enc(x), src.eval()(x))
+    with pytest.raises(FileNotFoundError, match="encoder weights 'tiny_model'"):
+        FeatureMapEncoder("resnet10t", weights="tiny_model", out_indices=[1, 2],
+                          **TINY_CNN["kwargs"])
+    with open(tmp_path / "enc.safetensors", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(FileNotFoundError, match="sha256"):
+        FeatureMapEncoder("resnet10t", weights="tiny_enc", out_indices=[1, 2],
+                          **TINY_CNN["kwargs"])

@@ -46,13 +46,19 @@ _IGNORED_PREFIXES = ("head.", "head_dist.", "pre_logits.", "fc.", "classifier.")
 
 # ------------------------------------------------------------------------------------ weights I/O
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True``).
+    """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True``), or the
+    encoder weights registered under that name (``kind: encoder`` in a weights ``index.yaml``,
+    e.g. the shipped ``synthetic_resnet18_half``; see :mod:`partformer.hub`).
 
     Unwraps the usual containers (``state_dict``, ``model``, ``teacher``) and strips a prefix that
     every key shares (``module.``, ``backbone.``), as in DINO's own checkpoints.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"encoder weights file not found: {path}")
+        from partformer.hub import WeightsError, resolve_weights
+        try:
+            path = resolve_weights(path, kind="encoder").file
+        except WeightsError as e:
+            raise FileNotFoundError(f"encoder weights {path!r}: not a file, and {e}") from None
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
         sd = load_file(path, device="cpu")

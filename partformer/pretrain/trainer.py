@@ -359,7 +359,8 @@ def export_encoder(checkpoint: str, out: str) -> Dict[str, Any]:
     """Write the teacher encoder of a pretraining checkpoint as a ``.safetensors`` file that
     ``model.encoder.weights`` loads (keys of the timm model), with its config and provenance in the
     file's metadata. Returns the metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+    from partformer.fileio import atomic_open
     ckpt = load_checkpoint(checkpoint)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{checkpoint} is not a pretraining checkpoint")
@@ -375,8 +376,6 @@ def export_encoder(checkpoint: str, out: str) -> Dict[str, Any]:
     meta = {"format": ENCODER_FORMAT, "encoder": json.dumps(enc), "step": str(ckpt["step"]),
             "image_size": str(cfg["pretrain"]["global_size"]), "probe": json.dumps(probe),
             "objective": cfg["pretrain"]["objective"], "seed": str(cfg["experiment"]["seed"])}
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    save_file(state, tmp, metadata=meta)
-    os.replace(tmp, out)
+    with atomic_open(out, "wb", fsync=True) as f:
+        f.write(save(state, metadata=meta))
     return meta
