@@ -220,6 +220,9 @@ class PretrainConfig:
     local_scale: List[float] = field(default_factory=lambda: [0.08, 0.35])
     out_dim: int = 1024               # global prototypes
     dense_out_dim: int = 256          # dense (per-cell) prototypes
+    dense_targets: str = "center"     # center (DINO) | sinkhorn (SwAV / Leopart balanced)
+    sinkhorn_eps: float = 0.05
+    sinkhorn_iters: int = 3
     hidden_dim: int = 512             # global head: 3 layers
     dense_hidden_dim: int = 256       # dense head: 2 layers (it runs on every cell)
     bottleneck_dim: int = 128
@@ -460,6 +463,7 @@ CHECKS: Dict[str, Tuple[Callable[[Any], bool], Any]] = {
     "pretrain.checkpoint_every": _at_least(1),
     "pretrain.probe_every": _at_least(0, " (0 disables the probe)"),
     "pretrain.probe_parts": _at_least(1),
+    "pretrain.dense_targets": _one_of(("center", "sinkhorn")),
 }
 
 

@@ -142,6 +142,21 @@ def test_dense_loss_compares_only_corresponding_cells():
     assert got2.item() == pytest.approx(got.item(), rel=1e-6)
 
 
+def test_sinkhorn_balances_prototypes_and_ignores_per_sample_shifts():
+    from partformer.pretrain.dino import sinkhorn
+    torch.manual_seed(0)
+    logits = torch.rand(600, 6) * 2 - 1                      # cosine-similarity range
+    q = sinkhorn(logits, eps=0.05, iters=50)
+    assert torch.allclose(q.sum(1), torch.ones(600), atol=1e-5)       # rows: distributions
+    assert torch.allclose(q.sum(0), torch.full((6,), 100.0), rtol=1e-3)  # columns: N / P each
+    shifted = sinkhorn(logits + torch.randn(600, 1) * 5, eps=0.05, iters=50)
+    assert torch.allclose(q, shifted, atol=1e-5)
+    # a prototype every sample prefers still gets only its share
+    skewed = logits.clone()
+    skewed[:, 0] += 0.5
+    assert sinkhorn(skewed, eps=0.05, iters=50).sum(0)[0] == pytest.approx(100.0, rel=1e-3)
+
+
 def test_projection_head_prototypes_have_unit_norm_and_maps_match_vectors():
     head = ProjectionHead(7, 11, hidden_dim=9, bottleneck_dim=5, num_layers=2)
     w = head.prototypes.weight

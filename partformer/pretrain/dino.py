@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from partformer.engine import distributed as D
 
-__all__ = ["ProjectionHead", "DinoLoss", "DenseDinoLoss", "ema_update", "cosine_schedule"]
+__all__ = ["ProjectionHead", "DinoLoss", "DenseDinoLoss", "DENSE_TARGETS", "sinkhorn",
+           "ema_update", "cosine_schedule"]
 
 
 class ProjectionHead(nn.Module):
@@ -113,6 +114,13 @@ class DinoLoss(_Centred):
 class DenseDinoLoss(_Centred):
     """Dense DINO loss between corresponding feature cells of two crops.
 
+    Teacher targets (``targets``): ``"center"`` -- DINO's centring and sharpening per cell;
+    ``"sinkhorn"`` -- SwAV's / Leopart's balanced assignment: the teacher's cells of the whole
+    batch (both global crops, every rank) are spread evenly over the prototypes by
+    ``sinkhorn_iters`` Sinkhorn-Knopp normalisations of ``exp(logits / sinkhorn_eps)``. With few
+    prototypes and an even spread, a prototype cannot belong to one image: it has to be a
+    concept that recurs across images.
+
     ``forward(student_maps, teacher_maps, grids, valids, teacher_temp)``: for each (student crop,
     teacher global crop) pair, ``student_maps[i] [B, P, h, w]`` logits, the teacher's logits
     ``teacher_maps[j] [B, P, h', w']`` are turned into centred, sharpened probabilities, sampled
@@ -120,13 +128,35 @@ class DenseDinoLoss(_Centred):
     on the cells where ``valids[(i, j)]`` is true; the mean over valid cells, then over pairs.
     """
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 targets: str = "center", sinkhorn_eps: float = 0.05, sinkhorn_iters: int = 3):
         super().__init__(out_dim, center_momentum)
+        if targets not in DENSE_TARGETS:
+            raise ValueError(f"dense targets must be one of {DENSE_TARGETS}, got {targets!r}")
         self.student_temp = student_temp
+        self.targets = targets
+        self.sinkhorn_eps = sinkhorn_eps
+        self.sinkhorn_iters = sinkhorn_iters
+
+    def target_probs(self, teacher_maps: Sequence[torch.Tensor], teacher_temp: float
+                     ) -> List[torch.Tensor]:
+        """Per-cell target distributions ``[B, P, h, w]`` of each teacher map."""
+        if self.targets == "center":
+            return [self.teacher_probs(t.float(), teacher_temp, dim=1).detach()
+                    for t in teacher_maps]
+        flat = torch.cat([t.float().permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+                          for t in teacher_maps])                               # [N, P]
+        q = sinkhorn(flat.detach(), self.sinkhorn_eps, self.sinkhorn_iters)
+        out, start = [], 0
+        for t in teacher_maps:
+            B, P, h, w = t.shape
+            out.append(q[start:start + B * h * w].view(B, h, w, P).permute(0, 3, 1, 2))
+            start += B * h * w
+        return out
 
     def forward(self, student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor],
                 grids: Dict, valids: Dict, teacher_temp: float) -> torch.Tensor:
-        probs = [self.teacher_probs(t.float(), teacher_temp, dim=1).detach() for t in teacher_maps]
+        probs = self.target_probs(teacher_maps, teacher_temp)
         losses: List[torch.Tensor] = []
         for (i, j), grid in grids.items():
             valid = valids[(i, j)]
@@ -141,6 +171,28 @@ class DenseDinoLoss(_Centred):
         if not losses:
             return student_maps[0].sum() * 0.0
         return torch.stack(losses).mean()
+
+
+DENSE_TARGETS = ("center", "sinkhorn")
+
+
+@torch.no_grad()
+def sinkhorn(logits: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.Tensor:
+    """Balanced soft assignment (Sinkhorn-Knopp, as in SwAV): ``logits [N, P]`` of N samples (on
+    this rank; sums run over every rank) -> ``[N, P]`` whose rows are distributions and whose
+    columns have (nearly) equal mass."""
+    # a per-sample shift is absorbed by the sample normalisation (Sinkhorn's fixed point is unique
+    # up to diagonal scalings), and keeps exp() from underflowing to an all-zero row
+    q = torch.exp((logits - logits.max(dim=1, keepdim=True).values) / eps).t()   # [P, N]
+    n = D.all_reduce_sum(torch.tensor(float(q.shape[1]), device=q.device))
+    P = q.shape[0]
+    q /= D.all_reduce_sum(q.sum()).clamp(min=1e-30)
+    for _ in range(iters):
+        q /= D.all_reduce_sum(q.sum(dim=1, keepdim=True)).clamp(min=1e-30)
+        q /= P
+        q /= q.sum(dim=0, keepdim=True).clamp(min=1e-30)
+        q /= n
+    return (q * n).t()
 
 
 @torch.no_grad()

@@ -97,8 +97,9 @@ class Pretrainer:
         for q in self.teacher.parameters():
             q.requires_grad_(False)
         self.dino_loss = DinoLoss(p.out_dim, p.student_temp, p.center_momentum).to(self.device)
-        self.dense_loss = DenseDinoLoss(p.dense_out_dim, p.student_temp,
-                                        p.center_momentum).to(self.device)
+        self.dense_loss = DenseDinoLoss(p.dense_out_dim, p.student_temp, p.center_momentum,
+                                        p.dense_targets, p.sinkhorn_eps,
+                                        p.sinkhorn_iters).to(self.device)
         self.optimizer = torch.optim.AdamW(_param_groups(self.student), lr=cfg.train.lr,
                                            betas=tuple(cfg.train.betas),
                                            weight_decay=cfg.train.weight_decay)
