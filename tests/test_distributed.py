@@ -201,5 +201,60 @@ def _check_against_single_process(root, run, got):
     assert val[cfg.train.select_metric]["value"] == pytest.approx(best["best_value"], abs=1e-9)
 
 
+def _pretrain_worker(root: str, out: str) -> None:
+    """tools/pretrain.py's loop under torch.distributed.run with 2 processes."""
+    from partformer.engine import distributed as D
+    from partformer.pretrain.trainer import Pretrainer
+    from tests.test_pretrain import pretrain_config
+
+    torch.set_num_threads(1)
+    run = os.path.join(out, "run")
+    cfg = pretrain_config(root, run, ["train.max_steps=2", "pretrain.probe_every=2"])
+    tr = Pretrainer(cfg, run_dir=run, verbose=False)
+    tr.fit()
+    tr.close()
+    gathered = D.all_gather_objects({
+        "student": {k: v.detach().cpu() for k, v in tr.student.state_dict().items()},
+        "teacher": {k: v.detach().cpu() for k, v in tr.teacher.state_dict().items()},
+        "indices": tr.batch_indices(0).tolist(), "history": tr.history})
+    if D.is_main_process():
+        a, b = gathered
+        same = {net: [k for k in a[net] if not torch.equal(a[net][k], b[net][k])]
+                for net in ("student", "teacher")}
+        with open(os.path.join(out, "pretrain.json"), "w") as f:
+            json.dump({"differ": same, "indices": [a["indices"], b["indices"]],
+                       "full": torch.randint(len(tr.bank), (cfg.train.batch_size,),
+                                     generator=tr._generators(0)[0]).tolist(),
+                       "histories_equal": a["history"] == b["history"], "step": tr.step}, f)
+    D.cleanup()
+
+
+def test_two_processes_pretrain(tmp_path_factory):
+    """Pretraining under torchrun: the ranks split each global batch, and student, teacher (EMA,
+    SyncBatchNorm statistics) and the probe's results stay identical on both ranks."""
+    from tests.tiny import shared_root
+    root = shared_root(tmp_path_factory)
+    out = str(tmp_path_factory.mktemp("dist_pretrain"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", WANDB_MODE="disabled",
+               HF_HUB_OFFLINE="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        env.pop(var, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           os.path.abspath(__file__), "--pretrain-worker", root, out]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    with open(os.path.join(out, "pretrain.json")) as f:
+        got = json.load(f)
+    assert got["step"] == 2
+    assert got["differ"] == {"student": [], "teacher": []}
+    assert got["histories_equal"]
+    r0, r1 = got["indices"]
+    assert r0 == got["full"][0::2] and r1 == got["full"][1::2]
+    assert os.path.isfile(os.path.join(out, "run", "last.pt"))
+
+
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--worker":
     _worker(sys.argv[2], sys.argv[3])
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--pretrain-worker":
+    _pretrain_worker(sys.argv[2], sys.argv[3])

@@ -105,7 +105,8 @@ class Pretrainer:
                                            weight_decay=cfg.train.weight_decay)
         self.ddp_student = self.student
         if self.world > 1:
-            self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+            if self.device.type == "cuda":  # SyncBatchNorm is GPU-only; on CPU each rank keeps
+                self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)  # its own
             self.ddp_student = nn.parallel.DistributedDataParallel(
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
@@ -229,11 +230,19 @@ class Pretrainer:
             p.dense_weight * out["dense"] if "dense" in out else 0.0)
         return out
 
+    def batch_indices(self, step: int, shared: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Bank indices of this rank's share of step ``step``'s global batch (drawn with
+        replacement from the ``(seed, step)`` generator, the same on every rank; rank ``r`` takes
+        every ``world``-th)."""
+        if shared is None:
+            shared = self._generators(step)[0]
+        idx = torch.randint(len(self.bank), (self.cfg.train.batch_size,), generator=shared)
+        return idx[self.rank::self.world]
+
     def train_step(self) -> Dict[str, float]:
         cfg, p = self.cfg, self.cfg.pretrain
         shared, local = self._generators(self.step)
-        B = cfg.train.batch_size
-        idx = torch.randint(len(self.bank), (B,), generator=shared)[self.rank::self.world]
+        idx = self.batch_indices(self.step, shared)
         images = self.bank[idx].to(self.device).permute(0, 3, 1, 2).float().div_(255)
         lr = cfg.train.lr * self._lr_factor(self.step)
         wd = cosine_schedule(cfg.train.weight_decay, p.weight_decay_end, self.step, self.total_steps)
@@ -254,6 +263,10 @@ class Pretrainer:
         self.optimizer.step()
         m = cosine_schedule(p.ema_momentum, p.ema_momentum_end, self.step, self.total_steps)
         ema_update(self.teacher, self.student, m)
+        # BatchNorm statistics come from this rank's share of the batch: rank 0's are kept
+        # everywhere, so that every rank holds the same student and teacher
+        D.broadcast_buffers(self.student)
+        D.broadcast_buffers(self.teacher)
         self.step += 1
         return {**{k: float(v.detach()) for k, v in out.items()}, "lr": lr, "wd": wd, "ema": m}
 
