@@ -197,30 +197,51 @@ def visualize_main(argv: Optional[List[str]] = None) -> int:
 
 def benchmark_main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(
-        description="Measure training-step and prediction speed and peak memory of a config on "
-                    "random images (no dataset needed). Prints a table and writes JSON.")
+        description="Speed of a config (partformer/engine/profiling.py): the training step and "
+                    "its floor (the frozen encoder's forward over both views) measured "
+                    "alternately, with their ratio; evaluation split into data / predict / "
+                    "metrics; the training data loader (and the image cache). Random weights "
+                    "and images where no dataset is on disk. Prints a summary, writes JSON.")
     cfglib.add_config_args(p)
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--parts", default="train,eval,data",
+                   help="comma-separated subset of train,eval,data (default: all)")
+    p.add_argument("--reps", type=int, default=5, help="timed step / floor pairs (default 5)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed pairs (and evaluation batches) first (default 1)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per step and per evaluation batch (default: train.batch_size)")
+    p.add_argument("--eval-batches", type=int, default=3, help="timed evaluation batches")
+    p.add_argument("--data-batches", type=int, default=20, help="timed data-loader batches")
+    p.add_argument("--no-flops", action="store_true",
+                   help="skip counting the FLOPs of one step and one floor")
     p.add_argument("--out", default=None, help="JSON path (default: print only)")
     args = p.parse_args(argv)
+    if args.batch_size is not None:
+        args.overrides = list(args.overrides or []) + [f"train.batch_size={args.batch_size}"]
     cfg = _load(args)
     import json
 
     import torch
 
-    from partformer.engine.benchmark import benchmark
+    from partformer.engine.profiling import format_report, profile
     from partformer.engine.trainer import resolve_precision
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     device = D.init_distributed(cfg.train.device)
-    res = benchmark(cfg, device, iters=args.iters, warmup=args.warmup,
-                    amp_dtype=resolve_precision(cfg.train.precision, device))
-    for k, v in res.items():
-        print(f"{k:>20}: {v:.4g}" if isinstance(v, float) else f"{k:>20}: {v}")
+    parts = [s.strip() for s in args.parts.split(",") if s.strip()]
+    try:
+        res = profile(cfg, device, parts, amp_dtype=resolve_precision(cfg.train.precision, device),
+                      reps=args.reps, warmup=args.warmup, eval_batches=args.eval_batches,
+                      data_batches=args.data_batches, flops=not args.no_flops)
+    except ValueError as e:
+        sys.exit(f"benchmark error: {e}")
+    print(format_report(res))
     if args.out:
-        with open(args.out, "w") as f:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
             json.dump(res, f, indent=2)
+        os.replace(tmp, args.out)
     return 0
 
 
