@@ -484,3 +484,15 @@ def test_contingency_on_cuda_equals_cpu():
     gpu = PixelClustering(4, 3).update(maps.cuda(), gt.cuda())
     assert gpu.table.counts.device.type == "cuda"
     assert torch.equal(gpu.table.counts.cpu(), cpu.table.counts)
+
+
+def test_channel_argmax_equals_torch_argmax_with_ties_and_nans():
+    from partformer.metrics.clustering import channel_argmax
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 3, (3, 5, 7, 6), generator=g).float()       # many ties
+    x[0, 2, 0, 0] = float("nan")
+    x[1, 1, 2, 3] = x[1, 4, 2, 3] = float("nan")                     # the first NaN wins
+    x[2, 3, 4, 5] = float("nan")
+    assert torch.equal(channel_argmax(x), torch.argmax(x, dim=1))
+    y = torch.softmax(torch.randn(2, 9, 11, 13, generator=g), dim=1)
+    assert torch.equal(channel_argmax(y), torch.argmax(y, dim=1))

@@ -134,6 +134,26 @@ def _peak_memory_mib(device: torch.device) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ (a) + (b)
+def _count_cpu_attention_flops() -> None:
+    """``FlopCounterMode`` has formulas for the CUDA attention kernels but not for the CPU one
+    (``_scaled_dot_product_flash_attention_for_cpu``), so the encoder's attention would be missing
+    from a CPU count; register torch's own SDPA formulas for it (once)."""
+    from torch.utils import flop_counter as fc
+
+    fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    if fwd in fc.flop_registry or fwd.default in fc.flop_registry:
+        return
+
+    @fc.register_flop_formula(fwd)
+    def _forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(query, key, value)
+
+    @fc.register_flop_formula(bwd)
+    def _backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
 def _training_setup(cfg, device: torch.device):
     from partformer.augment import PairedAugmentation
     from partformer.engine.trainer import build_optimizer, compile_modules
@@ -175,6 +195,7 @@ def measure_training(cfg, device: torch.device, setup=None,
     out: Dict[str, Any] = {}
     if flops:
         from torch.utils.flop_counter import FlopCounterMode
+        _count_cpu_attention_flops()
         counts = {}
         for name, fn in (("floor", floor), ("step", step)):
             with FlopCounterMode(display=False) as fc:

@@ -124,8 +124,8 @@ class ContingencyTable:
         if sync_free:
             bad = (keep & ~in_range).sum()
             self._out_of_range = bad if self._out_of_range is None else self._out_of_range + bad
-        else:
-            self._check_now(pred[keep], gt[keep])
+        elif (keep & ~in_range).any():
+            self._check_now(pred[keep], gt[keep])       # raises, naming the ranges
         size = self.num_pred * self.num_gt
         # ignored and out-of-range samples go to an extra last bin, which is dropped
         index = torch.where(keep & in_range, pred * self.num_gt + gt, torch.full_like(pred, size))
@@ -365,13 +365,31 @@ def _check_part_maps(part_maps: torch.Tensor, num_parts: int) -> None:
         )
 
 
+def channel_argmax(x: torch.Tensor) -> torch.Tensor:
+    """``torch.argmax(x, dim=1)`` of ``[B, C, ...]`` (the first maximum; a NaN counts as the
+    maximum, the first NaN wins), as a running comparison over the C channels: the part maps have
+    few channels and PyTorch's CPU argmax over a non-innermost dimension is about 3x slower
+    (README "Performance"). Equal to ``torch.argmax`` (tests/test_metrics_clustering.py)."""
+    best = x[:, 0]
+    index = torch.zeros(best.shape, dtype=torch.int64, device=x.device)
+    best_nan = torch.isnan(best)
+    for c in range(1, x.shape[1]):
+        v = x[:, c]
+        v_nan = torch.isnan(v)
+        better = ((v > best) & ~best_nan) | (v_nan & ~best_nan)
+        best = torch.where(better, v, best)
+        best_nan = best_nan | v_nan
+        index = torch.where(better, c, index)
+    return index
+
+
 def _upsampled_argmax(maps: torch.Tensor, size) -> torch.Tensor:
     """Argmax over channels of maps ``[B, C, h, w]`` (or one image's ``[C, h, w]``) upsampled
     bilinearly (align_corners=False) to ``size`` = (H, W); returns int64 ``[B, H, W]`` (``[H, W]``)."""
     if maps.dim() == 3:
         return _upsampled_argmax(maps[None], size)[0]
     up = F.interpolate(maps.float(), size=tuple(size), mode="bilinear", align_corners=False)
-    return up.argmax(dim=1)
+    return channel_argmax(up)
 
 
 def upsampled_labels(part_maps: torch.Tensor, gt_labels, channels: slice = slice(None)):
