@@ -453,26 +453,41 @@ def convert_official_main(argv: Optional[List[str]] = None) -> int:
 @cli_entry
 def benchmark_main(argv: List[str]) -> int:
     p = argparse.ArgumentParser(
-        description="Measure training-step and prediction speed and peak memory of a config on "
-                    "random images (no dataset needed). Prints a table and writes JSON.")
+        description="Speed of a config (partformer/engine/profiling.py): the training step and "
+                    "its floor (the frozen encoder's forward over both views) measured "
+                    "alternately, with their ratio; evaluation split into data / predict / "
+                    "metrics; the training data loader (and the image cache). Random weights "
+                    "and images where no dataset is on disk. Prints a summary, writes JSON.")
     _add_common(p)
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--parts", default="train,eval,data",
+                   help="comma-separated subset of train,eval,data (default: all)")
+    p.add_argument("--reps", type=int, default=5, help="timed step / floor pairs (default 5)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed pairs (and evaluation batches) first (default 1)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per step and per evaluation batch (default: train.batch_size)")
+    p.add_argument("--eval-batches", type=int, default=3, help="timed evaluation batches")
+    p.add_argument("--data-batches", type=int, default=20, help="timed data-loader batches")
+    p.add_argument("--no-flops", action="store_true",
+                   help="skip counting the FLOPs of one step and one floor")
     p.add_argument("--out", default=None, help="JSON path (default: print only)")
     args = p.parse_intermixed_args(argv)
+    if args.batch_size is not None:
+        args.overrides = list(args.overrides or []) + [f"train.batch_size={args.batch_size}"]
     cfg = _load(args)
     import torch
 
-    from partformer.engine.benchmark import benchmark
     from partformer.engine.evaluator import write_json
+    from partformer.engine.profiling import format_report, profile
     from partformer.engine.trainer import resolve_precision
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     device = D.init_distributed(cfg.train.device)
-    res = benchmark(cfg, device, iters=args.iters, warmup=args.warmup,
-                    amp_dtype=resolve_precision(cfg.train.precision, device))
-    for k, v in res.items():
-        print(f"{k:>20}: {v:.4g}" if isinstance(v, float) else f"{k:>20}: {v}")
+    parts = [s.strip() for s in args.parts.split(",") if s.strip()]
+    res = profile(cfg, device, parts, amp_dtype=resolve_precision(cfg.train.precision, device),
+                  reps=args.reps, warmup=args.warmup, eval_batches=args.eval_batches,
+                  data_batches=args.data_batches, flops=not args.no_flops)
+    print(format_report(res))
     if args.out:
         write_json(args.out, res)
     return 0

@@ -65,6 +65,10 @@ class DataConfig:
     regressor_split: Optional[str] = None  # split used to fit keypoint/landmark regressors
     num_workers: int = 2
     skip_bad_images: bool = True      # training only; evaluation uses eval.skip_bad_images
+    # directory of the pre-resized uint8 training-image cache (one memory-mapped file per dataset,
+    # split, size and resize mode, built on first use; later epochs and runs decode no image);
+    # null: decode every image every epoch. Fixed-size resize modes only (README "Performance").
+    cache: Optional[str] = None
     options: Dict[str, Any] = field(default_factory=dict)  # dataset-specific keyword options
 
 
@@ -121,6 +125,7 @@ class ModelConfig:
 class LossConfig:
     recon: str = "perceptual"         # perceptual | l1 | mse
     vgg_weights: Optional[str] = "imagenet"   # imagenet | path to a local vgg19 state dict
+    vgg_channels_last: bool = True    # VGG19 convolutions in the channels-last layout (faster)
     weights: Dict[str, float] = field(default_factory=lambda: {
         "recon": 1.0, "concentration": 0.3, "area": 0.5, "arcface": 0.01})
     area_eps: float = 0.5
@@ -169,6 +174,9 @@ class TrainConfig:
     val_every: int = 1                # epochs between validations (and `best` checkpoints)
     select_metric: str = "kp_nmi_with_bg"  # validation metric for the `best` checkpoint
     threads: int = 0                  # torch CPU threads; 0 keeps torch's default
+    # torch.compile the model and the loss (nn.Module.compile: state-dict keys unchanged). Off:
+    # not yet measured faster on the hardware this was tuned on (README "Performance")
+    compile: bool = False
 
 
 @dataclass

@@ -374,3 +374,125 @@ def test_pixel_clustering_accepts_masks_of_different_sizes():
         apart.update(maps[i : i + 1], masks[i][None])
     assert torch.equal(together.table.counts, apart.table.counts)
     assert together.compute()["num_pixels"] == 63 + 60
+
+
+# ---------------------------------------------------------------- device-side accumulation
+
+
+def _reference_table(pred: np.ndarray, gt: np.ndarray, num_pred: int, num_gt: int) -> np.ndarray:
+    """The straightforward count: one sample at a time, ignored where gt < 0."""
+    table = np.zeros((num_pred, num_gt), dtype=np.int64)
+    for p, g in zip(pred.ravel().tolist(), gt.ravel().tolist()):
+        if g >= 0:
+            table[p, g] += 1
+    return table
+
+
+def test_bincount_fixed_paths_equal_bincount():
+    from partformer.metrics.clustering import bincount_fixed
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 37, (5000,), generator=g)
+    expect = torch.bincount(idx, minlength=40)
+    for sync_free in (False, True):
+        got = bincount_fixed(idx, 40, sync_free=sync_free)
+        assert got.dtype == torch.int64 and torch.equal(got, expect)
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_contingency_paths_equal_the_one_sample_at_a_time_reference(sync_free):
+    """The accelerator path (index_add_ into a fixed table, ignored samples sent to a dropped bin,
+    no boolean indexing, range errors deferred) and the CPU path (bincount, immediate checks) both
+    equal a per-sample count, batch after batch."""
+    rng = np.random.default_rng(5)
+    t = ContingencyTable(6, 4, sync_free=sync_free)
+    expect = np.zeros((6, 4), dtype=np.int64)
+    for _ in range(4):
+        pred = rng.integers(0, 6, (3, 17, 11))
+        gt = rng.integers(-2, 4, (3, 17, 11))
+        t.update(torch.from_numpy(pred), torch.from_numpy(gt))
+        expect += _reference_table(pred, gt, 6, 4)
+    assert t.counts.tolist() == expect.tolist()
+    keep = (rng.integers(0, 6, 50), rng.integers(0, 4, 50))
+    assert t.update(torch.from_numpy(keep[0]), torch.from_numpy(keep[1])).total == \
+        int(expect.sum()) + 50
+    bad = ContingencyTable(2, 2, sync_free=sync_free)
+    if sync_free:   # deferred: the update goes through, reading the table reports it
+        bad.update(torch.tensor([0, 2, 1]), torch.tensor([0, 0, -1]))
+        with pytest.raises(ValueError, match="1 labels outside the table"):
+            bad.counts
+        ok = ContingencyTable(2, 2, sync_free=True)
+        ok.update(torch.tensor([5, 0]), torch.tensor([-1, 1]))   # out of range but ignored
+        assert ok.counts.tolist() == [[0, 1], [0, 0]]
+    else:
+        with pytest.raises(ValueError, match="predicted labels"):
+            bad.update(torch.tensor([0, 2, 1]), torch.tensor([0, 0, -1]))
+
+
+def test_batched_pixel_metrics_equal_per_image_reference():
+    """A [B, H, W] mask batch is upsampled and counted in one call; the tables must equal the
+    per-image path (a list of masks) and a per-pixel reference count, for pixel NMI (both
+    variants), Hungarian mIoU and foreground IoU, on the accelerator path as well."""
+    from partformer.metrics.segmentation import ForegroundIoU, HungarianPartIoU
+    g = torch.Generator().manual_seed(9)
+    num_parts, c = 3, 4
+    maps = torch.softmax(3 * torch.randn(4, num_parts + 1, 6, 5, generator=g), dim=1)
+    gt = torch.randint(-1, c + 1, (4, 23, 19), generator=g)
+    fg = (gt > 0).to(torch.uint8)
+    up = F.interpolate(maps, size=(23, 19), mode="bilinear", align_corners=False)
+    ref_bg = _reference_table(up.argmax(1).numpy(), gt.numpy(), num_parts + 1, c + 1)
+    ref_fg = _reference_table(up[:, :num_parts].argmax(1).numpy(),
+                              np.where(gt.numpy() == 0, -1, gt.numpy()), num_parts, c + 1)
+    ref_iou = _reference_table((up.argmax(1) != num_parts).long().numpy(), fg.long().numpy(), 2, 2)
+    for sync_free in (None, True):
+        for masks in (gt, list(gt)):
+            metrics = {"bg": PixelClustering(num_parts, c, "with_bg"),
+                       "fg": PixelClustering(num_parts, c, "fg_only"),
+                       "hung": HungarianPartIoU(num_parts, c), "iou": ForegroundIoU()}
+            for m in metrics.values():
+                m.table.sync_free = sync_free
+            for key in ("bg", "fg", "hung"):
+                metrics[key].update(maps, masks)
+            metrics["iou"].update(maps, fg if torch.is_tensor(masks) else list(fg))
+            assert metrics["bg"].table.counts.tolist() == ref_bg.tolist()
+            assert metrics["hung"].table.counts.tolist() == ref_bg.tolist()
+            assert metrics["fg"].table.counts.tolist() == ref_fg.tolist()
+            assert metrics["iou"].table.counts.tolist() == ref_iou.tolist()
+
+
+def test_keypoint_clustering_invisible_keypoints_ignored_on_both_paths():
+    g = torch.Generator().manual_seed(2)
+    maps = torch.softmax(torch.randn(3, 5, 8, 8, generator=g), dim=1)
+    kp = torch.rand(3, 6, 2, generator=g) * 32
+    vis = torch.rand(3, 6, generator=g) < 0.6
+    values = sample_at_keypoint_pixels(maps, kp, (32, 32))
+    pred = values.argmax(1).numpy()
+    gt = np.where(vis.numpy(), np.arange(6)[None], -1)
+    expect = _reference_table(pred, gt, 5, 6)
+    for sync_free in (False, True):
+        m = KeypointClustering(4, 6)
+        m.table.sync_free = sync_free
+        m.update(maps, kp, vis, (32, 32))
+        assert m.table.counts.tolist() == expect.tolist()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_contingency_on_cuda_equals_cpu():
+    g = torch.Generator().manual_seed(1)
+    maps = torch.softmax(torch.randn(4, 5, 8, 8, generator=g), dim=1)
+    gt = torch.randint(-1, 4, (4, 32, 32), generator=g)
+    cpu = PixelClustering(4, 3).update(maps, gt)
+    gpu = PixelClustering(4, 3).update(maps.cuda(), gt.cuda())
+    assert gpu.table.counts.device.type == "cuda"
+    assert torch.equal(gpu.table.counts.cpu(), cpu.table.counts)
+
+
+def test_channel_argmax_equals_torch_argmax_with_ties_and_nans():
+    from partformer.metrics.clustering import channel_argmax
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 3, (3, 5, 7, 6), generator=g).float()       # many ties
+    x[0, 2, 0, 0] = float("nan")
+    x[1, 1, 2, 3] = x[1, 4, 2, 3] = float("nan")                     # the first NaN wins
+    x[2, 3, 4, 5] = float("nan")
+    assert torch.equal(channel_argmax(x), torch.argmax(x, dim=1))
+    y = torch.softmax(torch.randn(2, 9, 11, 13, generator=g), dim=1)
+    assert torch.equal(channel_argmax(y), torch.argmax(y, dim=1))

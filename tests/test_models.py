@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from partformer.models import (CompressHead, FeatureMapEncoder, PartFormerModel, PartTokenViT,
                                QuickGELU, ReconstructionDecoder, build_model, sincos_pos_embed_2d)
+from partformer.models.partformer_vit import FusedSelfAttention
 
 torch.set_num_threads(1)
 
@@ -187,6 +188,64 @@ def test_concat_equals_separate_calls(train):
     torch.testing.assert_close(out["recon1"], r1, **tol)
 
 
+def test_frozen_encoder_stacked_views_equal_per_view_calls_under_inference_mode():
+    """The training step's fast path: the frozen encoder runs once on both views stacked, under
+    torch.inference_mode. Each half must equal a separate, straightforward (autograd-enabled, no
+    inference mode) forward of the timm model on that view, and the result must be an ordinary
+    tensor that trainable modules can build a graph on."""
+    model = tiny_model(encoder=ENC_P8).train()
+    v1, v2 = views()
+    x1, x2 = model.normalize(v1), model.normalize(v2)
+    stacked = model.encode(torch.cat([x1, x2]))
+    assert not stacked.is_inference() and not stacked.requires_grad
+    timm_vit = model.encoder.model
+
+    def plain(x):                       # the straightforward path: timm's tokens, CLS dropped
+        tokens = timm_vit.forward_features(x)[:, 1:]
+        h = x.shape[-1] // 8
+        return tokens.reshape(x.shape[0], h, h, -1).permute(0, 3, 1, 2)
+
+    torch.testing.assert_close(stacked[:2], plain(x1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stacked[2:], plain(x2), atol=1e-5, rtol=1e-5)
+    # the compress head (trainable, train-mode BN) records gradients on it
+    model.compress(stacked[:2]).sum().backward()
+    assert model.compress[0].weight.grad is not None
+
+
+def test_fused_attention_equals_the_authors_multihead_attention():
+    """FusedSelfAttention (F.scaled_dot_product_attention) is a drop-in for the authors' attention
+    (Jiahao-UTS/UnsupervisedPart, backbone/Transformer.py ``ResidualAttentionBlock``:
+    ``nn.MultiheadAttention(d_model, n_head)``, sequence-first, called as
+    ``self.attn(x, x, x, attn_mask=None)[0]`` on ``[L, N, D]``): the same state-dict keys (so
+    converted checkpoints load), the same initial values for the same seed, and the same outputs
+    and gradients."""
+    torch.manual_seed(3)
+    ref = torch.nn.MultiheadAttention(64, 4)
+    torch.manual_seed(3)
+    fused = FusedSelfAttention(64, 4)
+    assert list(fused.state_dict()) == list(ref.state_dict())
+    for k, v in ref.state_dict().items():
+        assert torch.equal(fused.state_dict()[k], v), k           # same draws, same order
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():                                         # non-zero biases too
+        ref.in_proj_bias.copy_(torch.randn(192, generator=g))
+        ref.out_proj.bias.copy_(torch.randn(64, generator=g))
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 9, 64, generator=g)                        # [N, L, D]
+    x_ref = x.transpose(0, 1).clone().requires_grad_(True)        # their [L, N, D]
+    x_new = x.clone().requires_grad_(True)
+    expect = ref(x_ref, x_ref, x_ref, attn_mask=None)[0].transpose(0, 1)
+    got = fused(x_new)
+    torch.testing.assert_close(got, expect, atol=1e-6, rtol=1e-5)
+    w = torch.randn(expect.shape, generator=g)
+    (expect * w).sum().backward()
+    (got * w).sum().backward()
+    torch.testing.assert_close(x_new.grad, x_ref.grad.transpose(0, 1), atol=1e-6, rtol=1e-5)
+    for name, p in ref.named_parameters():
+        torch.testing.assert_close(dict(fused.named_parameters())[name].grad, p.grad,
+                                   atol=1e-5, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------------------- predict
 def test_predict():
     model = tiny_model(num_parts=3).eval()
@@ -322,7 +381,7 @@ def test_part_token_vit_details():
     assert vit.part_tokens.shape == (1, 4, 64)
     assert 0.01 < vit.part_tokens.std().item() < 0.03       # N(0, 0.02)
     blk = vit.blocks[0]
-    assert isinstance(blk.attn, torch.nn.MultiheadAttention)
+    assert isinstance(blk.attn, FusedSelfAttention)
     assert blk.attn.in_proj_weight.shape == (192, 64) and blk.mlp.fc1.weight.shape == (256, 64)
     # the input is downsampled by in_scale: a 64 input == its nearest 32x32 version at scale 1
     x = torch.randn(2, 3, 64, 64)
@@ -344,8 +403,11 @@ def test_part_token_vit_details():
         t = torch.cat([vit.part_tokens.expand(2, -1, -1), p], 1)
         t = vit.norm_pre(t)
         for b in vit.blocks:
-            y = b.norm1(t)
-            t = t + b.attn(y, y, y, need_weights=False)[0]
+            y = b.norm1(t).transpose(0, 1)                  # torch's MHA, sequence-first
+            a, _ = F.multi_head_attention_forward(
+                y, y, y, 64, 4, b.attn.in_proj_weight, b.attn.in_proj_bias, None, None, False,
+                0.0, b.attn.out_proj.weight, b.attn.out_proj.bias, need_weights=False)
+            t = t + a.transpose(0, 1)
             y = b.norm2(t)
             t = t + b.mlp.fc2(QuickGELU()(b.mlp.fc1(y)))
         expect = vit.norm_post(t[:, :4]) @ vit.proj.weight.T

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""See `python tools/benchmark.py --help`; the logic lives in partformer/cli.py."""
+"""See `python tools/benchmark.py --help`; the logic lives in partformer/cli.py and
+partformer/engine/profiling.py."""
 import os
 import sys
 

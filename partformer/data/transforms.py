@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 __all__ = ["RESIZE_MODES", "Resized", "ResizePlan", "check_resize_mode", "plan_resize",
-           "apply_resize", "resize_image", "resize_mask", "to_tensor_image"]
+           "apply_resize", "resize_image", "resize_mask", "to_tensor_image", "images_to_float"]
 
 RESIZE_MODES = ("whole", "shorter", "shorter_center_crop", "bbox_crop")
 _CROP_MODES = ("shorter_center_crop", "bbox_crop")
@@ -222,5 +222,14 @@ def to_tensor_image(image: np.ndarray) -> torch.Tensor:
     """uint8 ``[H, W, 3]`` -> float32 ``[3, H, W]`` in [0, 1] (no normalisation)."""
     if image.ndim != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 [H, W, C] image, got {image.dtype} {list(image.shape)}")
-    t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    return t.to(torch.float32).div_(255.0)
+    return images_to_float(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
+
+
+def images_to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (any shape, e.g. ``[B, 3, H, W]``) -> float32 in [0, 1], ``x / 255``; float
+    images pass through unchanged. The one place where 8-bit pixels become the package's float
+    images, on the CPU (datasets) or on the device (batches from the uint8 image cache), with the
+    same float32 division, so both give identical values."""
+    if images.dtype != torch.uint8:
+        return images
+    return images.to(torch.float32).div_(255.0)

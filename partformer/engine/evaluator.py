@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -101,21 +102,38 @@ def _loader(dataset, batch_size: int, num_workers: int) -> DataLoader:
                       num_workers=num_workers, collate_fn=collate, drop_last=False)
 
 
+def _stage(timer, name: str):
+    """``timer.stage(name)`` (a profiling timer, e.g. ``partformer.engine.profiling.StageTimer``)
+    or nothing."""
+    return nullcontext() if timer is None else timer.stage(name)
+
+
 def iterate_predictions(predict: Predictor, dataset, batch_size: int, num_workers: int,
-                        progress: bool = False, desc: str = "eval"):
-    """``(batch, maps)`` over ``dataset`` (this process's share, no sample dropped); ``maps`` is
-    None for a batch whose images were all skipped."""
+                        progress: bool = False, desc: str = "eval", timer=None):
+    """``(batch, maps)`` over ``dataset`` (this process's share, no sample dropped); the maps stay
+    on the predictor's device (metrics accumulate there), ``None`` for a batch whose images were
+    all skipped. ``timer``: see :func:`_stage`."""
     loader = _loader(dataset, batch_size, num_workers)
     if progress and D.is_main_process():
         from tqdm import tqdm
         loader = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
-    for batch in loader:
+    batches = iter(loader)
+    while True:
+        with _stage(timer, "data"):
+            batch = next(batches, None)
+        if batch is None:
+            return
         if "image" not in batch:  # every image in this batch failed to decode and was skipped
             yield batch, None
             continue
-        with torch.no_grad():
-            maps = predict(batch).float().cpu()
+        with _stage(timer, "predict"), torch.no_grad():
+            maps = predict(batch).float()
         yield batch, maps
+
+
+def _float64_host(x):
+    """A device tensor (centroids, presences) as a float64 numpy array; numpy rows as they are."""
+    return x.detach().cpu().double().numpy() if torch.is_tensor(x) else x
 
 
 class CentroidRows:
@@ -131,15 +149,16 @@ class CentroidRows:
     def update(self, batch: Dict[str, Any], maps: torch.Tensor) -> None:
         cen, pres = KP.part_centroids(maps, tuple(batch["image"].shape[-2:]), self.convention)
         self.rows["index"].append(batch["index"].numpy())
-        self.rows["centroids"].append(np.asarray(cen, dtype=np.float64))
-        self.rows["presence"].append(np.asarray(pres, dtype=np.float64))
+        self.rows["centroids"].append(cen)       # on the maps' device until gather()
+        self.rows["presence"].append(pres)
         self.rows["keypoints"].append(batch["keypoints"].numpy().astype(np.float64))
         self.rows["visible"].append(batch["keypoints_visible"].numpy().astype(bool))
         if "bbox" in batch:
             self.rows["bbox"].append(batch["bbox"].numpy().astype(np.float64))
 
     def gather(self) -> Dict[str, np.ndarray]:
-        local = {k: (np.concatenate(v) if v else None) for k, v in self.rows.items()}
+        local = {k: (np.concatenate([_float64_host(x) for x in v]) if v else None)
+                 for k, v in self.rows.items()}
         parts = D.all_gather_objects(local)
         merged = {}
         for k in self.KEYS:
@@ -196,7 +215,7 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
              batch_size: int = 32, num_workers: int = 0, progress: bool = False,
              max_images: Optional[int] = None,
              centroid_convention: str = "index", keypoint_lookup: str = "pixel",
-             info: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
+             info: Optional[Dict[str, Any]] = None, timer=None) -> Dict[str, Dict[str, Any]]:
     """Evaluate ``predict`` on ``dataset``; returns ``{name: {value, protocol, variant, version,
     count, skipped_images}}`` for every requested (or, when ``protocols`` is empty, every
     applicable) protocol. ``info`` (a dict, optional) receives ``skipped_files`` (the images of the
@@ -205,7 +224,9 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
     protocols' centroids (``metrics.keypoints.CENTROID_CONVENTIONS``; ``index`` = PDiscoFormer);
     recorded with each regression result. ``keypoint_lookup`` (``eval.keypoint_lookup``): how the
     keypoint NMI / ARI protocols read the maps (``metrics.clustering.KEYPOINT_LOOKUPS``; ``pixel``
-    = PDiscoFormer, ``map_nearest`` = the PartFormer authors' code); recorded with each result."""
+    = PDiscoFormer, ``map_nearest`` = the PartFormer authors' code); recorded with each result.
+    ``timer`` (profiling only, ``tools/benchmark.py``): an object whose ``stage(name)`` context
+    times the stages ``data``, ``predict``, ``metrics`` (per batch) and ``compute`` (the scores)."""
     if keypoint_lookup not in C.KEYPOINT_LOOKUPS:
         raise ValueError(f"eval.keypoint_lookup must be one of {sorted(C.KEYPOINT_LOOKUPS)}, "
                          f"got {keypoint_lookup!r}")
@@ -252,23 +273,25 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
     seen: List[np.ndarray] = []
     need_pass = kp_metrics or px_metrics or hungarian or fg_iou or test_rows
     if need_pass:
-        for batch, maps in iterate_predictions(predict, dataset, batch_size, num_workers, progress):
+        for batch, maps in iterate_predictions(predict, dataset, batch_size, num_workers, progress,
+                                               timer=timer):
             skipped += int(batch["num_skipped"])
             if maps is None:
                 continue
             n_images += maps.shape[0]
             seen.append(batch["index"].numpy())
             size = tuple(batch["image"].shape[-2:])
-            for m in kp_metrics.values():
-                m.update(maps, batch["keypoints"], batch["keypoints_visible"], size)
-            for m in px_metrics.values():
-                m.update(maps, batch["part_mask"])
-            if hungarian is not None:
-                hungarian.update(maps, batch["part_mask"])
-            if fg_iou is not None:
-                fg_iou.update(maps, batch["fg_mask"])
-            if test_rows is not None:
-                test_rows.update(batch, maps)
+            with _stage(timer, "metrics"):
+                for m in kp_metrics.values():
+                    m.update(maps, batch["keypoints"], batch["keypoints_visible"], size)
+                for m in px_metrics.values():
+                    m.update(maps, batch["part_mask"])
+                if hungarian is not None:
+                    hungarian.update(maps, batch["part_mask"])
+                if fg_iou is not None:
+                    fg_iou.update(maps, batch["fg_mask"])
+                if test_rows is not None:
+                    test_rows.update(batch, maps)
 
     results: Dict[str, Dict[str, Any]] = {}
 
@@ -277,23 +300,24 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
         results[name] = {"value": float(value), "protocol": family, "variant": variant,
                          "version": PROTOCOL_VERSION, "count": int(count), **extra}
 
-    for prefix, metrics, count_key in (("kp", kp_metrics, "num_keypoints"),
-                                       ("px", px_metrics, "num_pixels")):
-        for variant, m in metrics.items():
-            m.all_reduce()
-            r = m.compute()
-            extra = {"keypoint_lookup": keypoint_lookup} if prefix == "kp" else {}
-            for key in ("nmi", "ari"):
-                if f"{prefix}_{key}_{variant}" in wanted:
-                    put(f"{prefix}_{key}_{variant}", r[key], r[count_key], **extra)
-    if hungarian is not None:
-        hungarian.all_reduce()
-        r = hungarian.compute()
-        put("part_miou_hungarian", r["miou"], r.get("num_pixels", 0))
-    if fg_iou is not None:
-        fg_iou.all_reduce()
-        r = fg_iou.compute()
-        put("fg_iou", r["fg_iou"], r.get("num_pixels", 0))
+    with _stage(timer, "compute"):   # the scores from the pooled tables
+        for prefix, metrics, count_key in (("kp", kp_metrics, "num_keypoints"),
+                                           ("px", px_metrics, "num_pixels")):
+            for variant, m in metrics.items():
+                m.all_reduce()
+                r = m.compute()
+                extra = {"keypoint_lookup": keypoint_lookup} if prefix == "kp" else {}
+                for key in ("nmi", "ari"):
+                    if f"{prefix}_{key}_{variant}" in wanted:
+                        put(f"{prefix}_{key}_{variant}", r[key], r[count_key], **extra)
+        if hungarian is not None:
+            hungarian.all_reduce()
+            r = hungarian.compute()
+            put("part_miou_hungarian", r["miou"], r.get("num_pixels", 0))
+        if fg_iou is not None:
+            fg_iou.all_reduce()
+            r = fg_iou.compute()
+            put("fg_iou", r["fg_iou"], r.get("num_pixels", 0))
 
     if reg_wanted:
         # the test split's centroids came from the pass above; only the regressor split is new

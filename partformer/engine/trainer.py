@@ -23,6 +23,7 @@ from partformer import config as cfglib
 from partformer.augment import PairedAugmentation
 from partformer.data import build_dataset
 from partformer.data.collate import collate
+from partformer.data.transforms import images_to_float
 from partformer.engine import distributed as D
 from partformer.engine.checkpoint import (CheckpointError, all_finite, atomic_torch_save,
                                           load_checkpoint, load_state_dict_strict)
@@ -92,6 +93,105 @@ def lr_lambda_factory(sched, steps_per_epoch: int, total_steps: int):
     return fn
 
 
+def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters with the ``train`` section's lr, betas and decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+                             weight_decay=cfg.train.weight_decay)
+
+
+def compile_modules(cfg, *modules: torch.nn.Module) -> None:
+    """``train.compile``: compile each module's forward in place (``nn.Module.compile``: the
+    parameters, their names and checkpoints are unchanged; the first steps pay for compiling)."""
+    if cfg.train.compile:
+        for m in modules:
+            m.compile()
+
+
+def cached_dataset(cfg, dataset, split: str, verbose: bool = True):
+    """``dataset`` served from its uint8 image cache in ``data.cache`` (partformer/data/cache.py),
+    which rank 0 builds first if it does not exist yet. The returned dataset's ``build_seconds``
+    is the time spent building (``None``: it existed)."""
+    from partformer.data.cache import ImageCache, build_image_cache
+
+    seconds = None
+    if D.is_main_process():
+        seconds = build_image_cache(dataset, cfg.data, split, cfg.data.cache,
+                                    num_workers=cfg.data.num_workers, verbose=verbose)
+    D.barrier()
+    cache = ImageCache(dataset, cfg.data, split, cfg.data.cache)
+    cache.build_seconds = seconds
+    return cache
+
+
+def build_train_loader(cfg, dataset, sampler, device: torch.device) -> DataLoader:
+    """The training ``DataLoader``: ``data.num_workers`` workers that stay alive across epochs
+    (no re-forking, and an image cache stays open), pinned host memory on CUDA so that the copy
+    to the device can overlap compute."""
+    workers = cfg.data.num_workers
+    return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
+                      num_workers=workers, collate_fn=collate, drop_last=True,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                      worker_init_fn=worker_init if workers > 0 else None)
+
+
+def worker_init(_worker_id: int) -> None:
+    """One OpenCV thread per loader worker: the workers are the parallelism, and OpenCV's own
+    thread pool per worker would oversubscribe the cores."""
+    import cv2
+    cv2.setNumThreads(1)
+
+
+def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    """``torch.autocast`` to ``amp_dtype`` on ``device``, or a no-op for fp32 (``None``)."""
+    if amp_dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def training_losses(model: torch.nn.Module, criterion: torch.nn.Module,
+                    augment: PairedAugmentation, images: torch.Tensor,
+                    generator: Optional[torch.Generator] = None,
+                    amp_dtype: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
+    """The forward half of a training step: paired views of ``images`` (``[B, 3, S, S]`` on the
+    device, uint8 or float in [0, 1]) in one batched warp, the model on both views, the losses.
+
+    Under ``amp_dtype`` autocast the networks (model and the perceptual loss's VGG19) run in low
+    precision; the alignment softmax and every loss term are computed in float32 (the model and
+    the criterion disable autocast there). Returns the criterion's dict of scalar tensors; nothing
+    here reads a value back to the host."""
+    images = images_to_float(images)
+    v1, v2, _, _ = augment(images, generator=generator)
+    with autocast_context(images.device, amp_dtype):
+        out = model(v1, v2)
+        out = {k: (v.float() if torch.is_tensor(v) and torch.is_floating_point(v) else v)
+               for k, v in out.items()}
+        return criterion(out)
+
+
+class RunningLosses:
+    """Sums of the loss components over micro-batches, kept on the device: adding a batch's losses
+    reads nothing back to the host; :meth:`means` does, once per logging interval."""
+
+    def __init__(self):
+        self.names: Optional[list] = None
+        self.sums: Optional[torch.Tensor] = None
+        self.count = 0
+
+    def add(self, losses: Dict[str, torch.Tensor]) -> None:
+        values = torch.stack([v.detach().float() for v in losses.values()])
+        if self.sums is None:
+            self.names, self.sums = list(losses), values
+        else:
+            self.sums = self.sums + values
+        self.count += 1
+
+    def means(self) -> Dict[str, float]:
+        if self.sums is None:
+            return {}
+        return dict(zip(self.names, (self.sums / self.count).tolist()))
+
+
 def default_run_dir(cfg) -> str:
     if cfg.experiment.run_dir:
         return cfg.experiment.run_dir
@@ -122,14 +222,13 @@ class Trainer:
             raise cfglib.ConfigError(
                 f"the {cfg.data.train_split} split has {len(self.train_set)} images, fewer than "
                 f"one batch ({cfg.train.batch_size} x {self.world} ranks); lower train.batch_size")
+        if cfg.data.cache:
+            self.train_set = cached_dataset(cfg, self.train_set, cfg.data.train_split,
+                                            verbose=verbose)
         self.val_set = build_dataset(cfg.data, cfg.data.val_split) if cfg.data.val_split else None
         self._check_select_metric()
         self.sampler = D.TrainSampler(len(self.train_set), seed=cfg.experiment.seed)
-        self.loader = DataLoader(self.train_set, batch_size=cfg.train.batch_size,
-                                 sampler=self.sampler, num_workers=cfg.data.num_workers,
-                                 collate_fn=collate, drop_last=True,
-                                 pin_memory=self.device.type == "cuda",
-                                 persistent_workers=False)
+        self.loader = build_train_loader(cfg, self.train_set, self.sampler, self.device)
         micro = len(self.sampler) // cfg.train.batch_size
         if micro < cfg.train.grad_accum:
             raise cfglib.ConfigError(f"train.grad_accum={cfg.train.grad_accum} is more than the "
@@ -145,9 +244,8 @@ class Trainer:
         self.criterion = PartFormerCriterion.from_config(cfg.loss, cfg.model.num_parts)
         self.criterion.to(self.device)
         self.augment = PairedAugmentation.from_config(cfg.augment)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
-                                           weight_decay=cfg.train.weight_decay)
+        compile_modules(cfg, self.model, self.criterion)
+        self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda_factory(cfg.train.scheduler, self.steps_per_epoch,
                                               self.total_steps))
@@ -269,17 +367,11 @@ class Trainer:
         return torch.Generator().manual_seed(seed % (2 ** 63))
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast_context(self.device, self.amp_dtype)
 
     def train_step_losses(self, images: torch.Tensor, micro_index: int) -> Dict[str, torch.Tensor]:
-        v1, v2, _, _ = self.augment(images, generator=self._aug_generator(micro_index))
-        with self._autocast():
-            out = self.ddp_model(v1, v2)
-        out = {k: (v.float() if torch.is_tensor(v) and torch.is_floating_point(v) else v)
-               for k, v in out.items()}
-        return self.criterion(out)
+        return training_losses(self.ddp_model, self.criterion, self.augment, images,
+                               self._aug_generator(micro_index), self.amp_dtype)
 
     def fit(self) -> Dict[str, Any]:
         """Train until ``train.max_steps`` / ``train.epochs``; returns the run summary.
@@ -339,8 +431,8 @@ class Trainer:
                 from tqdm import tqdm
                 bar = tqdm(total=self.micro_per_epoch, initial=self.micro_in_epoch,
                            desc=f"epoch {self.epoch}", dynamic_ncols=True, leave=False)
-            bad_in_accum = False
-            running: Dict[str, float] = {}
+            group_finite = None   # device flag: every micro-batch of this group was finite
+            running = RunningLosses()
             for j, batch in enumerate(self.loader):
                 if self.micro_in_epoch >= self.micro_per_epoch:
                     break
@@ -364,18 +456,20 @@ class Trainer:
                     losses = self.train_step_losses(images, micro_index)
                     loss = losses["total"] / accum
                     self.scaler.scale(loss).backward()
-                # on the training device: NCCL reduces CUDA tensors only
+                # on the training device: NCCL reduces CUDA tensors only. Kept on the device:
+                # the host reads it once per optimiser step, the losses at logging intervals
                 finite = torch.isfinite(losses["total"].detach()).float().reshape(1)
                 if D.get_world_size() > 1:
                     torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-                if finite.item() < 1:
-                    bad_in_accum = True
-                for k, v in losses.items():
-                    running[k] = running.get(k, 0.0) + float(v.detach())
-                running["_n"] = running.get("_n", 0.0) + 1
+                group_finite = finite if group_finite is None else torch.minimum(group_finite,
+                                                                                 finite)
+                running.add(losses)
                 if self.micro_in_epoch % accum != 0:
                     continue
-                # ---- optimiser step (or skip a non-finite one)
+                # ---- optimiser step (or skip a non-finite one). The one host read of the step:
+                # whether to apply it (queued after the backward, so the device stays busy)
+                bad_in_accum = group_finite.item() < 1
+                group_finite = None
                 if bad_in_accum:
                     self.optimizer.zero_grad(set_to_none=True)
                     with torch.no_grad():
@@ -383,7 +477,6 @@ class Trainer:
                             b.copy_(saved)
                     self.nonfinite_streak += 1
                     self.nonfinite_total += 1
-                    bad_in_accum = False
                     self._mark_boundary()
                     msg = (f"non-finite loss at step {self.step} (epoch {self.epoch}); step skipped "
                            f"({self.nonfinite_streak} in a row, limit {cfg.train.max_nonfinite})")
@@ -407,14 +500,13 @@ class Trainer:
                 self.step += 1
                 self._mark_boundary()
                 if self.step % cfg.train.log_every == 0 or self.step == 1:
-                    n = running.pop("_n")
-                    scal = {f"train/{k}": v / n for k, v in running.items()}
+                    scal = {f"train/{k}": v for k, v in running.means().items()}
                     scal["train/lr"] = self.optimizer.param_groups[0]["lr"]
                     scal["train/epoch"] = self.epoch
                     self.logger.log(scal, self.step)
                     if bar is not None:
                         bar.set_postfix(loss=f"{scal['train/total']:.4f}")
-                    running = {}
+                    running = RunningLosses()
                 if self.step >= self.total_steps:
                     done = True
                     break

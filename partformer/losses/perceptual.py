@@ -180,17 +180,21 @@ def perceptual_loss(
     recon: torch.Tensor,
     target: torch.Tensor,
     layer_weights: Sequence[float],
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
     """Σ_l w_l · mean|f_l(recon) − f_l(target)| with f_l = slices[l] ∘ … ∘ slices[0].
 
     recon, target: [B, 3, H, W] (same shape, ImageNet-normalised). The target branch runs without
-    gradient. Returns a scalar (float32).
+    gradient. ``memory_format``: the layout the convolutions run in (``torch.channels_last`` for
+    slices converted to it; the values are the same up to float rounding). The absolute
+    differences are taken in float32, also under autocast. Returns a scalar (float32).
     """
     if recon.shape != target.shape:
         raise ValueError(f"recon {tuple(recon.shape)} and target {tuple(target.shape)} must have the same shape")
     if len(slices) != len(layer_weights):
         raise ValueError(f"{len(slices)} slices but {len(layer_weights)} layer weights")
-    x, y = recon, target.detach()
+    x = recon.contiguous(memory_format=memory_format)
+    y = target.detach().contiguous(memory_format=memory_format)
     loss = recon.new_zeros((), dtype=torch.float32)
     for block, w in zip(slices, layer_weights):
         x = block(x)
@@ -208,6 +212,9 @@ class VGGPerceptualLoss(nn.Module):
         layers: (start, end) slices of ``vgg19().features``, consecutive and starting at 0
             (default relu1_1 … relu5_1). Only ``features[:layers[-1][1]]`` is built.
         layer_weights: one weight per slice (default 1/32, 1/16, 1/8, 1/4, 1).
+        channels_last: run the convolutions in the channels-last layout (faster on CPUs with
+            oneDNN and on GPUs with tensor cores; measured in README "Performance"). The loss is
+            the same up to float rounding (tests/test_losses.py).
 
     forward(recon [B,3,H,W], target [B,3,H,W]) -> scalar, both ImageNet-normalised.
     """
@@ -217,6 +224,7 @@ class VGGPerceptualLoss(nn.Module):
         weights: WeightsSpec = "imagenet",
         layers: Sequence[Tuple[int, int]] = VGG19_SLICES,
         layer_weights: Sequence[float] = VGG19_LAYER_WEIGHTS,
+        channels_last: bool = True,
     ):
         super().__init__()
         layers = [tuple(int(i) for i in s) for s in layers]
@@ -229,6 +237,8 @@ class VGGPerceptualLoss(nn.Module):
         self.slices = nn.ModuleList(features[a:b] for a, b in layers)
         self.layers = tuple(layers)
         self.layer_weights = tuple(float(w) for w in layer_weights)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.slices.to(memory_format=self.memory_format)
         for p in self.parameters():
             p.requires_grad_(False)
         self.eval()
@@ -238,7 +248,8 @@ class VGGPerceptualLoss(nn.Module):
         return super().train(False)
 
     def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return perceptual_loss(self.slices, recon, target, self.layer_weights)
+        return perceptual_loss(self.slices, recon, target, self.layer_weights, self.memory_format)
 
     def extra_repr(self) -> str:
-        return f"layers={self.layers}, layer_weights={self.layer_weights}"
+        return (f"layers={self.layers}, layer_weights={self.layer_weights}, "
+                f"channels_last={self.memory_format == torch.channels_last}")

@@ -1,8 +1,9 @@
 """Clustering agreement between predicted parts and ground-truth labels (NMI / ARI).
 
-Everything is computed from a contingency table ``counts[pred, gt]`` (int64, CPU) that is
-accumulated batch by batch: memory does not grow with the dataset, tables from several processes
-or shards are merged by adding them, and the scores are exact. The scores equal scikit-learn's
+Everything is computed from a contingency table ``counts[pred, gt]`` (int64, on the device of the
+part maps) that is accumulated batch by batch without host synchronisation: memory does not grow
+with the dataset, tables from several processes or shards are merged by adding them, and the
+scores are exact. The scores equal scikit-learn's
 ``normalized_mutual_info_score`` (arithmetic-mean normalisation, the default) and
 ``adjusted_rand_score`` on the pooled labels, degenerate cases included.
 
@@ -18,7 +19,7 @@ Protocols (named variants, see docs/PROTOCOLS.md):
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "ContingencyTable",
+    "bincount_fixed",
     "nmi_from_table",
     "ari_from_table",
     "sample_at_keypoint_pixels",
@@ -43,6 +45,21 @@ ImageSize = Union[None, Tuple[int, int], Sequence[Tuple[int, int]], torch.Tensor
 # --------------------------------------------------------------------------------------------
 
 
+def bincount_fixed(index: torch.Tensor, size: int, sync_free: Optional[bool] = None) -> torch.Tensor:
+    """Counts ``[size]`` (int64) of the values of ``index`` (int64, all in ``[0, size)``).
+
+    ``torch.bincount`` on the CPU. On an accelerator (``sync_free`` None and a non-CPU tensor, or
+    ``sync_free=True``) ``index_add_`` into a fixed-size tensor instead: ``bincount`` there reads
+    the largest value back to the host to size its output, a synchronisation per call. Integer
+    additions, so both give exactly the same counts (tests/test_metrics_clustering.py)."""
+    if sync_free is None:
+        sync_free = index.device.type != "cpu"
+    if not sync_free:
+        return torch.bincount(index, minlength=size)
+    out = torch.zeros(size, dtype=torch.int64, device=index.device)
+    return out.index_add_(0, index, torch.ones_like(index, dtype=torch.int64))
+
+
 class ContingencyTable:
     """Counts ``counts[p, g]`` of samples with predicted label ``p`` and ground-truth label ``g``.
 
@@ -50,36 +67,77 @@ class ContingencyTable:
         num_pred: number of predicted labels (rows), labels ``0 .. num_pred-1``.
         num_gt: number of ground-truth labels (columns), labels ``0 .. num_gt-1``.
 
-    ``counts`` is an int64 CPU tensor ``[num_pred, num_gt]``. Empty rows / columns (labels that
-    never occur) do not change NMI or ARI.
+    ``counts`` is an int64 tensor ``[num_pred, num_gt]``. It starts on the CPU and moves to the
+    device of the first labels it is given, where it is accumulated without reading anything back
+    to the host (labels outside the ranges are then reported when ``counts`` is read; on the CPU at
+    once). Empty rows / columns (labels that never occur) do not change NMI or ARI.
+    ``sync_free``: force the accelerator path (``True``) or the CPU path (``False``) whatever the
+    device; ``None`` (default) decides by device.
     """
 
-    def __init__(self, num_pred: int, num_gt: int):
+    def __init__(self, num_pred: int, num_gt: int, sync_free: Optional[bool] = None):
         if num_pred < 1 or num_gt < 1:
             raise ValueError(f"ContingencyTable needs num_pred >= 1 and num_gt >= 1, got {num_pred}, {num_gt}")
         self.num_pred = int(num_pred)
         self.num_gt = int(num_gt)
-        self.counts = torch.zeros(self.num_pred, self.num_gt, dtype=torch.int64)
+        self.sync_free = sync_free
+        self._counts = torch.zeros(self.num_pred, self.num_gt, dtype=torch.int64)
+        self._out_of_range: Optional[torch.Tensor] = None   # device count, checked on read
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """The table ``[num_pred, num_gt]`` (int64, on the device it was accumulated on)."""
+        if self._out_of_range is not None:
+            bad = int(self._out_of_range)
+            if bad:
+                raise ValueError(f"{bad} labels outside the table were given to a "
+                                 f"ContingencyTable({self.num_pred}, {self.num_gt}) on "
+                                 f"{self._counts.device}: predicted labels must lie in "
+                                 f"[0, {self.num_pred}) and ground-truth labels below "
+                                 f"{self.num_gt} (negative = ignore)")
+        return self._counts
+
+    @counts.setter
+    def counts(self, value: torch.Tensor) -> None:
+        self._counts = value
 
     def reset(self) -> "ContingencyTable":
-        self.counts.zero_()
+        self._counts.zero_()
+        self._out_of_range = None
         return self
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> "ContingencyTable":
         """Add samples. ``pred``, ``gt``: integer tensors of the same number of elements (flattened);
-        entries with ``gt < 0`` are ignored. Works on any device; the table stays on the CPU."""
+        entries with ``gt < 0`` are ignored. The table moves to ``pred``'s device and is updated
+        there without a host synchronisation (no boolean indexing, :func:`bincount_fixed`)."""
         pred = torch.as_tensor(pred).reshape(-1)
         gt = torch.as_tensor(gt, device=pred.device).reshape(-1)
         if pred.numel() != gt.numel():
             raise ValueError(f"pred has {pred.numel()} elements but gt has {gt.numel()}")
         if pred.dtype.is_floating_point or gt.dtype.is_floating_point:
             raise TypeError(f"labels must be integer tensors, got pred {pred.dtype}, gt {gt.dtype}")
+        pred, gt = pred.long(), gt.long()
         keep = gt >= 0
-        pred = pred[keep].long()
-        gt = gt[keep].long()
+        in_range = (pred >= 0) & (pred < self.num_pred) & (gt < self.num_gt)
+        sync_free = self.sync_free if self.sync_free is not None else pred.device.type != "cpu"
+        if sync_free:
+            bad = (keep & ~in_range).sum()
+            self._out_of_range = bad if self._out_of_range is None else self._out_of_range + bad
+        elif (keep & ~in_range).any():
+            self._check_now(pred[keep], gt[keep])       # raises, naming the ranges
+        size = self.num_pred * self.num_gt
+        # ignored and out-of-range samples go to an extra last bin, which is dropped
+        index = torch.where(keep & in_range, pred * self.num_gt + gt, torch.full_like(pred, size))
+        flat = bincount_fixed(index, size + 1, sync_free)[:size]
+        if self._counts.device != flat.device:
+            self._counts = self._counts.to(flat.device)
+        self._counts += flat.view(self.num_pred, self.num_gt)
+        return self
+
+    def _check_now(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
         if pred.numel() == 0:
-            return self
+            return
         lo_p, hi_p = int(pred.min()), int(pred.max())
         hi_g = int(gt.max())
         if lo_p < 0 or hi_p >= self.num_pred:
@@ -89,15 +147,12 @@ class ContingencyTable:
                 f"ground-truth labels must lie in [0, {self.num_gt}) (negative = ignore), got max {hi_g}; "
                 "is num_gt (num_keypoints / num_gt_classes) set correctly?"
             )
-        flat = torch.bincount(pred * self.num_gt + gt, minlength=self.num_pred * self.num_gt)
-        self.counts += flat.view(self.num_pred, self.num_gt).cpu()
-        return self
 
     def merge(self, other: "ContingencyTable") -> "ContingencyTable":
         """Add another table's counts (e.g. from another shard) into this one."""
         if tuple(other.counts.shape) != tuple(self.counts.shape):
             raise ValueError(f"cannot merge tables of shapes {tuple(self.counts.shape)} and {tuple(other.counts.shape)}")
-        self.counts += other.counts
+        self.counts = self.counts + other.counts.to(self.counts.device)
         return self
 
     def all_reduce(self) -> "ContingencyTable":
@@ -109,6 +164,8 @@ class ContingencyTable:
         t = self.counts.clone()
         if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
             t = t.cuda(torch.cuda.current_device())
+        else:
+            t = t.cpu()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         self.counts = t.cpu()
         return self
@@ -308,11 +365,50 @@ def _check_part_maps(part_maps: torch.Tensor, num_parts: int) -> None:
         )
 
 
+def channel_argmax(x: torch.Tensor) -> torch.Tensor:
+    """``torch.argmax(x, dim=1)`` of ``[B, C, ...]`` (the first maximum; a NaN counts as the
+    maximum, the first NaN wins), as a running comparison over the C channels: the part maps have
+    few channels and PyTorch's CPU argmax over a non-innermost dimension is about 3x slower
+    (README "Performance"). Equal to ``torch.argmax`` (tests/test_metrics_clustering.py)."""
+    best = x[:, 0]
+    index = torch.zeros(best.shape, dtype=torch.int64, device=x.device)
+    best_nan = torch.isnan(best)
+    for c in range(1, x.shape[1]):
+        v = x[:, c]
+        v_nan = torch.isnan(v)
+        better = ((v > best) & ~best_nan) | (v_nan & ~best_nan)
+        best = torch.where(better, v, best)
+        best_nan = best_nan | v_nan
+        index = torch.where(better, c, index)
+    return index
+
+
 def _upsampled_argmax(maps: torch.Tensor, size) -> torch.Tensor:
-    """Argmax over channels of one image's maps ``[C, h, w]`` upsampled bilinearly
-    (align_corners=False) to ``size`` = (H, W); returns int64 ``[H, W]``."""
-    up = F.interpolate(maps[None].float(), size=tuple(size), mode="bilinear", align_corners=False)
-    return up[0].argmax(dim=0)
+    """Argmax over channels of maps ``[B, C, h, w]`` (or one image's ``[C, h, w]``) upsampled
+    bilinearly (align_corners=False) to ``size`` = (H, W); returns int64 ``[B, H, W]`` (``[H, W]``)."""
+    if maps.dim() == 3:
+        return _upsampled_argmax(maps[None], size)[0]
+    up = F.interpolate(maps.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return channel_argmax(up)
+
+
+def upsampled_labels(part_maps: torch.Tensor, gt_labels, channels: slice = slice(None)):
+    """Pairs ``(pred, gt)`` of per-pixel labels for a batch: the argmax over ``channels`` of the
+    maps ``[B, C, h, w]`` upsampled bilinearly to the GT size, next to the GT (int64, on the maps'
+    device). ``gt_labels``: a tensor ``[B, H, W]`` (one pair for the whole batch, upsampled in one
+    call) or a list of B ``[H_b, W_b]`` masks of different sizes (one pair per image)."""
+    if len(gt_labels) != part_maps.shape[0]:
+        raise ValueError(f"batch sizes differ: part_maps {part_maps.shape[0]}, gt_labels {len(gt_labels)}")
+    if torch.is_tensor(gt_labels) and gt_labels.dim() == 3:
+        gt = gt_labels.to(part_maps.device, non_blocking=True).long()
+        return [(_upsampled_argmax(part_maps[:, channels], gt.shape[-2:]), gt)]
+    pairs = []
+    for b in range(part_maps.shape[0]):
+        gt = torch.as_tensor(gt_labels[b]).to(part_maps.device).long()
+        if gt.ndim != 2:
+            raise ValueError(f"each GT mask must be [H, W], got shape {tuple(gt.shape)}")
+        pairs.append((_upsampled_argmax(part_maps[b, channels], gt.shape), gt))
+    return pairs
 
 
 class _TableMetric:
@@ -393,9 +489,9 @@ class KeypointClustering(_TableMetric):
         if self.foreground_only:
             values = values[:, : self.num_parts]
         pred = values.argmax(dim=1)  # [B, P]
-        gt = torch.arange(self.num_keypoints, device=pred.device).expand_as(pred)
         vis = torch.as_tensor(visible, device=pred.device).bool()
-        self.table.update(pred[vis], gt[vis])
+        gt = torch.arange(self.num_keypoints, device=pred.device).expand_as(pred)
+        self.table.update(pred, torch.where(vis, gt, -1))   # invisible: ignored
         return self
 
     def compute(self) -> Dict[str, float]:
@@ -444,14 +540,8 @@ class PixelClustering(_TableMetric):
                 (align_corners=False) to each mask's size, one image at a time.
         """
         _check_part_maps(part_maps, self.num_parts)
-        if len(gt_labels) != part_maps.shape[0]:
-            raise ValueError(f"batch sizes differ: part_maps {part_maps.shape[0]}, gt_labels {len(gt_labels)}")
         channels = slice(0, self.num_parts) if self.foreground_only else slice(None)
-        for b in range(part_maps.shape[0]):
-            gt = torch.as_tensor(gt_labels[b]).to(part_maps.device).long()
-            if gt.ndim != 2:
-                raise ValueError(f"each GT mask must be [H, W], got shape {tuple(gt.shape)}")
-            pred = _upsampled_argmax(part_maps[b, channels], gt.shape)  # per-channel op: slice first
+        for pred, gt in upsampled_labels(part_maps, gt_labels, channels):  # slice, then upsample
             if self.foreground_only:
                 gt = torch.where(gt == 0, torch.full_like(gt, -1), gt)
             self.table.update(pred, gt)

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from partformer.metrics.clustering import ContingencyTable, _TableMetric, _check_part_maps, _upsampled_argmax
+from partformer.metrics.clustering import (ContingencyTable, _TableMetric, _check_part_maps,
+                                          upsampled_labels)
 
 __all__ = ["ConfusionMatrix", "ForegroundIoU", "HungarianPartIoU", "iou_matrix", "hungarian_miou"]
 
@@ -60,14 +61,10 @@ class ForegroundIoU(_TableMetric):
         """``part_maps``: ``[B, K+1, h, w]``; ``fg_mask``: ``[B, H, W]`` or a list of ``[H_b, W_b]``."""
         if part_maps.ndim != 4:
             raise ValueError(f"part_maps must be [B, K+1, h, w], got {tuple(part_maps.shape)}")
-        if len(fg_mask) != part_maps.shape[0]:
-            raise ValueError(f"batch sizes differ: part_maps {part_maps.shape[0]}, fg_mask {len(fg_mask)}")
         bg_channel = part_maps.shape[1] - 1
-        for b in range(part_maps.shape[0]):
-            gt = torch.as_tensor(fg_mask[b]).to(part_maps.device).long()
-            pred_fg = (_upsampled_argmax(part_maps[b], gt.shape) != bg_channel).long()
+        for pred, gt in upsampled_labels(part_maps, fg_mask):
             gt = torch.where(gt > 0, torch.ones_like(gt), gt)  # any positive value = foreground
-            self.table.update(pred_fg, gt)
+            self.table.update((pred != bg_channel).long(), gt)
         return self
 
     def compute(self) -> Dict[str, float]:
@@ -168,11 +165,8 @@ class HungarianPartIoU(_TableMetric):
     def update(self, part_maps: torch.Tensor, gt_labels) -> "HungarianPartIoU":
         """``part_maps``: ``[B, K+1, h, w]``; ``gt_labels``: int64 ``[B, H, W]`` or a list of ``[H_b, W_b]``."""
         _check_part_maps(part_maps, self.num_parts)
-        if len(gt_labels) != part_maps.shape[0]:
-            raise ValueError(f"batch sizes differ: part_maps {part_maps.shape[0]}, gt_labels {len(gt_labels)}")
-        for b in range(part_maps.shape[0]):
-            gt = torch.as_tensor(gt_labels[b]).to(part_maps.device).long()
-            self.table.update(_upsampled_argmax(part_maps[b], gt.shape), gt)
+        for pred, gt in upsampled_labels(part_maps, gt_labels):
+            self.table.update(pred, gt)
         return self
 
     def compute(self) -> Dict[str, object]:

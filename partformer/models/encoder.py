@@ -286,10 +286,17 @@ class FeatureMapEncoder(nn.Module):
         return fmap
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: normalised images ``[B, 3, H, W]`` -> ``[B, C, H/p, W/p]``."""
+        """``x``: normalised images ``[B, 3, H, W]`` -> ``[B, C, H/p, W/p]``.
+
+        A frozen encoder runs under ``torch.inference_mode`` (no autograd bookkeeping at all; under
+        ``torch.compile``, which cannot trace inference mode, ``torch.no_grad``); its output is
+        returned as an ordinary tensor (a copy, small next to the forward) so that trainable
+        modules after it (the compress head) can record their own gradients."""
         if self.frozen:
-            with torch.no_grad():
-                return self._forward(x)
+            mode = torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode()
+            with mode:
+                out = self._forward(x)
+            return out.clone()
         return self._forward(x)
 
 

@@ -9,10 +9,10 @@ authors' ``F.interpolate(x, scale_factor=0.5)`` (no ``mode``; CUB_Model.py / Cel
 ``forward``) does, i.e. output pixel (i, j) = input pixel (2i, 2j).
 
 Differences from the authors' code, on purpose (full list: docs/differences.md):
-- the frozen encoder runs once on ``cat([view1, view2])`` under ``torch.no_grad`` (theirs: twice);
-  the compress head still runs once per view, so its BatchNorm sees per-view batch statistics as
-  in their code; the part-token ViT and the decoder (per-sample LayerNorms only) run on both views
-  at once, which gives the same result as two calls;
+- the frozen encoder runs once on ``cat([view1, view2])`` under ``torch.inference_mode``
+  (theirs: twice); the compress head still runs once per view, so its BatchNorm sees per-view
+  batch statistics as in their code; the part-token ViT and the decoder (per-sample LayerNorms
+  only) run on both views at once, which gives the same result as two calls;
 - every size follows from the constructor (K, image size, feature grid, decoder output).
 
 Parameter names (ours <- official CUB / CelebA checkpoint):

@@ -4,9 +4,9 @@ The view (already normalised) is downsampled by ``in_scale`` with ``resample`` (
 :func:`resample`; ``"nearest"`` by default, as the authors' ``F.interpolate(x,
 scale_factor=0.5)``), cut into patches by a conv without bias, given a fixed 2-D sin-cos position
 embedding, and K+1 learnable part tokens (zero position embedding; the last one is background) are
-prepended. ``ln_pre``, ``depth`` pre-LN
-residual blocks (``nn.MultiheadAttention`` with fused in-projection, MLP with QuickGELU), then the
-K+1 tokens -> LayerNorm -> Linear(width -> out_dim, no bias).
+prepended. ``ln_pre``, ``depth`` pre-LN residual blocks (self-attention with the fused
+in-projection of ``nn.MultiheadAttention``, run by ``F.scaled_dot_product_attention``; MLP with
+QuickGELU), then the K+1 tokens -> LayerNorm -> Linear(width -> out_dim, no bias).
 
 Sin-cos layout (``sincos_layout``): ``"mae"`` (default) is the MAE ``get_2d_sincos_pos_embed``
 convention: for D channels, the first D/2 encode the patch *column* (x) and the last D/2 the patch
@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["QuickGELU", "Mlp", "ResidualAttentionBlock", "PartTokenViT", "sincos_pos_embed_2d",
-           "resample", "RESAMPLE_MODES"]
+__all__ = ["QuickGELU", "Mlp", "FusedSelfAttention", "ResidualAttentionBlock", "PartTokenViT",
+           "sincos_pos_embed_2d", "resample", "RESAMPLE_MODES"]
 
 SINCOS_LAYOUTS = ("mae", "yx")
 
@@ -110,23 +110,57 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class FusedSelfAttention(nn.Module):
+    """Multi-head self-attention with one fused in-projection, computed by
+    ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels where available).
+
+    Parameters and state-dict keys are those of ``nn.MultiheadAttention(width, heads)``
+    (``in_proj_weight [3W, W]`` with rows q, k, v; ``in_proj_bias [3W]``; ``out_proj.weight``,
+    ``out_proj.bias``), which the authors' checkpoints use, and so is its initialisation, random
+    draws in the same order (xavier-uniform in-projection, zero biases). The result equals the
+    authors' ``attn(x, x, x)[0]`` (sequence-first) up to float rounding (tests/test_models.py),
+    without ``nn.MultiheadAttention``'s layout changes and argument checks.
+
+    ``x``: ``[B, N, W]`` -> ``[B, N, W]``.
+    """
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads != 0:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.width, self.heads = width, heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, W = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)        # [B, N, 3W]
+        q, k, v = qkv.view(B, N, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)                       # [B, heads, N, W/heads]
+        return self.out_proj(y.transpose(1, 2).reshape(B, N, W))
+
+
 class ResidualAttentionBlock(nn.Module):
     """Pre-LN block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
 
-    Official names: ``ln_1`` -> ``norm1``, ``attn`` -> ``attn`` (same ``nn.MultiheadAttention``
-    keys), ``ln_2`` -> ``norm2``, ``mlp.c_fc`` -> ``mlp.fc1``, ``mlp.c_proj`` -> ``mlp.fc2``.
+    Official names: ``ln_1`` -> ``norm1``, ``attn`` -> ``attn`` (``nn.MultiheadAttention``'s keys,
+    see :class:`FusedSelfAttention`), ``ln_2`` -> ``norm2``, ``mlp.c_fc`` -> ``mlp.fc1``,
+    ``mlp.c_proj`` -> ``mlp.fc2``.
     """
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.attn = FusedSelfAttention(width, heads)
         self.norm2 = nn.LayerNorm(width)
         self.mlp = Mlp(width, int(round(width * mlp_ratio)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm1(x)
-        x = x + self.attn(y, y, y, need_weights=False)[0]
+        x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
 
@@ -145,7 +179,8 @@ class PartTokenViT(nn.Module):
     sets it from ``model.half_resample``). Initialisation as the authors' ``VisionTransformer``
     (backbone/Transformer.py ``initialize_weights``): xavier-uniform weights of every Linear (MLP,
     attention out-projection, ``proj``) and of the patch conv, zero Linear biases, part tokens
-    N(0, 0.02); ``nn.MultiheadAttention`` keeps its own xavier in-projection with zero biases.
+    N(0, 0.02); the attention keeps ``nn.MultiheadAttention``'s xavier in-projection with zero
+    biases.
     """
 
     def __init__(self, num_parts: int, in_scale: float = 0.5, patch_size: int = 16,

@@ -1,0 +1,93 @@
+"""The speed harness (partformer/engine/profiling.py, tools/benchmark.py) on the tiny CPU config:
+what it reports is consistent with what it measured. Speeds themselves are never asserted."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from partformer.cli import benchmark_main
+from partformer.engine.profiling import RandomAnnotatedImages, StageTimer, profile, summary
+
+from tests.tiny import shared_root, tiny_config, tiny_yaml
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return shared_root(tmp_path_factory)
+
+
+def test_summary_statistics():
+    s = summary([4.0, 1.0, 3.0, 2.0])
+    assert (s["median"], s["min"], s["max"], s["n"]) == (2.5, 1.0, 4.0, 4)
+    assert s["iqr"] == pytest.approx(np.percentile([1, 2, 3, 4], 75) - np.percentile([1, 2, 3, 4], 25))
+    assert summary([])["n"] == 0
+
+
+def test_stage_timer_records_each_occurrence():
+    t = StageTimer(torch.device("cpu"))
+    for _ in range(3):
+        with t.stage("a"):
+            pass
+    with t.stage("b"):
+        sum(range(1000))
+    assert len(t.times["a"]) == 3 and len(t.times["b"]) == 1
+    assert all(v >= 0 for v in t.times["a"])
+
+
+def test_profile_reports_what_it_measured(root, tmp_path):
+    cfg = tiny_config(root, [f"data.cache={tmp_path / 'cache'}"])
+    res = profile(cfg, torch.device("cpu"), reps=2, warmup=1, eval_batches=1, data_batches=2)
+    t = res["train"]
+    steps, floors = t["step_s"]["values"], t["floor_s"]["values"]
+    assert len(steps) == len(floors) == 2
+    ratios = [s / f for s, f in zip(steps, floors)]
+    assert t["step_over_floor"]["median"] == pytest.approx(float(np.median(ratios)))
+    assert t["flops"]["step"] > t["flops"]["floor"] > 0
+    assert t["flops"]["step_over_floor"] == pytest.approx(t["flops"]["step"] / t["flops"]["floor"])
+    assert t["params_trainable"] <= t["params_total"]
+    e = res["eval"]
+    assert e["source"].startswith("synthetic val split")
+    assert {"kp_nmi_with_bg", "kp_ari_fg_only"} <= set(e["protocols"])
+    assert e["predict_s"]["n"] == e["metrics_s"]["n"] == e["data_s"]["n"] == 1
+    m, p, d = (e[k]["median"] for k in ("metrics_s", "predict_s", "data_s"))
+    assert e["metrics_share"] == pytest.approx(m / (m + p + d))
+    d = res["data"]
+    assert d["decode"]["batch_s"]["n"] == 2 and d["decode"]["images_per_s"] > 0
+    assert d["cache"]["build_s"] > 0 and d["cache"]["images_per_s"] > 0
+    assert res["environment"]["torch"] == torch.__version__
+    assert res["config"]["batch_size"] == cfg.train.batch_size
+    # a second profile finds the cache built
+    again = profile(cfg, torch.device("cpu"), parts=["data"], data_batches=1)
+    assert again["data"]["cache"]["build_s"] is None and "train" not in again
+
+
+def test_without_the_dataset_evaluation_uses_random_annotated_images(root, tmp_path):
+    cfg = tiny_config(root)
+    cfg.data = dataclasses.replace(cfg.data, name="cub", root=str(tmp_path / "no_cub"), options={})
+    res = profile(cfg, torch.device("cpu"), parts=["eval", "data"], eval_batches=1)
+    assert res["eval"]["source"].startswith("random images")
+    # every accumulating protocol family runs on them
+    assert {"kp_nmi_with_bg", "px_nmi_with_bg", "part_miou_hungarian", "fg_iou"} <= \
+        set(res["eval"]["protocols"])
+    assert "not on disk" in res["data"]["skipped"]
+    sample = RandomAnnotatedImages(3, 16)[1]
+    assert torch.equal(sample["image"], RandomAnnotatedImages(3, 16)[1]["image"])  # deterministic
+    assert sample["keypoints"].shape == (15, 2) and sample["part_mask"].shape == (16, 16)
+
+
+def test_benchmark_cli_prints_the_ratio_and_writes_json(root, tmp_path, capsys):
+    out = tmp_path / "bench" / "b.json"
+    assert benchmark_main(["--config", tiny_yaml(root), "--parts", "train", "--reps", "1",
+                           "--warmup", "0", "--batch-size", "4", "--no-flops",
+                           "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "step / floor" in printed and "FLOPs" not in printed
+    res = json.loads(out.read_text())
+    assert res["config"]["batch_size"] == 4 and set(res) >= {"environment", "train"}
+    assert "eval" not in res and "flops" not in res["train"]
+    with pytest.raises(SystemExit, match="unknown parts"):
+        benchmark_main(["--config", tiny_yaml(root), "--parts", "speed"])
