@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from partformer.data.io import DatasetError
+
 PARTS = ("train", "eval", "data")
 
 
@@ -264,8 +266,10 @@ def _eval_split(cfg, num_images: int):
     try:
         return build_dataset(cfg.data, split, skip_bad_images=cfg.eval.skip_bad_images), \
             f"{cfg.data.name} {split} split ({cfg.data.root})"
-    except (FileNotFoundError, NotADirectoryError) as e:
-        first = str(e).splitlines()[0]
+    except DatasetError as e:
+        if not _not_on_disk(e):
+            raise
+        first = str(e.__cause__).splitlines()[0]
         return RandomAnnotatedImages(num_images, cfg.data.image_size), \
             f"random images with keypoints and masks ({cfg.data.name} not on disk: {first})"
 
@@ -340,8 +344,10 @@ def measure_data(cfg, device: torch.device, batches: int = 20) -> Dict[str, Any]
     split = cfg.data.train_split
     try:
         dataset = build_dataset(cfg.data, split)
-    except (FileNotFoundError, NotADirectoryError) as e:
-        return {"skipped": f"{cfg.data.name} is not on disk: {str(e).splitlines()[0]}"}
+    except DatasetError as e:
+        if not _not_on_disk(e):
+            raise
+        return {"skipped": f"{cfg.data.name} is not on disk: {str(e.__cause__).splitlines()[0]}"}
     batches = min(batches, len(dataset) // cfg.train.batch_size - 1)
     out: Dict[str, Any] = {"source": f"{cfg.data.name} {split} split ({cfg.data.root})",
                            "num_workers": cfg.data.num_workers, "batches": batches,
@@ -355,6 +361,12 @@ def measure_data(cfg, device: torch.device, batches: int = 20) -> Dict[str, Any]
 
 
 # ----------------------------------------------------------------------------------- driver
+def _not_on_disk(e: BaseException) -> bool:
+    """A dataset error whose cause is a missing root or file (the harness then uses random data);
+    any other layout error is the user's to fix."""
+    return isinstance(e.__cause__, (FileNotFoundError, NotADirectoryError))
+
+
 def profile(cfg, device: torch.device, parts: Sequence[str] = PARTS,
             amp_dtype: Optional[torch.dtype] = None, reps: int = 5, warmup: int = 1,
             eval_batches: int = 3, data_batches: int = 20, flops: bool = True) -> Dict[str, Any]:
