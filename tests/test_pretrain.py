@@ -254,7 +254,7 @@ def test_pretraining_resume_is_exact_and_probe_selects_best(root, tmp_path):
     assert not torch.equal(straight.teacher.state_dict()[key], initial[key])
     steps = [h["step"] for h in straight.history]
     assert steps == [0, 2, 4]
-    best = max(straight.history, key=lambda h: h["kp_nmi_with_bg"])
+    best = max(straight.history, key=lambda h: h["px_nmi_with_bg"])   # pretrain.select_metric
     assert straight.best_step == best["step"]
     assert os.path.isfile(tmp_path / "a" / "best.pt") and os.path.isfile(tmp_path / "a" / "last.pt")
     assert resumed.history == straight.history
