@@ -9,8 +9,10 @@ training saves ``last.pt`` and exits with status 130 and one line saying how to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
+import signal
 import sys
 from typing import Callable, List, Optional
 
@@ -83,6 +85,25 @@ def _load(args) -> cfglib.Config:
     return cfglib.load_config(args.config, args.overrides)
 
 
+@contextlib.contextmanager
+def interrupts_stop_training():
+    """Within the block, SIGTERM (what ``kill`` and cluster schedulers send before they stop a
+    job) and SIGINT (Ctrl-C) both raise ``KeyboardInterrupt``, so training saves ``last.pt`` and
+    says how to resume. SIGINT is re-armed too: a job started in the background of a
+    non-interactive shell (``nohup ... &``) inherits SIGINT as ignored."""
+    handler = signal.default_int_handler
+    try:
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread (e.g. a notebook worker): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
 def _progress(cfg) -> bool:
     return cfg.logging.progress and sys.stderr.isatty()
 
@@ -122,7 +143,8 @@ def train_main(argv: List[str]) -> int:
     exit_code = EXIT_FAILED
     try:
         try:
-            summary = trainer.fit()
+            with interrupts_stop_training():
+                summary = trainer.fit()
         except TrainingInterrupted as e:
             exit_code = EXIT_INTERRUPTED
             if main:
@@ -536,7 +558,8 @@ def pretrain_main(argv: List[str]) -> int:
         print(f"run directory: {trainer.run_dir}\ndevice: {trainer.device}, world size: "
               f"{trainer.world}, images: {len(trainer.bank)}, steps: {trainer.total_steps}")
     try:
-        summary = trainer.fit()
+        with interrupts_stop_training():
+            summary = trainer.fit()
     except KeyboardInterrupt:
         path = trainer.save("last")
         if main:

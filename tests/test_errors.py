@@ -208,8 +208,10 @@ def test_resumed_run_logs_each_step_once(root, tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_real_sigint_saves_last_and_prints_one_line(root, tmp_path):
-    """tools/train.py in its own process, interrupted with SIGINT (what Ctrl-C sends)."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_real_sigint_saves_last_and_prints_one_line(root, tmp_path, sig):
+    """tools/train.py in its own process, interrupted with SIGINT (what Ctrl-C sends) or SIGTERM
+    (what ``kill`` and cluster schedulers send)."""
     run = tmp_path / "run"
     cmd = [sys.executable, os.path.join(REPO, "tools", "train.py"), "--config", tiny_yaml(root),
            "--run-dir", str(run), "data.val_split=null", "train.max_steps=100000", "--no-test"]
@@ -222,7 +224,7 @@ def test_real_sigint_saves_last_and_prints_one_line(root, tmp_path):
         if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
             break
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
