@@ -258,16 +258,26 @@ class RandomAnnotatedImages(Dataset):
 
 def _eval_split(cfg, num_images: int):
     """The config's evaluation split (validation, else test), or random annotated images."""
-    from partformer.data import build_dataset
-
     split = cfg.data.val_split or cfg.data.test_split
-    try:
-        return build_dataset(cfg.data, split, skip_bad_images=cfg.eval.skip_bad_images), \
-            f"{cfg.data.name} {split} split ({cfg.data.root})"
-    except (FileNotFoundError, NotADirectoryError) as e:
-        first = str(e).splitlines()[0]
+    dataset, missing = _dataset_on_disk(cfg, split, skip_bad_images=cfg.eval.skip_bad_images)
+    if dataset is None:
         return RandomAnnotatedImages(num_images, cfg.data.image_size), \
-            f"random images with keypoints and masks ({cfg.data.name} not on disk: {first})"
+            f"random images with keypoints and masks ({cfg.data.name} not on disk: {missing})"
+    return dataset, f"{cfg.data.name} {split} split ({cfg.data.root})"
+
+
+def _dataset_on_disk(cfg, split: str, **kwargs):
+    """``(dataset, None)``, or ``(None, the first line of the reason)`` when the dataset's folder
+    or files do not exist (any other dataset error is raised)."""
+    from partformer.data import build_dataset
+    from partformer.data.io import DatasetError
+
+    try:
+        return build_dataset(cfg.data, split, **kwargs), None
+    except DatasetError as e:
+        if not isinstance(e.__cause__, (FileNotFoundError, NotADirectoryError)):
+            raise
+        return None, str(e.__cause__).splitlines()[0]
 
 
 def measure_evaluation(cfg, device: torch.device, model: Optional[torch.nn.Module] = None,
@@ -335,13 +345,10 @@ def _loader_times(cfg, dataset, device: torch.device, batches: int) -> Dict[str,
 
 def measure_data(cfg, device: torch.device, batches: int = 20) -> Dict[str, Any]:
     """(d) the training loader alone, decoding, then (with ``data.cache``) from the cache."""
-    from partformer.data import build_dataset
-
     split = cfg.data.train_split
-    try:
-        dataset = build_dataset(cfg.data, split)
-    except (FileNotFoundError, NotADirectoryError) as e:
-        return {"skipped": f"{cfg.data.name} is not on disk: {str(e).splitlines()[0]}"}
+    dataset, missing = _dataset_on_disk(cfg, split)
+    if dataset is None:
+        return {"skipped": f"{cfg.data.name} is not on disk: {missing}"}
     batches = min(batches, len(dataset) // cfg.train.batch_size - 1)
     out: Dict[str, Any] = {"source": f"{cfg.data.name} {split} split ({cfg.data.root})",
                            "num_workers": cfg.data.num_workers, "batches": batches,
