@@ -1,6 +1,6 @@
 """Convert the authors' released PartFormer checkpoints (CUB, CelebA) into our checkpoint format.
 
-The authors' files (METHOD.md §4) come in two forms, both accepted:
+The authors' files (docs/METHOD.md §4) come in two forms, both accepted:
 
 - ``model_best.pth``: a plain state dict of their model (keys ``backbone1.*``, ``compress_layer.*``,
   ``Transformer.*``, ``Reconstruct_Block.*``, ``ArcMarginProduct.weight``, ``logit_scale``);
@@ -59,12 +59,12 @@ __all__ = [
 
 OFFICIAL_DATASETS = ("cub", "celeba")
 ENCODER_NAME = "vit_small_patch8_224.dino"
-# the part-token ViT sees the view downsampled x0.5 (METHOD.md §1.3)
+# the part-token ViT sees the view downsampled x0.5 (docs/METHOD.md §1.3)
 PARTFORMER_IN_SCALE = 0.5
 # tolerance for the stored sin-cos embedding vs ours (float32 rounding of the same formula)
 POS_EMBED_ATOL = 1e-5
 
-# where the BatchNorm layers of the compress head sit (METHOD.md §1.2)
+# where the BatchNorm layers of the compress head sit (docs/METHOD.md §1.2)
 _COMPRESS_BN = {"cub": (2, 5), "celeba": (1, 4)}
 
 _RULES: List[Tuple[str, str]] = [
@@ -321,9 +321,10 @@ def official_config(dataset: str, num_parts: int, image_size: int = 256,
                     sincos_layout: str = "mae") -> cfglib.Config:
     """Our resolved config for an official model: the benchmark config of ``dataset`` (data, loss,
     evaluation settings; ``configs/<dataset>_k<K>.yaml`` or ``configs/_base_/<dataset>.yaml`` unless
-    ``base_config`` is given) with every architecture field set to the authors' model (METHOD.md
-    §1: DINO ViT-S/8 with the legacy position-grid resize, compress 384 -> 256 -> 128 -> 64,
-    part-token ViT width 256, depth 6, 8 heads, patch 16 on the x0.5 view; decoder 5 blocks)."""
+    ``base_config`` is given) with every architecture field set to the authors' model
+    (docs/METHOD.md §1: DINO ViT-S/8 with the legacy position-grid resize, compress 384 -> 256 ->
+    128 -> 64, part-token ViT width 256, depth 6, 8 heads, patch 16 on the x0.5 view; decoder 5
+    blocks)."""
     if dataset not in OFFICIAL_DATASETS:
         raise ConversionError(f"dataset must be one of {OFFICIAL_DATASETS}, got {dataset!r}")
     bad = [o for o in overrides or [] if o.split("=", 1)[0].strip().startswith("model.")]

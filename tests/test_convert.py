@@ -4,8 +4,8 @@ The core check is parity: a random-weight state dict with exactly the authors' p
 shapes (CUB and CelebA layouts, written out below from their model's key list) is saved in both of
 their file forms, converted, loaded the way ``tools/eval.py`` loads it, and its ``predict`` maps are
 compared with ``reference_forward``: an independent re-implementation of the authors' test-time
-forward pass (METHOD.md §1-§4) in plain ``torch.nn.functional`` ops that reads the official keys
-directly and uses none of our model classes.
+forward pass (docs/METHOD.md §1-§2) in plain ``torch.nn.functional`` ops that reads the official
+keys directly and uses none of our model classes.
 
 That re-implementation was wrong before issue 7, in the same way as the model: it downsampled the
 view for the part-token ViT bilinearly, because both were written from the same reading of the

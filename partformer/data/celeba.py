@@ -12,9 +12,9 @@ The landmark and box files start with a count line and a column-name line; the l
 left eye, right eye, nose, left mouth corner, right mouth corner. Coordinates are used as stored
 (0-based pixel coordinates, no shift), like CUB's.
 
-Splits (``tools/prepare_celeba.py`` writes them; protocol of PROTOCOLS.md): an image is kept only if
-its face box covers >= 30 % of the image area (box ``w * h`` as stored, image ``W * H`` from the
-JPEG header).
+Splits (``tools/prepare_celeba.py`` writes them; protocol of docs/PROTOCOLS.md §5): an image is kept
+only if its face box covers >= 30 % of the image area (box ``w * h`` as stored, image ``W * H`` from
+the JPEG header).
 
 - ``trainval``: CelebA train partition (0) minus the MAFL test images, filtered (published 45,609);
 - ``val``: ``num_val`` (500) images of ``trainval`` drawn with ``numpy.random.default_rng(0)``

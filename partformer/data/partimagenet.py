@@ -23,7 +23,7 @@ Labels of ``part_mask`` (int64): 0 = background, ``c + 1`` = part category ``c``
 the right/bottom edges: an axis-aligned w x h box covers exactly w x h pixels, as with pycocotools,
 which the PDiscoFormer evaluation uses); the label of a pixel is the argmax over the 40 per-category
 coverage counts (annotations of one category add up) and a constant 0.1 background channel
-(PROTOCOLS.md), ties between parts going to the first maximum, i.e. the lowest category id.
+(docs/PROTOCOLS.md), ties between parts going to the first maximum, i.e. the lowest category id.
 Annotations with ``area == 0`` or ``iscrowd == 1`` are skipped; a polygon with fewer than 3 points
 is replaced by the annotation's box.
 
@@ -56,7 +56,7 @@ __all__ = ["PartImageNetDataset", "NUM_PART_CATEGORIES", "rasterize_polygon", "r
 
 NUM_PART_CATEGORIES = 40
 SEG_BACKGROUND = 40
-BACKGROUND_SCORE = 0.1  # PROTOCOLS.md: constant background channel in the per-pixel argmax
+BACKGROUND_SCORE = 0.1  # docs/PROTOCOLS.md: constant background channel in the per-pixel argmax
 PUBLISHED = {"ood_train_images": 16540, "ood_train_classes": 109, "seg_test_images": 2405}
 DEFAULT_TEST_FRACTION = 0.1
 DEFAULT_VAL_FRACTION = 0.1

@@ -5,7 +5,7 @@ background last, any resolution): a trained model, the grid baseline, k-means, a
 checkpoint. Metrics accumulate batch by batch (contingency tables and confusion matrices), so memory
 does not grow with the dataset, and merge across torchrun processes. No sample is ever dropped.
 
-Protocol names (PROTOCOLS.md / docs/PROTOCOLS.md):
+Protocol names (docs/PROTOCOLS.md):
   kp_nmi_with_bg, kp_ari_with_bg      keypoint NMI/ARI, argmax over K+1 (PDiscoNet, PartFormer)
   kp_nmi_fg_only, kp_ari_fg_only      argmax over the K foreground maps (PartFormer "FG-NMI")
   kp_nmi_fg_bbox, kp_ari_fg_bbox      fg_only on box-cropped images (Choudhury "FG-NMI"; needs

@@ -1,4 +1,4 @@
-"""The PartFormer training objective (METHOD.md §1 step 6).
+"""The PartFormer training objective (docs/METHOD.md §1.6).
 
     total = w_recon · recon + w_conc · concentration + w_area · area + w_arc · arcface
     defaults: 1.0, 0.3, 0.5, 0.01

@@ -1,4 +1,5 @@
-"""Feature-map encoder ("pixel representations", METHOD.md §1.2) and the 1x1-conv compress head.
+"""Feature-map encoder ("pixel representations", docs/METHOD.md §1.2) and the 1x1-conv compress
+head.
 
 ``FeatureMapEncoder`` wraps a timm model and returns a feature map ``[B, C, h, w]``:
 
@@ -314,7 +315,7 @@ COMPRESS_VARIANTS = ("cub", "celeba", "single")
 
 
 class CompressHead(nn.Sequential):
-    """1x1-conv head mapping encoder channels to the part-feature dim D (METHOD.md §1.2).
+    """1x1-conv head mapping encoder channels to the part-feature dim D (docs/METHOD.md §1.2).
 
     - ``cub``:    conv, ReLU, BN, conv, ReLU, BN, conv   (indices 0..6 for two hidden layers)
     - ``celeba``: conv, BN, ReLU, conv, BN, ReLU, conv

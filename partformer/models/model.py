@@ -1,7 +1,8 @@
 """The PartFormer model: encoder + compress head, part-token ViT, alignment and decoder.
 
-Training forward (METHOD.md §1, docs/ARCHITECTURE.md): two views in [0, 1] -> the documented dict.
-Test time (METHOD.md §2): ``predict(images)`` -> soft part maps ``[B, K+1, H', W']``, background last.
+Training forward (docs/METHOD.md §1; the output dict: docs/ARCHITECTURE.md): two views in [0, 1].
+Test time (docs/METHOD.md §2): ``predict(images)`` -> soft part maps ``[B, K+1, H', W']``,
+background last.
 
 Both x0.5 paths, the view fed to the part-token ViT and the reconstruction target, are resampled
 with ``half_resample`` (``model.half_resample``): ``"nearest"`` by default, which is what the
