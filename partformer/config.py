@@ -45,6 +45,15 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------- schema
+# The defaults of the model, loss and train sections are the authors' CUB settings
+# (docs/METHOD.md §1.2-§1.7); configs/_base_/paper.yaml adds only what a paper run needs beyond
+# them, the dataset files set what differs per dataset.
+
+# total = recon + 0.3 concentration + 0.5 area + 0.01 ArcFace (docs/METHOD.md §1.6); the one
+# definition: LossConfig's default and PartFormerCriterion's
+LOSS_WEIGHTS: Dict[str, float] = {"recon": 1.0, "concentration": 0.3, "area": 0.5, "arcface": 0.01}
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "partformer"
@@ -126,8 +135,7 @@ class LossConfig:
     recon: str = "perceptual"         # perceptual | l1 | mse
     vgg_weights: Optional[str] = "imagenet"   # imagenet | path to a local vgg19 state dict
     vgg_channels_last: bool = True    # VGG19 convolutions in the channels-last layout (faster)
-    weights: Dict[str, float] = field(default_factory=lambda: {
-        "recon": 1.0, "concentration": 0.3, "area": 0.5, "arcface": 0.01})
+    weights: Dict[str, float] = field(default_factory=lambda: dict(LOSS_WEIGHTS))
     area_eps: float = 0.5
     area_all_maps: bool = False
     area_normalise: bool = False
