@@ -105,24 +105,6 @@ def _as_list(images) -> Tuple[List[Any], bool]:
     return [images], True
 
 
-def resize_plan(mode: str, size: int, height: int, width: int) -> ResizePlan:
-    """The crop / resize / pad geometry of ``mode`` (transforms.plan_resize, plus DeepFashion's
-    ``longest_pad``: longest side to S, padded bottom / right to S x S)."""
-    if mode == "longest_pad":
-        scale = size / max(height, width)
-        nh = size if height >= width else max(1, int(np.floor(height * scale + 0.5)))
-        nw = size if width >= height else max(1, int(np.floor(width * scale + 0.5)))
-        return ResizePlan((0, 0, height, width), (nh, nw), (0, 0, size, size))
-    return plan_resize(mode, size, height, width)
-
-
-def _network_image(mode: str, size: int, image: np.ndarray) -> np.ndarray:
-    if mode == "longest_pad":
-        from partformer.data.deepfashion import longest_pad
-        return longest_pad(size, image)[0]
-    return apply_resize(mode, size, image).image
-
-
 def input_grid(plan: ResizePlan, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Where each input pixel centre lands in the network image of ``plan``: a ``grid_sample``
     grid ``[1, H, W, 2]`` (normalised, ``align_corners=False``) and a bool ``[H, W]`` mask of the
@@ -186,9 +168,9 @@ class Predictor:
                           "shorter side to data.image_size (resize='shorter') instead",
                           stacklevel=2)
             mode = "shorter"
-        if mode not in RESIZE_MODES + ("longest_pad",):
+        if mode not in RESIZE_MODES:
             raise ValueError(f"unknown resize mode {mode!r}; expected one of "
-                             f"{list(RESIZE_MODES) + ['longest_pad']}")
+                             f"{list(RESIZE_MODES)}")
         self.resize = mode
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -243,8 +225,8 @@ class Predictor:
                                     pres[0].cpu())
 
         for i, arr in enumerate(arrays):
-            plan = resize_plan(self.resize, self.image_size, *arr.shape[:2])
-            net = to_tensor_image(_network_image(self.resize, self.image_size, arr))
+            plan = plan_resize(self.resize, self.image_size, *arr.shape[:2])
+            net = to_tensor_image(apply_resize(self.resize, self.image_size, arr).image)
             key = tuple(net.shape)
             pending.setdefault(key, []).append((i, net, plan))
             if len(pending[key]) >= bs:

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from partformer.data.collate import collate
+from partformer.data.transforms import fixed_size
 from partformer.engine import distributed as D
 from partformer.metrics import clustering as C
 from partformer.metrics import keypoints as KP
@@ -35,9 +36,6 @@ from partformer.metrics import segmentation as SEG
 
 # 2: regression centroids use the integer cell index (PDiscoFormer) instead of the cell centre
 PROTOCOL_VERSION = "2"
-
-# resize modes whose outputs all have the same size (others are evaluated one image at a time)
-FIXED_SIZE_RESIZES = ("whole", "shorter_center_crop", "longest_pad")
 
 Predictor = Callable[[Dict[str, Any]], torch.Tensor]
 
@@ -243,7 +241,7 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
     unknown = [p for p in wanted if p not in PROTOCOL_FAMILIES]
     if unknown:
         raise ValueError(f"unknown protocol(s) {unknown}; known: {sorted(PROTOCOL_FAMILIES)}")
-    if resize not in FIXED_SIZE_RESIZES:
+    if not fixed_size(resize):
         batch_size = 1  # variable image sizes cannot be stacked
 
     kp_metrics: Dict[str, Any] = {}

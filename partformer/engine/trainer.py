@@ -23,12 +23,12 @@ from partformer import config as cfglib
 from partformer.augment import PairedAugmentation
 from partformer.data import build_dataset
 from partformer.data.collate import collate
-from partformer.data.transforms import images_to_float
+from partformer.data.transforms import fixed_size, images_to_float
 from partformer.engine import distributed as D
 from partformer.engine.checkpoint import (CheckpointError, all_finite, atomic_torch_save,
                                           load_checkpoint, load_state_dict_strict)
-from partformer.engine.evaluator import (FIXED_SIZE_RESIZES, applicable_protocols, evaluate,
-                                         first_sample, num_part_classes, per_image_metrics)
+from partformer.engine.evaluator import (applicable_protocols, evaluate, first_sample,
+                                         num_part_classes, per_image_metrics)
 from partformer.engine.logger import EXIT_OK, ExperimentLogger
 from partformer.engine.runner import model_predictor
 from partformer.losses import PartFormerCriterion
@@ -600,7 +600,7 @@ class Trainer:
         n = min(self.cfg.logging.wandb.num_images, len(self.val_set))
         samples = [self.val_set[i] for i in range(n)]
         samples = [s for s in samples if s is not None]
-        if not samples or self.cfg.data.resize not in FIXED_SIZE_RESIZES:
+        if not samples or not fixed_size(self.cfg.data.resize):
             return None
         return collate(samples)
 
