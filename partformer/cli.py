@@ -211,7 +211,7 @@ def eval_main(argv: List[str]) -> int:
     from partformer.engine.logger import EXIT_FAILED, ExperimentLogger
     from partformer.engine.runner import (build_baseline, evaluate_methods, load_model,
                                           model_predictor)
-    from partformer.engine.trainer import resolve_precision
+    from partformer.engine.precision import resolve_precision
     logger = None
     exit_code = EXIT_FAILED
     try:
@@ -321,7 +321,7 @@ def visualize_main(argv: List[str]) -> int:
     from partformer.data.collate import collate
     from partformer.engine import inspect
     from partformer.engine.runner import load_model, model_predictor
-    from partformer.engine.trainer import resolve_precision
+    from partformer.engine.precision import resolve_precision
     device = D.init_distributed(cfg.train.device)
     split = args.split or cfg.data.val_split or cfg.data.test_split
     dataset = build_dataset(cfg.data, split, skip_bad_images=True)
@@ -479,7 +479,7 @@ def benchmark_main(argv: List[str]) -> int:
 
     from partformer.engine.evaluator import write_json
     from partformer.engine.profiling import PARTS, format_report, profile
-    from partformer.engine.trainer import resolve_precision
+    from partformer.engine.precision import resolve_precision
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     unknown = [s for s in parts if s not in PARTS]
     if unknown:

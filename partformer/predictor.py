@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from partformer.data.transforms import RESIZE_MODES, ResizePlan, apply_resize, plan_resize
+from partformer.engine.precision import autocast_context, resolve_precision
 
 ImageLike = Union[str, "os.PathLike[str]", np.ndarray, torch.Tensor, Any]
 
@@ -154,7 +155,6 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, cfg, device: Union[None, str, torch.device] = None,
                  batch_size: int = 8, resize: Optional[str] = None,
                  precision: Optional[str] = None, source: str = ""):
-        from partformer.engine.trainer import resolve_precision
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
@@ -193,11 +193,8 @@ class Predictor:
         """Network-size images ``[B, 3, S, S]`` in [0, 1] -> part maps ``[B, K+1, S, S]`` (float32,
         on the predictor's device)."""
         x = images.to(self.device, non_blocking=True)
-        if self.amp_dtype is None:
+        with autocast_context(self.device, self.amp_dtype):
             maps = self.model.predict(x, output_size=tuple(x.shape[-2:]))
-        else:
-            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype):
-                maps = self.model.predict(x, output_size=tuple(x.shape[-2:]))
         return maps.float()
 
     def __call__(self, images, batch_size: Optional[int] = None

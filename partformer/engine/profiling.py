@@ -173,7 +173,8 @@ def measure_training(cfg, device: torch.device, setup=None,
                      flops: bool = True) -> Dict[str, Any]:
     """(a) the training step and (b) its floor, alternately, ``warmup + reps`` times each.
     ``setup``: ``(model, criterion, augment, optimizer)`` (default: built from ``cfg``)."""
-    from partformer.engine.trainer import autocast_context, training_losses
+    from partformer.engine.precision import autocast_context
+    from partformer.engine.trainer import training_losses
 
     model, criterion, augment, optimizer = setup or _training_setup(cfg, device)
     model.train()

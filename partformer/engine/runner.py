@@ -14,19 +14,20 @@ from partformer.data.transforms import fixed_size
 from partformer.engine import distributed as D
 from partformer.engine.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
 from partformer.engine.evaluator import PROTOCOL_VERSION, evaluate, format_table, write_json
+from partformer.engine.precision import autocast_context
 
 METHODS = ("partformer", "grid", "kmeans")
 
 
 def model_predictor(model: torch.nn.Module, device: torch.device,
                     amp_dtype: Optional[torch.dtype] = None):
+    """``batch -> part maps [B, K+1, h, w]`` of ``model`` (put in eval mode) on ``device``, under
+    ``amp_dtype`` autocast (None: fp32): the predictor of validation, evaluation and the tools."""
     model.eval()
 
     def predict(batch: Dict[str, Any]) -> torch.Tensor:
         images = batch["image"].to(device)
-        if amp_dtype is None:
-            return model.predict(images)
-        with torch.autocast(device_type=device.type, dtype=amp_dtype):
+        with autocast_context(device, amp_dtype):
             return model.predict(images)
     return predict
 

@@ -30,6 +30,7 @@ from partformer.engine.checkpoint import (CheckpointError, all_finite, atomic_to
 from partformer.engine.evaluator import (applicable_protocols, evaluate, first_sample,
                                          num_part_classes, per_image_metrics)
 from partformer.engine.logger import EXIT_OK, ExperimentLogger
+from partformer.engine.precision import autocast_context, resolve_precision  # noqa: F401 (API)
 from partformer.engine.runner import model_predictor
 from partformer.losses import PartFormerCriterion
 from partformer.models import build_model
@@ -57,17 +58,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
-
-
-def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """None = fp32. ``auto``: bf16 autocast on CUDA, fp32 on CPU."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in table:
-        raise cfglib.ConfigError(f"train.precision must be one of {list(cfglib.PRECISIONS)}, got "
-                                 f"{precision!r}")
-    return table[precision]
 
 
 def lr_lambda_factory(sched, steps_per_epoch: int, total_steps: int):
@@ -140,13 +130,6 @@ def worker_init(_worker_id: int) -> None:
     thread pool per worker would oversubscribe the cores."""
     import cv2
     cv2.setNumThreads(1)
-
-
-def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
-    """``torch.autocast`` to ``amp_dtype`` on ``device``, or a no-op for fp32 (``None``)."""
-    if amp_dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
 def training_losses(model: torch.nn.Module, criterion: torch.nn.Module,
@@ -365,9 +348,6 @@ class Trainer:
         # augmentation randomness is a function of (seed, micro-batch, rank): resume-exact
         seed = (self.cfg.experiment.seed * 1_000_003 + micro_index) * 4099 + self.rank
         return torch.Generator().manual_seed(seed % (2 ** 63))
-
-    def _autocast(self):
-        return autocast_context(self.device, self.amp_dtype)
 
     def train_step_losses(self, images: torch.Tensor, micro_index: int) -> Dict[str, torch.Tensor]:
         return training_losses(self.ddp_model, self.criterion, self.augment, images,
