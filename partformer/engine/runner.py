@@ -13,8 +13,9 @@ from partformer.data import build_dataset
 from partformer.data.transforms import fixed_size
 from partformer.engine import distributed as D
 from partformer.engine.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
-from partformer.engine.evaluator import PROTOCOL_VERSION, evaluate, format_table, write_json
+from partformer.engine.evaluator import evaluate, format_table, write_json
 from partformer.engine.precision import autocast_context
+from partformer.metrics.protocols import PROTOCOL_VERSION
 
 METHODS = ("partformer", "grid", "kmeans")
 

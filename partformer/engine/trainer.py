@@ -27,12 +27,13 @@ from partformer.data.transforms import fixed_size, images_to_float
 from partformer.engine import distributed as D
 from partformer.engine.checkpoint import (CheckpointError, all_finite, atomic_torch_save,
                                           load_checkpoint, load_state_dict_strict)
-from partformer.engine.evaluator import (applicable_protocols, evaluate, first_sample,
-                                         num_part_classes, per_image_metrics)
+from partformer.engine.evaluator import (evaluate, first_sample, num_part_classes,
+                                         per_image_metrics)
 from partformer.engine.logger import EXIT_OK, ExperimentLogger
 from partformer.engine.precision import autocast_context, resolve_precision  # noqa: F401 (API)
 from partformer.engine.runner import model_predictor
 from partformer.losses import PartFormerCriterion
+from partformer.metrics.protocols import applicable
 from partformer.models import build_model
 
 CHECKPOINT_FORMAT = 1
@@ -268,9 +269,9 @@ class Trainer:
         if self.val_set is None:
             return
         cfg = self.cfg
-        available = applicable_protocols(first_sample(self.val_set), cfg.data.resize,
-                                         getattr(self.val_set, "regression_protocol", None),
-                                         has_regressor_split=False)
+        available = applicable(first_sample(self.val_set), cfg.data.resize,
+                               getattr(self.val_set, "regression_protocol", None),
+                               has_regressor_split=False)
         if cfg.train.select_metric not in available:
             raise cfglib.ConfigError(
                 f"train.select_metric={cfg.train.select_metric!r} is not computed on the "
