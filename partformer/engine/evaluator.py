@@ -25,7 +25,6 @@ from partformer.engine import distributed as D
 from partformer.metrics import clustering as C
 from partformer.metrics import keypoints as KP
 from partformer.metrics import protocols as P
-from partformer.metrics import segmentation as SEG
 
 Predictor = Callable[[Dict[str, Any]], torch.Tensor]
 
@@ -206,9 +205,9 @@ def _accumulate(predict: Predictor, dataset, accumulators, batch_size: int, num_
 
 
 def _pooled_results(wanted: List[str], accumulators, settings: Dict[str, str],
-                    timer) -> Dict[str, Dict[str, Any]]:
-    """The scores of the accumulating (non-regression) protocols from the tables pooled over all
-    processes."""
+                    timer=None, pool: bool = True) -> Dict[str, Dict[str, Any]]:
+    """The scores of the accumulating (non-regression) protocols; ``pool``: from the tables summed
+    over all processes (a collective call: every process must make it)."""
     results: Dict[str, Dict[str, Any]] = {}
     computed: Dict[Any, Dict[str, Any]] = {}
     with _stage(timer, "compute"):
@@ -218,7 +217,8 @@ def _pooled_results(wanted: List[str], accumulators, settings: Dict[str, str],
                 continue
             if p.accumulator not in computed:
                 metric = accumulators[p.accumulator]
-                metric.all_reduce()
+                if pool:
+                    metric.all_reduce()
                 computed[p.accumulator] = metric.compute()
             results[name] = _record(p, computed[p.accumulator], settings)
     return results
@@ -244,34 +244,34 @@ def _finish(results: Dict[str, Dict[str, Any]], dataset, tally: Dict[str, Any], 
     return results
 
 
+# the protocols shown per image (W&B tables of the validation / evaluation masks)
+PER_IMAGE_PROTOCOLS = ("kp_nmi_with_bg", "px_nmi_with_bg", "part_miou_hungarian", "fg_iou")
+
+
 def per_image_metrics(maps: torch.Tensor, batch: Dict[str, Any], num_parts: int,
                       num_classes: Optional[int] = None) -> List[Dict[str, float]]:
     """Metrics of each image of a batch on its own (for inspection, e.g. a W&B table; the split's
     numbers are the pooled ones of :func:`evaluate`). ``maps [B, K+1, h, w]``; the batch's
-    annotations decide which apply: ``kp_nmi_with_bg`` (keypoints), ``px_nmi_with_bg`` and
-    ``part_miou_hungarian`` (part masks; ``num_classes`` C needed), ``fg_iou`` (fg masks)."""
-    size = tuple(batch["image"].shape[-2:])
+    annotations decide which of :data:`PER_IMAGE_PROTOCOLS` apply (the part-mask ones need
+    ``num_classes`` C); keypoint rows also get ``visible_keypoints``. Nothing is merged across
+    processes."""
+    names = [n for n in PER_IMAGE_PROTOCOLS
+             if all(k in batch for k in P.PROTOCOLS[n].needs)
+             and (num_classes or "part_mask" not in P.PROTOCOLS[n].needs)]
+    context = {"num_keypoints": lambda: batch["keypoints"].shape[1],
+               "num_gt_classes": lambda: num_classes, "keypoint_lookup": lambda: "pixel"}
     rows = []
     for i in range(maps.shape[0]):
-        m = maps[i:i + 1].float()
+        one = {k: v[i:i + 1] for k, v in batch.items()
+               if torch.is_tensor(v) and v.dim() > 0 and len(v) == maps.shape[0]}
+        accumulators = P.build_accumulators(names, num_parts, context)
+        P.update_all(accumulators, maps[i:i + 1].float(), one)
+        scores = _pooled_results(names, accumulators, {"keypoint_lookup": "pixel"}, pool=False)
         row: Dict[str, float] = {}
-        if "keypoints" in batch:
-            vis = batch["keypoints_visible"][i:i + 1]
-            kp = C.KeypointClustering(num_parts, vis.shape[1], "with_bg")
-            kp.update(m, batch["keypoints"][i:i + 1], vis, size)
-            row["kp_nmi_with_bg"] = kp.compute()["nmi"]
-            row["visible_keypoints"] = int(vis.sum())
-        if "part_mask" in batch and num_classes:
-            gt = batch["part_mask"][i:i + 1]
-            px = C.PixelClustering(num_parts, num_classes, "with_bg")
-            row["px_nmi_with_bg"] = px.update(m, gt).compute()["nmi"]
-            hung = SEG.HungarianPartIoU(num_parts, num_classes)
-            hung.update(m, gt)
-            row["part_miou_hungarian"] = float(hung.compute()["miou"])
-        if "fg_mask" in batch:
-            fg = SEG.ForegroundIoU()
-            fg.update(m, batch["fg_mask"][i:i + 1])
-            row["fg_iou"] = fg.compute()["fg_iou"]
+        for name in names:
+            row[name] = scores[name]["value"]
+            if name == "kp_nmi_with_bg":
+                row["visible_keypoints"] = int(one["keypoints_visible"].sum())
         rows.append(row)
     return rows
 
