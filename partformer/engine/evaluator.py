@@ -30,10 +30,10 @@ Predictor = Callable[[Dict[str, Any]], torch.Tensor]
 
 
 def num_part_classes(dataset) -> int:
-    """C: number of GT part classes excluding background (labels 0..C)."""
-    for attr in ("num_part_classes",):
-        if getattr(dataset, attr, None):
-            return int(getattr(dataset, attr))
+    """C: number of GT part classes excluding background (labels 0..C): the dataset's
+    ``num_part_classes``, else the length of its ``part_names``."""
+    if getattr(dataset, "num_part_classes", None):
+        return int(dataset.num_part_classes)
     names = getattr(dataset, "part_names", None)
     if names:
         return len(names)
