@@ -224,10 +224,7 @@ class DeepFashionDataset(Dataset):
     def __init__(self, root: str, split: str, image_size: int = 256,
                  resize: str = "longest_pad", skip_bad_images: bool = False,
                  seg_dir: Optional[str] = None):
-        check_resize_mode(resize, image_size)
-        if resize == "bbox_crop":
-            raise ValueError("resize mode 'bbox_crop' is not available for DeepFashion: it needs "
-                             "object boxes; use longest_pad (the protocol) or whole")
+        check_resize_mode(resize, image_size, no_boxes="DeepFashion")
         if split not in SPLITS:
             raise ValueError(f"unknown DeepFashion split {split!r}; expected one of {list(SPLITS)}")
         self.root, self.split, self.image_size, self.resize = root, split, image_size, resize

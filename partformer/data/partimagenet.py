@@ -515,10 +515,7 @@ class PartImageNetDataset(Dataset):
                  release: str = "ood", class_conditioned: bool = False,
                  skip_bad_images: bool = False, annotation_file: Optional[str] = None,
                  image_dir: Optional[str] = None):
-        check_resize_mode(resize, image_size)
-        if resize == "bbox_crop":
-            raise ValueError("resize mode 'bbox_crop' needs object boxes, which PartImageNet "
-                             "samples do not have; use whole, shorter or shorter_center_crop")
+        check_resize_mode(resize, image_size, no_boxes="PartImageNet")
         if release not in RELEASES:
             raise ValueError(f"unknown PartImageNet release {release!r}; expected one of "
                              f"{list(RELEASES)}")

@@ -75,11 +75,16 @@ def fixed_size(mode: str) -> bool:
     return mode in FIXED_SIZE_MODES
 
 
-def check_resize_mode(mode: str, size: int) -> None:
-    """Raise ``ValueError`` for an unknown mode or a size the mode cannot produce."""
+def check_resize_mode(mode: str, size: int, no_boxes: Optional[str] = None) -> None:
+    """Raise ``ValueError`` for an unknown mode or a size the mode cannot produce. ``no_boxes``:
+    the name of a dataset without object boxes, for which ``bbox_crop`` is refused too."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {mode!r}; expected one of {list(RESIZE_MODES)} "
                          f"(see docs/ARCHITECTURE.md, 'Resize modes')")
+    if mode == "bbox_crop" and no_boxes:
+        raise ValueError(f"resize mode 'bbox_crop' is not available for {no_boxes}: it needs "
+                         f"boxes, and {no_boxes} has none; use one of "
+                         f"{[m for m in RESIZE_MODES if m != 'bbox_crop']}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"image size must be a positive integer, got {size!r}")
     if mode == "bbox_crop" and size < _BBOX_MULTIPLE:
