@@ -156,6 +156,8 @@ def training_losses(model: torch.nn.Module, criterion: torch.nn.Module,
     the criterion disable autocast there). Returns the criterion's dict of scalar tensors; nothing
     here reads a value back to the host."""
     images = images_to_float(images)
+    # the warp matrices are the warp's own input, not extra work; PartFormer has no loss that
+    # maps one view's pixels onto the other's (docs/METHOD.md §1.6), so they are not used here
     v1, v2, _, _ = augment(images, generator=generator)
     with autocast_context(images.device, amp_dtype):
         out = model(v1, v2)
