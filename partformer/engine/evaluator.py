@@ -88,15 +88,26 @@ def collect_centroids(predict: Predictor, dataset, batch_size: int = 32, num_wor
     return rows.all_gather().arrays()
 
 
+def readable_samples(dataset, num: int, start: int = 0) -> List[Dict[str, Any]]:
+    """The first ``num`` samples from ``start`` that decode (skipped ones are passed over)."""
+    out = []
+    for i in range(start, len(dataset)):
+        if len(out) >= num:
+            break
+        s = dataset[i]
+        if s is not None:
+            out.append(s)
+    return out
+
+
 def first_sample(dataset) -> Dict[str, Any]:
     """The first sample of ``dataset`` that decodes (a skipped image may be anywhere in a split,
     the first one included); it tells which protocols apply. Raises ``BadImageError`` when no image
     of the split can be decoded."""
     from partformer.data.io import BadImageError
-    for i in range(len(dataset)):
-        sample = dataset[i]
-        if sample is not None:
-            return sample
+    samples = readable_samples(dataset, 1)
+    if samples:
+        return samples[0]
     raise BadImageError(f"none of the {len(dataset)} images of {_describe(dataset)} could be "
                         "read (all missing or undecodable; see the warnings above). Check "
                         "data.root and the dataset's image folder")

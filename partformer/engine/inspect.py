@@ -20,18 +20,6 @@ from partformer.data.transforms import fixed_size
 from partformer.engine.evaluator import iterate_predictions
 
 
-def readable_samples(dataset, num: int, start: int = 0) -> List[Dict[str, Any]]:
-    """The first ``num`` samples from ``start`` that decode (skipped ones are passed over)."""
-    out = []
-    for i in range(start, len(dataset)):
-        if len(out) >= num:
-            break
-        s = dataset[i]
-        if s is not None:
-            out.append(s)
-    return out
-
-
 def contact_sheet_for(predict, samples: Sequence[Dict[str, Any]], alpha: float = 0.55
                       ) -> np.ndarray:
     """:func:`partformer.viz.contact_sheet` of dataset ``samples`` (one row each; GT keypoints

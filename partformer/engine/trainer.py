@@ -28,7 +28,7 @@ from partformer.engine import distributed as D
 from partformer.engine.checkpoint import (CheckpointError, all_finite, atomic_torch_save,
                                           load_checkpoint, load_state_dict_strict)
 from partformer.engine.evaluator import (evaluate, first_sample, num_part_classes,
-                                         per_image_metrics)
+                                         per_image_metrics, readable_samples)
 from partformer.engine.logger import EXIT_OK, ExperimentLogger
 from partformer.engine.precision import autocast_context, resolve_precision  # noqa: F401 (API)
 from partformer.engine.runner import model_predictor
@@ -649,9 +649,7 @@ class Trainer:
     def _fixed_val_batch(self):
         if self.val_set is None or not D.is_main_process():
             return None
-        n = min(self.cfg.logging.wandb.num_images, len(self.val_set))
-        samples = [self.val_set[i] for i in range(n)]
-        samples = [s for s in samples if s is not None]
+        samples = readable_samples(self.val_set, self.cfg.logging.wandb.num_images)
         if not samples or not fixed_size(self.cfg.data.resize):
             return None
         return collate(samples)
