@@ -22,7 +22,8 @@ def _tracked_text_files():
                              check=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
-    return [f for f in out if f.endswith((".py", ".md", ".yaml", ".txt"))]
+    return [f for f in out if f.endswith((".py", ".md", ".yaml", ".txt"))
+            and f != "tests/test_docs.py"]   # this file names the patterns it looks for
 
 
 def _sections(doc: str):
