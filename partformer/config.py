@@ -632,8 +632,8 @@ def section_kwargs(section: Any, target, prefix: str,
     if taken:
         where = {k: (exclude.get(k) if isinstance(exclude, Mapping) else None) for k in taken}
         raise ValueError("; ".join(f"{prefix}.{k} is not a setting of this section"
-                                   + (f" (it comes from {w})" if w else "") for k, w in where.items())
-                         + ": remove it")
+                                   + (f" (it comes from {w})" if w else "")
+                                   for k, w in where.items()) + ": remove it")
     open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
     known = [n for n in named if n not in exclude]
     unknown = sorted(set(kwargs) - set(known))

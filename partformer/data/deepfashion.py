@@ -26,9 +26,9 @@ its order (top, skirt, leggings, dress, outer, pants, bag, neckwear, headwear, e
 footwear, hair, skin, face); -1 = padding (ignore). PNGs are lossless, so colours must match
 exactly; an unknown colour is an error naming the file and the colour.
 
-Resize ``longest_pad`` (the protocol; default; ``partformer/data/transforms.py``): the longest
-side to S, then pad bottom/right to S x S (image 0, ``part_mask`` -1, ``fg_mask`` 0); the image keeps
-its top-left corner so pixel coordinates only scale. The other modes of docs/ARCHITECTURE.md but
+Resize ``longest_pad`` (the protocol; default; ``partformer/data/transforms.py``): the longest side
+to S, then pad bottom/right to S x S (image 0, ``part_mask`` -1, ``fg_mask`` 0); the image keeps its
+top-left corner so pixel coordinates only scale. The other modes of docs/ARCHITECTURE.md but
 ``bbox_crop`` (no boxes) work too.
 """
 from __future__ import annotations

@@ -135,7 +135,8 @@ def applicable(sample: Mapping[str, Any], resize: str, regression: Optional[str]
             return False
         if p.resize != "any" and (resize == "bbox_crop") != (p.resize == "bbox_crop"):
             return False
-        return p.regression is None or (has_regressor_split and p.regression == (regression or "cub"))
+        return p.regression is None or (has_regressor_split
+                                         and p.regression == (regression or "cub"))
 
     return [name for name, p in PROTOCOLS.items() if fits(p)]
 

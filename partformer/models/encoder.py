@@ -348,8 +348,8 @@ class CompressHead(nn.Sequential):
 
 
 def build_encoder(encoder_cfg, image_size: Optional[int] = None) -> FeatureMapEncoder:
-    """A ``FeatureMapEncoder`` from the ``model.encoder`` config section (``EncoderConfig``, a mapping
-    of ``FeatureMapEncoder`` arguments, or None), read with
+    """A ``FeatureMapEncoder`` from the ``model.encoder`` config section (``EncoderConfig``, a
+    mapping of ``FeatureMapEncoder`` arguments, or None), read with
     :func:`partformer.config.section_kwargs`; the section's nested ``kwargs`` mapping (timm
     arguments and the ViT-only options) is merged in. ``image_size`` is the ``img_size`` unless the
     section sets one. Used by ``PartFormerModel``, the k-means baseline and encoder pretraining."""

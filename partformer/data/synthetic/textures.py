@@ -1,5 +1,5 @@
-"""Textures of the synthetic benchmark: solid, stripes, dots, checker, gradient, mottled, each filled
-into an S x S x 3 uint8 array with a few vectorised passes (cached pixel-centre grids, colouring
+"""Textures of the synthetic benchmark: solid, stripes, dots, checker, gradient, mottled, each
+filled into an S x S x 3 uint8 array with a few vectorised passes (cached pixel-centre grids, colouring
 through a lookup table), and the per-class preferred texture of each part."""
 from __future__ import annotations
 
