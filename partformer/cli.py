@@ -480,14 +480,14 @@ def benchmark_main(argv: List[str]) -> int:
 
     from partformer.engine.evaluator import write_json
     from partformer.engine.profiling import PARTS, format_report, profile
-    from partformer.engine.precision import resolve_precision
-    parts = [s.strip() for s in args.parts.split(",") if s.strip()]
-    unknown = [s for s in parts if s not in PARTS]
-    if unknown:
-        p.error(f"--parts: unknown parts {unknown}; choose from {','.join(PARTS)}")
+    from partformer.engine.trainer import resolve_precision
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     device = D.init_distributed(cfg.train.device)
+    parts = [s.strip() for s in args.parts.split(",") if s.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        p.error(f"--parts: unknown parts {unknown}; choose from {', '.join(PARTS)}")
     res = profile(cfg, device, parts, amp_dtype=resolve_precision(cfg.train.precision, device),
                   reps=args.reps, warmup=args.warmup, eval_batches=args.eval_batches,
                   data_batches=args.data_batches, flops=not args.no_flops)

@@ -110,8 +110,10 @@ def resolve_weights(name: str, kind: str = "model") -> WeightsEntry:
         import difflib
         close = difflib.get_close_matches(name, list(entries), n=3)
         raise WeightsError(
-            f"no file, run directory or shipped {kind} weights called {name!r}. Shipped / "
-            f"registered {kind} names: {sorted(entries) or 'none'}" + (f" (did you mean {close[0]!r}?)" if close
+            (f"no file, run directory or shipped weights called {name!r}. Shipped / registered "
+             f"names: {sorted(entries) or 'none'}" if kind == "model" else
+             f"no shipped or registered {kind} weights called {name!r}. Registered {kind} "
+             f"names: {sorted(entries) or 'none'}") + (f" (did you mean {close[0]!r}?)" if close
                                                       else "")
             + f". Pass a checkpoint path (runs/<run>/best.pt), or add an entry to an index.yaml "
             f"in a folder of ${ENV_PATH} (tools/export_weights.py writes one)")

@@ -118,7 +118,7 @@ def test_glob_video_and_errors(ckpt, tmp_path, capsys):
     assert "matches no file" in capsys.readouterr().err
     assert infer_main([str(folder), "--model", "no_such_weights", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: no file, run directory or shipped model weights called "
+    assert err.startswith("error: no file, run directory or shipped weights called "
                           "'no_such_weights'") and "Traceback" not in err
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -132,11 +132,12 @@ def test_half_paths_see_only_the_even_even_pixels():
     # the encoder sees the noise (the part maps change): the test is not vacuous
     assert not torch.equal(out_noisy["feature_map1"], out["feature_map1"])
     # the tokens are those of the even-even subsampling, fed to a ViT that does not downsample
-    # (both views in one batch, as the model runs them: the same kernels, the same bits)
-    half = model.normalize(torch.cat([v1, v2]))[..., ::2, ::2].contiguous()
+    # (both views in one batch, as the model runs them: another batch size may take another
+    # kernel path and change the last bits)
+    halves = model.normalize(torch.cat([v1, v2]))[..., ::2, ::2].contiguous()
     full = PartTokenViT(num_parts=4, in_scale=1.0, out_dim=16, image_size=32, **TINY_PF)
     full.load_state_dict(model.partformer.state_dict())
-    assert torch.equal(full(half)[:len(v1)], out["part_tokens1"])
+    assert torch.equal(full(halves)[:v1.shape[0]], out["part_tokens1"])
     # with bilinear the odd pixels leak in
     bil = tiny_model(encoder=ENC_P8, half_resample="bilinear")
     assert not torch.allclose(bil(n1, v2)["part_tokens1"], bil(v1, v2)["part_tokens1"])

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from partformer.data.io import DatasetError
+
 PARTS = ("train", "eval", "data")
 
 
@@ -253,26 +255,18 @@ class RandomAnnotatedImages(Dataset):
 
 def _eval_split(cfg, num_images: int):
     """The config's evaluation split (validation, else test), or random annotated images."""
-    split = cfg.data.val_split or cfg.data.test_split
-    dataset, missing = _dataset_on_disk(cfg, split, skip_bad_images=cfg.eval.skip_bad_images)
-    if dataset is None:
-        return RandomAnnotatedImages(num_images, cfg.data.image_size), \
-            f"random images with keypoints and masks ({cfg.data.name} not on disk: {missing})"
-    return dataset, f"{cfg.data.name} {split} split ({cfg.data.root})"
-
-
-def _dataset_on_disk(cfg, split: str, **kwargs):
-    """``(dataset, None)``, or ``(None, the first line of the reason)`` when the dataset's folder
-    or files do not exist (any other dataset error is raised)."""
     from partformer.data import build_dataset
-    from partformer.data.io import DatasetError
 
+    split = cfg.data.val_split or cfg.data.test_split
     try:
-        return build_dataset(cfg.data, split, **kwargs), None
+        return build_dataset(cfg.data, split, skip_bad_images=cfg.eval.skip_bad_images), \
+            f"{cfg.data.name} {split} split ({cfg.data.root})"
     except DatasetError as e:
-        if not isinstance(e.__cause__, (FileNotFoundError, NotADirectoryError)):
+        if not _not_on_disk(e):
             raise
-        return None, str(e.__cause__).splitlines()[0]
+        first = str(e.__cause__).splitlines()[0]
+        return RandomAnnotatedImages(num_images, cfg.data.image_size), \
+            f"random images with keypoints and masks ({cfg.data.name} not on disk: {first})"
 
 
 def measure_evaluation(cfg, device: torch.device, model: Optional[torch.nn.Module] = None,
@@ -340,10 +334,15 @@ def _loader_times(cfg, dataset, device: torch.device, batches: int) -> Dict[str,
 
 def measure_data(cfg, device: torch.device, batches: int = 20) -> Dict[str, Any]:
     """(d) the training loader alone, decoding, then (with ``data.cache``) from the cache."""
+    from partformer.data import build_dataset
+
     split = cfg.data.train_split
-    dataset, missing = _dataset_on_disk(cfg, split)
-    if dataset is None:
-        return {"skipped": f"{cfg.data.name} is not on disk: {missing}"}
+    try:
+        dataset = build_dataset(cfg.data, split)
+    except DatasetError as e:
+        if not _not_on_disk(e):
+            raise
+        return {"skipped": f"{cfg.data.name} is not on disk: {str(e.__cause__).splitlines()[0]}"}
     batches = min(batches, len(dataset) // cfg.train.batch_size - 1)
     out: Dict[str, Any] = {"source": f"{cfg.data.name} {split} split ({cfg.data.root})",
                            "num_workers": cfg.data.num_workers, "batches": batches,
@@ -357,6 +356,12 @@ def measure_data(cfg, device: torch.device, batches: int = 20) -> Dict[str, Any]
 
 
 # ----------------------------------------------------------------------------------- driver
+def _not_on_disk(e: BaseException) -> bool:
+    """A dataset error whose cause is a missing root or file (the harness then uses random data);
+    any other layout error is the user's to fix."""
+    return isinstance(e.__cause__, (FileNotFoundError, NotADirectoryError))
+
+
 def profile(cfg, device: torch.device, parts: Sequence[str] = PARTS,
             amp_dtype: Optional[torch.dtype] = None, reps: int = 5, warmup: int = 1,
             eval_batches: int = 3, data_batches: int = 20, flops: bool = True) -> Dict[str, Any]:
