@@ -1,4 +1,4 @@
-"""Paired geometric views of a batch, keeping the matrices (METHOD.md §1 step 1).
+"""Paired geometric views of a batch, keeping the matrices (docs/METHOD.md §1.1).
 
 From each image: one **shared** random horizontal flip (probability ``flip_p``; both views flipped
 together), then an **independent** random affine warp per view about the image centre:

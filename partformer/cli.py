@@ -233,7 +233,7 @@ def eval_main(argv: List[str]) -> int:
     from partformer.engine.logger import EXIT_FAILED, ExperimentLogger
     from partformer.engine.runner import (build_baseline, evaluate_methods, load_model,
                                           model_predictor)
-    from partformer.engine.trainer import resolve_precision
+    from partformer.engine.precision import resolve_precision
     logger = None
     exit_code = EXIT_FAILED
     try:
@@ -283,7 +283,7 @@ def _log_eval_masks(logger, cfg, predictors, split: str) -> None:
     from partformer.data import build_dataset
     from partformer.data.collate import collate
     from partformer.engine.evaluator import num_part_classes, per_image_metrics
-    from partformer.engine.inspect import readable_samples
+    from partformer.engine.evaluator import readable_samples
 
     dataset = build_dataset(cfg.data, split, skip_bad_images=True)
     samples = readable_samples(dataset, cfg.logging.wandb.num_images)
@@ -342,8 +342,9 @@ def visualize_main(argv: List[str]) -> int:
     from partformer.data import build_dataset
     from partformer.data.collate import collate
     from partformer.engine import inspect
+    from partformer.engine.evaluator import readable_samples
     from partformer.engine.runner import load_model, model_predictor
-    from partformer.engine.trainer import resolve_precision
+    from partformer.engine.precision import resolve_precision
     device = D.init_distributed(cfg.train.device)
     split = args.split or cfg.data.val_split or cfg.data.test_split
     dataset = build_dataset(cfg.data, split, skip_bad_images=True)
@@ -358,7 +359,7 @@ def visualize_main(argv: List[str]) -> int:
         image = viz.part_view(crops, scores=scores)
         caption = f"per part: the {args.num} most confident crops of the {split} split"
     else:
-        samples = inspect.readable_samples(dataset, args.num)
+        samples = readable_samples(dataset, args.num)
         if not samples:
             raise FileNotFoundError(f"no readable image in split {split!r} of "
                                     f"data.root={cfg.data.root}")

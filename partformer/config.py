@@ -15,7 +15,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from collections.abc import Mapping
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import yaml
 
@@ -45,6 +45,15 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------- schema
+# The defaults of the model, loss and train sections are the authors' CUB settings
+# (docs/METHOD.md §1.2-§1.7); configs/_base_/paper.yaml adds only what a paper run needs beyond
+# them, the dataset files set what differs per dataset.
+
+# total = recon + 0.3 concentration + 0.5 area + 0.01 ArcFace (docs/METHOD.md §1.6); the one
+# definition: LossConfig's default and PartFormerCriterion's
+LOSS_WEIGHTS: Dict[str, float] = {"recon": 1.0, "concentration": 0.3, "area": 0.5, "arcface": 0.01}
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "partformer"
@@ -126,8 +135,7 @@ class LossConfig:
     recon: str = "perceptual"         # perceptual | l1 | mse
     vgg_weights: Optional[str] = "imagenet"   # imagenet | path to a local vgg19 state dict
     vgg_channels_last: bool = True    # VGG19 convolutions in the channels-last layout (faster)
-    weights: Dict[str, float] = field(default_factory=lambda: {
-        "recon": 1.0, "concentration": 0.3, "area": 0.5, "arcface": 0.01})
+    weights: Dict[str, float] = field(default_factory=lambda: dict(LOSS_WEIGHTS))
     area_eps: float = 0.5
     area_all_maps: bool = False
     area_normalise: bool = False
@@ -599,11 +607,14 @@ def add_config_args(parser) -> None:
                         help="dotted overrides, e.g. model.num_parts=8 train.batch_size=16")
 
 
-def section_kwargs(section: Any, target, prefix: str, exclude: Tuple[str, ...] = ()
-                   ) -> Dict[str, Any]:
+def section_kwargs(section: Any, target, prefix: str,
+                   exclude: Union[Tuple[str, ...], Mapping[str, str]] = ()) -> Dict[str, Any]:
     """Keyword arguments for ``target`` (a class or function) from one config section: a dataclass,
-    a mapping with the same keys, or None (all defaults). A key that ``target`` does not take is an
-    error naming ``<prefix>.<key>`` and the valid keys."""
+    a mapping with the same keys, or None (all defaults). The one way from a config section to a
+    constructor: a key that ``target`` does not take is an error naming ``<prefix>.<key>`` and the
+    valid keys (a ``target`` with ``**kwargs`` takes any key). ``exclude``: arguments the caller
+    sets itself (a mapping: argument -> the config key that sets it); a section that sets one is an
+    error naming where it belongs."""
     import inspect
 
     if section is None:
@@ -616,9 +627,19 @@ def section_kwargs(section: Any, target, prefix: str, exclude: Tuple[str, ...] =
         raise TypeError(f"{prefix} config must be a dataclass, a mapping or None, "
                         f"got {type(section).__name__}")
     fn = target.__init__ if isinstance(target, type) else target
-    known = [p for p in inspect.signature(fn).parameters if p not in ("self",) + tuple(exclude)]
+    params = inspect.signature(fn).parameters
+    named = [n for n, p in params.items()
+             if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    taken = sorted(set(kwargs) & set(exclude))
+    if taken:
+        where = {k: (exclude.get(k) if isinstance(exclude, Mapping) else None) for k in taken}
+        raise ValueError("; ".join(f"{prefix}.{k} is not a setting of this section"
+                                   + (f" (it comes from {w})" if w else "")
+                                   for k, w in where.items()) + ": remove it")
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    known = [n for n in named if n not in exclude]
     unknown = sorted(set(kwargs) - set(known))
-    if unknown:
+    if unknown and not open_ended:
         raise ValueError(f"unknown {prefix} config key(s) {[prefix + '.' + k for k in unknown]}; "
                          f"known: {[prefix + '.' + k for k in known]}")
     return kwargs

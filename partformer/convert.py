@@ -1,6 +1,6 @@
 """Convert the authors' released PartFormer checkpoints (CUB, CelebA) into our checkpoint format.
 
-The authors' files (METHOD.md §4) come in two forms, both accepted:
+The authors' files (docs/METHOD.md §4) come in two forms, both accepted:
 
 - ``model_best.pth``: a plain state dict of their model (keys ``backbone1.*``, ``compress_layer.*``,
   ``Transformer.*``, ``Reconstruct_Block.*``, ``ArcMarginProduct.weight``, ``logit_scale``);
@@ -59,31 +59,35 @@ __all__ = [
 
 OFFICIAL_DATASETS = ("cub", "celeba")
 ENCODER_NAME = "vit_small_patch8_224.dino"
-# the part-token ViT sees the view downsampled x0.5 (METHOD.md §1.3)
+# the part-token ViT sees the view downsampled x0.5 (docs/METHOD.md §1.3)
 PARTFORMER_IN_SCALE = 0.5
 # tolerance for the stored sin-cos embedding vs ours (float32 rounding of the same formula)
 POS_EMBED_ATOL = 1e-5
 
-# where the BatchNorm layers of the compress head sit (METHOD.md §1.2)
+# where the BatchNorm layers of the compress head sit (docs/METHOD.md §1.2)
 _COMPRESS_BN = {"cub": (2, 5), "celeba": (1, 4)}
 
-_RULES: List[Tuple[str, str]] = [
-    (r"^backbone1\.", "encoder.model."),
-    (r"^compress_layer\.", "compress."),
-    (r"^Reconstruct_Block\.", "decoder."),
-    (r"^ArcMarginProduct\.weight$", "arcface_weight"),
-    (r"^logit_scale$", "logit_scale"),
-    (r"^Transformer\.conv1\.", "partformer.patch_embed."),
-    (r"^Transformer\.class_embedding$", "partformer.part_tokens"),
-    (r"^Transformer\.ln_pre\.", "partformer.norm_pre."),
-    (r"^Transformer\.ln_post\.", "partformer.norm_post."),
-    (r"^Transformer\.proj\.", "partformer.proj."),
-    (r"^Transformer\.transformer\.resblocks\.(\d+)\.", r"partformer.blocks.\1."),
+# official name -> ours: a key that starts with the left prefix (or equals it, for names without a
+# trailing dot) gets the right one instead; in the part-token ViT's blocks, the inner names are
+# renamed too. The inverse (for error messages) is the same table read right to left.
+_NAMES: List[Tuple[str, str]] = [
+    ("backbone1.", "encoder.model."),
+    ("compress_layer.", "compress."),
+    ("Reconstruct_Block.", "decoder."),
+    ("ArcMarginProduct.weight", "arcface_weight"),
+    ("logit_scale", "logit_scale"),
+    ("Transformer.conv1.", "partformer.patch_embed."),
+    ("Transformer.class_embedding", "partformer.part_tokens"),
+    ("Transformer.ln_pre.", "partformer.norm_pre."),
+    ("Transformer.ln_post.", "partformer.norm_post."),
+    ("Transformer.proj.", "partformer.proj."),
+    ("Transformer.transformer.resblocks.", "partformer.blocks."),
 ]
-_BLOCK_RULES: List[Tuple[str, str]] = [
-    (r"\.ln_1\.", ".norm1."), (r"\.ln_2\.", ".norm2."),
-    (r"\.mlp\.c_fc\.", ".mlp.fc1."), (r"\.mlp\.c_proj\.", ".mlp.fc2."),
+_BLOCK_NAMES: List[Tuple[str, str]] = [
+    (".ln_1.", ".norm1."), (".ln_2.", ".norm2."), (".mlp.c_fc.", ".mlp.fc1."),
+    (".mlp.c_proj.", ".mlp.fc2."),
 ]
+_BLOCKS = ("Transformer.transformer.resblocks.", "partformer.blocks.")
 POS_EMBED_KEY = "Transformer.pos_embed"
 
 
@@ -214,19 +218,33 @@ def load_official(path: str, unsafe: bool = False,
 
 
 # ---------------------------------------------------------------------------------- inspection
+def _rename(key: str, names: Sequence[Tuple[str, str]], blocks: str,
+            block_names: Sequence[Tuple[str, str]]) -> Optional[str]:
+    """``key`` renamed by the first matching ``(old, new)`` of ``names`` (a prefix ending in a dot,
+    else the whole name); inside ``blocks`` the ``block_names`` too. ``None``: no rule matches."""
+    for old, new in names:
+        if key == old or (old.endswith(".") and key.startswith(old)):
+            out = new + key[len(old):]
+            if out.startswith(blocks):
+                for b_old, b_new in block_names:
+                    out = out.replace(b_old, b_new)
+            return out
+    return None
+
+
 def official_to_ours_key(key: str) -> Optional[str]:
     """Our parameter name for an official key; ``None`` for ``Transformer.pos_embed`` (checked,
     not loaded) and for keys no rule knows (reported as unexpected)."""
     if key == POS_EMBED_KEY:
         return None
-    for pat, rep in _RULES:
-        new, n = re.subn(pat, rep, key)
-        if n:
-            if new.startswith("partformer.blocks."):
-                for bpat, brep in _BLOCK_RULES:
-                    new = re.sub(bpat, brep, new)
-            return new
-    return None
+    return _rename(key, _NAMES, _BLOCKS[1], _BLOCK_NAMES)
+
+
+def ours_to_official_key(key: str) -> str:
+    """The official name of one of our parameters (the rules of :func:`official_to_ours_key` read
+    backwards; for error messages); the key itself when no rule covers it."""
+    flip = [(new, old) for old, new in _NAMES]
+    return _rename(key, flip, _BLOCKS[0], [(n, o) for o, n in _BLOCK_NAMES]) or key
 
 
 def _need(sd: Mapping[str, torch.Tensor], key: str, ndim: int) -> torch.Tensor:
@@ -321,9 +339,10 @@ def official_config(dataset: str, num_parts: int, image_size: int = 256,
                     sincos_layout: str = "mae") -> cfglib.Config:
     """Our resolved config for an official model: the benchmark config of ``dataset`` (data, loss,
     evaluation settings; ``configs/<dataset>_k<K>.yaml`` or ``configs/_base_/<dataset>.yaml`` unless
-    ``base_config`` is given) with every architecture field set to the authors' model (METHOD.md
-    §1: DINO ViT-S/8 with the legacy position-grid resize, compress 384 -> 256 -> 128 -> 64,
-    part-token ViT width 256, depth 6, 8 heads, patch 16 on the x0.5 view; decoder 5 blocks)."""
+    ``base_config`` is given) with every architecture field set to the authors' model
+    (docs/METHOD.md §1: DINO ViT-S/8 with the legacy position-grid resize, compress 384 -> 256 ->
+    128 -> 64, part-token ViT width 256, depth 6, 8 heads, patch 16 on the x0.5 view; decoder 5
+    blocks)."""
     if dataset not in OFFICIAL_DATASETS:
         raise ConversionError(f"dataset must be one of {OFFICIAL_DATASETS}, got {dataset!r}")
     bad = [o for o in overrides or [] if o.split("=", 1)[0].strip().startswith("model.")]
@@ -396,10 +415,9 @@ def convert_state_dict(official: Mapping[str, torch.Tensor],
     else:
         missing_pe = []
     if missing or unexpected or shapes or duplicates or missing_pe:
-        inverse = _inverse_names()
         lines = [f"{source} does not match the PartFormer model (K = {num_parts}):"]
         if missing or missing_pe:
-            names = missing_pe + [f"{inverse(k)} (our {k})" for k in missing]
+            names = missing_pe + [f"{ours_to_official_key(k)} (our {k})" for k in missing]
             lines.append(f"missing keys ({len(names)}): " + ", ".join(names))
         if unexpected:
             lines.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(sorted(unexpected)))
@@ -431,32 +449,6 @@ def convert_state_dict(official: Mapping[str, torch.Tensor],
             raise ConversionError(f"{origin.get(k, k)}: dtype {v.dtype}, expected {t.dtype}")
         converted[k] = v.clone().contiguous()
     return converted, report
-
-
-def _inverse_names():
-    """Our key -> the official name, for error messages."""
-    inverse = [(r"^encoder\.model\.", "backbone1."), (r"^compress\.", "compress_layer."),
-               (r"^decoder\.", "Reconstruct_Block."),
-               (r"^arcface_weight$", "ArcMarginProduct.weight"),
-               (r"^partformer\.patch_embed\.", "Transformer.conv1."),
-               (r"^partformer\.part_tokens$", "Transformer.class_embedding"),
-               (r"^partformer\.norm_pre\.", "Transformer.ln_pre."),
-               (r"^partformer\.norm_post\.", "Transformer.ln_post."),
-               (r"^partformer\.proj\.", "Transformer.proj."),
-               (r"^partformer\.blocks\.", "Transformer.transformer.resblocks.")]
-    block = [(r"\.norm1\.", ".ln_1."), (r"\.norm2\.", ".ln_2."), (r"\.mlp\.fc1\.", ".mlp.c_fc."),
-             (r"\.mlp\.fc2\.", ".mlp.c_proj.")]
-
-    def name(key: str) -> str:
-        for pat, rep in inverse:
-            new, n = re.subn(pat, rep, key)
-            if n:
-                if new.startswith("Transformer.transformer."):
-                    for bpat, brep in block:
-                        new = re.sub(bpat, brep, new)
-                return new
-        return key
-    return name
 
 
 def convert_file(input_path: str, output_path: str, dataset: str,

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from partformer.data.transforms import RESIZE_MODES, ResizePlan, apply_resize, plan_resize
+from partformer.engine.precision import autocast_context, resolve_precision
 
 ImageLike = Union[str, "os.PathLike[str]", np.ndarray, torch.Tensor, Any]
 
@@ -105,24 +106,6 @@ def _as_list(images) -> Tuple[List[Any], bool]:
     return [images], True
 
 
-def resize_plan(mode: str, size: int, height: int, width: int) -> ResizePlan:
-    """The crop / resize / pad geometry of ``mode`` (transforms.plan_resize, plus DeepFashion's
-    ``longest_pad``: longest side to S, padded bottom / right to S x S)."""
-    if mode == "longest_pad":
-        scale = size / max(height, width)
-        nh = size if height >= width else max(1, int(np.floor(height * scale + 0.5)))
-        nw = size if width >= height else max(1, int(np.floor(width * scale + 0.5)))
-        return ResizePlan((0, 0, height, width), (nh, nw), (0, 0, size, size))
-    return plan_resize(mode, size, height, width)
-
-
-def _network_image(mode: str, size: int, image: np.ndarray) -> np.ndarray:
-    if mode == "longest_pad":
-        from partformer.data.deepfashion import longest_pad
-        return longest_pad(size, image)[0]
-    return apply_resize(mode, size, image).image
-
-
 def input_grid(plan: ResizePlan, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Where each input pixel centre lands in the network image of ``plan``: a ``grid_sample``
     grid ``[1, H, W, 2]`` (normalised, ``align_corners=False``) and a bool ``[H, W]`` mask of the
@@ -172,7 +155,6 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, cfg, device: Union[None, str, torch.device] = None,
                  batch_size: int = 8, resize: Optional[str] = None,
                  precision: Optional[str] = None, source: str = ""):
-        from partformer.engine.trainer import resolve_precision
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
@@ -186,9 +168,9 @@ class Predictor:
                           "shorter side to data.image_size (resize='shorter') instead",
                           stacklevel=2)
             mode = "shorter"
-        if mode not in RESIZE_MODES + ("longest_pad",):
+        if mode not in RESIZE_MODES:
             raise ValueError(f"unknown resize mode {mode!r}; expected one of "
-                             f"{list(RESIZE_MODES) + ['longest_pad']}")
+                             f"{list(RESIZE_MODES)}")
         self.resize = mode
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -211,11 +193,8 @@ class Predictor:
         """Network-size images ``[B, 3, S, S]`` in [0, 1] -> part maps ``[B, K+1, S, S]`` (float32,
         on the predictor's device)."""
         x = images.to(self.device, non_blocking=True)
-        if self.amp_dtype is None:
+        with autocast_context(self.device, self.amp_dtype):
             maps = self.model.predict(x, output_size=tuple(x.shape[-2:]))
-        else:
-            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype):
-                maps = self.model.predict(x, output_size=tuple(x.shape[-2:]))
         return maps.float()
 
     def __call__(self, images, batch_size: Optional[int] = None
@@ -243,8 +222,8 @@ class Predictor:
                                     pres[0].cpu())
 
         for i, arr in enumerate(arrays):
-            plan = resize_plan(self.resize, self.image_size, *arr.shape[:2])
-            net = to_tensor_image(_network_image(self.resize, self.image_size, arr))
+            plan = plan_resize(self.resize, self.image_size, *arr.shape[:2])
+            net = to_tensor_image(apply_resize(self.resize, self.image_size, arr).image)
             key = tuple(net.shape)
             pending.setdefault(key, []).append((i, net, plan))
             if len(pending[key]) >= bs:

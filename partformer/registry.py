@@ -1,6 +1,9 @@
 """A tiny name -> constructor registry (timm's ``create_model`` pattern).
 
-Datasets, encoders, metrics and baselines are looked up by name, so adding one is adding one module.
+Two registries use it: datasets (``partformer.data.DATASETS``, ``data.name``; adding a dataset is
+adding one module) and accumulating metrics (``partformer.metrics.METRICS``, read by the protocol
+table). Encoders are named by timm's own registry (``model.encoder.name`` goes to
+``timm.create_model``), the two baselines by the dict ``partformer.baselines.BASELINES``.
 """
 from __future__ import annotations
 

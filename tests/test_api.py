@@ -203,13 +203,13 @@ def test_authors_file_is_converted_on_the_fly(tmp_path):
     functional re-implementation of their forward pass (tests/test_convert.py reference_forward,
     following Jiahao-UTS/UnsupervisedPart) upsampled to the input size."""
     from tests.test_convert import (IMAGENET_MEAN, IMAGENET_STD, random_official_state_dict,
-                                    reference_forward, test_images)
+                                    reference_forward, sample_images)
     sd = random_official_state_dict("cub", seed=1)
     src = tmp_path / "model_best.pth"
     torch.save(sd, src)
     predictor = partformer.load(str(src), device="cpu")
     assert predictor.num_parts == 4 and predictor.image_size == 256
-    img = np.rint(test_images(seed=3)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    img = np.rint(sample_images(seed=3)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     out = predictor(img)
     x = to_tensor_image(img)[None]
     with torch.no_grad():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from partformer.cli import eval_main, train_main, visualize_main
-from partformer.engine.evaluator import PROTOCOL_FAMILIES, PROTOCOL_VERSION
+from partformer.metrics.protocols import PROTOCOL_VERSION, PROTOCOLS
 from partformer.engine.checkpoint import load_checkpoint
 
 from tests.tiny import shared_root, tiny_yaml
@@ -61,7 +61,7 @@ def test_train_writes_run_directory(trained):
     for method, res in payload["results"].items():
         assert set(res) == EXPECTED, method
         for name, r in res.items():
-            family, variant = PROTOCOL_FAMILIES[name]
+            family, variant = PROTOCOLS[name].family, PROTOCOLS[name].variant
             assert (r["protocol"], r["variant"], r["version"]) == (family, variant,
                                                                    PROTOCOL_VERSION)
             assert r["count"] > 0 and r["skipped_images"] == 0

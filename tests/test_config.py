@@ -209,18 +209,24 @@ def test_every_shipped_config_loads_and_round_trips(path):
     ("celeba_k4", 4, "celeba_wild", "mafl_test"), ("celeba_k8", 8, "celeba_wild", "mafl_test"),
 ])
 def test_paper_configs(name, k, dataset, test_split):
+    """The resolved paper configs carry the authors' settings, whichever file (schema default,
+    _base_/paper.yaml, dataset file) sets them. Jiahao-UTS/UnsupervisedPart: ``Config/default.py``
+    (IMG_SIZE 256, OUT_DIM 64, LR 5e-4, LR_FACTOR 0.2, BATCH_SIZE_PER_GPU 32),
+    ``tools/train_function.py`` ``train`` (loss = 1.0 Highlevel + 0.3 Concentration + 0.5 Area +
+    0.01 Semantic), ``train.py`` (``MultiStepLR``; the DINO ``backbone1`` frozen)."""
     cfg = load_config(os.path.join(REPO, "configs", f"{name}.yaml"))
     assert cfg.model.num_parts == k
     assert cfg.data.name == dataset
     assert cfg.data.test_split == test_split
     assert cfg.experiment.name == name
-    # the paper setting, inherited from _base_/paper.yaml
-    assert cfg.data.image_size == 256
+    assert cfg.data.image_size == 256 and cfg.data.resize == "whole"
     assert cfg.model.encoder.name == "vit_small_patch8_224.dino"
-    assert cfg.model.encoder.frozen is True
+    assert cfg.model.encoder.frozen is True and cfg.model.feature_dim == 64
     assert cfg.train.lr == pytest.approx(5e-4) and cfg.train.batch_size == 32
     assert cfg.train.betas == [0.9, 0.95]
+    assert cfg.train.scheduler.name == "multistep" and cfg.train.scheduler.gamma == 0.2
     assert cfg.loss.recon == "perceptual"
+    assert cfg.loss.weights == {"recon": 1.0, "concentration": 0.3, "area": 0.5, "arcface": 0.01}
     if dataset == "cub":
         assert cfg.train.epochs == 100 and cfg.train.scheduler.milestones == [90, 95]
         assert cfg.loss.area_eps == 0.5 and cfg.model.compress == "cub"

@@ -4,8 +4,8 @@ The core check is parity: a random-weight state dict with exactly the authors' p
 shapes (CUB and CelebA layouts, written out below from their model's key list) is saved in both of
 their file forms, converted, loaded the way ``tools/eval.py`` loads it, and its ``predict`` maps are
 compared with ``reference_forward``: an independent re-implementation of the authors' test-time
-forward pass (METHOD.md §1-§4) in plain ``torch.nn.functional`` ops that reads the official keys
-directly and uses none of our model classes.
+forward pass (docs/METHOD.md §1-§2) in plain ``torch.nn.functional`` ops that reads the official
+keys directly and uses none of our model classes.
 
 That re-implementation was wrong before issue 7, in the same way as the model: it downsampled the
 view for the part-token ViT bilinearly, because both were written from the same reading of the
@@ -253,14 +253,11 @@ IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
-def test_images(seed=0, size=256):
+def sample_images(seed=0, size=256):
     g = torch.Generator().manual_seed(seed)
     low = torch.rand(1, 3, 16, 16, generator=g)
     img = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
     return (img + 0.05 * torch.rand(1, 3, size, size, generator=g)).clamp(0, 1)
-
-
-test_images.__test__ = False  # a helper, not a test
 
 
 # ------------------------------------------------------------------ parity (the core requirement)
@@ -302,7 +299,7 @@ def test_converted_checkpoint_matches_reference_forward(tmp_path, variant, form,
     official = torch.load(src, map_location="cpu", weights_only=True)
     official = official if form == "model_best" else {
         k[len("module."):]: v for k, v in official["state_dict"].items()}
-    images = test_images(seed=3)
+    images = sample_images(seed=3)
     with torch.no_grad():
         ours = model.predict(images)
         ref = reference_forward(official, (images - IMAGENET_MEAN) / IMAGENET_STD, variant)
@@ -367,6 +364,10 @@ def test_official_layout_maps_one_to_one():
         assert name("backbone1.blocks.11.attn.qkv.weight") == \
             "encoder.model.blocks.11.attn.qkv.weight"
         assert name("Transformer.pos_embed") is None
+        # the names in error messages come from the same table read backwards: every key returns
+        for key in official:
+            if key != "Transformer.pos_embed":
+                assert conv.ours_to_official_key(name(key)) == key, key
 
 
 def test_missing_key_is_named():

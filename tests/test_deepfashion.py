@@ -1,4 +1,5 @@
-"""DeepFashion In-shop segmentation subset: palette decoding, longest_pad, splits, layout check."""
+"""DeepFashion In-shop segmentation subset: palette decoding, splits, layout check (the longest_pad
+resize: tests/test_transforms.py)."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,8 +15,7 @@ import torch
 
 from partformer.data import DATASETS, _import_all
 from partformer.data.deepfashion import (PALETTE, PART_NAMES, DeepFashionDataset,
-                                         check_deepfashion_layout, colour_mask_to_labels,
-                                         longest_pad)
+                                         check_deepfashion_layout, colour_mask_to_labels)
 from partformer.data.transforms import resize_mask
 from tests.fake_benchmarks import (DEEPFASHION_COLOURS, DF_H, DF_W, deepfashion_label_map,
                                    write_deepfashion_tree)
@@ -44,19 +44,6 @@ def test_colour_decoding_exact_and_errors():
     near[1, 1] = (0, 101, 0)  # PNG is lossless: a near colour is an error, not a match
     with pytest.raises(ValueError, match=r"m_segment.png: unknown colour RGB\(0, 101, 0\) on 1"):
         colour_mask_to_labels(near, "m_segment.png")
-
-
-def test_longest_pad_geometry():
-    img = np.full((44, 30, 3), 200, np.uint8)        # portrait: height is the longest side
-    lab = np.arange(44 * 30).reshape(44, 30)
-    out, (m,) = longest_pad(32, img, (lab,), (-1,))
-    nw = int(np.floor(30 * 32 / 44 + 0.5))           # 22
-    assert out.shape == (32, 32, 3) and (out[:, nw:] == 0).all() and (out[:, :nw] == 200).all()
-    np.testing.assert_array_equal(m[:, :nw], resize_mask(lab, 32, nw))
-    assert (m[:, nw:] == -1).all()
-    out, (m,) = longest_pad(16, np.zeros((10, 40, 3), np.uint8), (np.ones((10, 40), np.int64),),
-                            (-1,))                   # landscape: padded at the bottom
-    assert (m[:4] == 1).all() and (m[4:] == -1).all()
 
 
 def test_dataset_samples(df):

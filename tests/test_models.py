@@ -587,8 +587,15 @@ def test_build_model_from_dataclass_dict_and_full_config():
         data: _Data = dataclasses.field(default_factory=_Data)
 
     assert build_model(_Full()).image_size == 96
-    with pytest.warns(UserWarning, match="bogus"):
+    # one strict way from a config section to a constructor: an unknown key is an error
+    with pytest.raises(ValueError, match=r"model\.bogus"):
         build_model(dict(d, bogus=1))
+    with pytest.raises(ValueError, match=r"model\.partformer\.resample .*model\.half_resample"):
+        build_model(dict(d, partformer=dict(TINY_PF, resample="nearest")))
+    with pytest.raises(ValueError, match=r"model\.decoder\.in_dim .*model\.feature_dim"):
+        build_model(dict(d, decoder=dict(channels=8, in_dim=16)))
+    with pytest.raises(ValueError, match=r"model\.decoder\.chanels"):
+        build_model(dict(d, decoder=dict(chanels=8)))
 
 
 def test_build_model_from_project_config():

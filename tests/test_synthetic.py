@@ -1,4 +1,4 @@
-"""Tests of the synthetic part-discovery benchmark (partformer/data/synthetic.py).
+"""Tests of the synthetic part-discovery benchmark (the package partformer/data/synthetic/).
 
 The layout checks re-implement the key properties of the shared CUB-tree validator on purpose: the
 tests must not depend on files outside the repository.
@@ -6,6 +6,7 @@ tests must not depend on files outside the repository.
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from partformer.data import synthetic as syn
+from partformer.data.synthetic import tree as syn_tree
 from partformer.data.synthetic import (FAMILY_KEYPOINTS, FAMILY_PARTS, KEYPOINT_NAMES,
                                        KEYPOINT_OWNER, META_FILE, PART_NAMES, SyntheticConfig,
                                        ensure_synthetic, render_index, render_sample,
@@ -22,6 +24,18 @@ from partformer.data.synthetic import (FAMILY_KEYPOINTS, FAMILY_PARTS, KEYPOINT_
 
 SMALL = dict(num_train=18, num_val=6, num_test=12)
 P = len(KEYPOINT_NAMES)
+
+# sha256 over render_index(cfg, 0..11) (image, part_mask, fg_mask, keypoints, visible, bbox, then
+# class, family, facing), recorded with generator 1.0 as the single module data/synthetic.py, under
+# OpenCV 5.0.0 and NumPy 2.4.6 (other versions may round differently: the test is skipped there)
+GOLDEN_VERSIONS = ("5.0.0", "2.4.6")
+GOLDEN = [
+    (dict(seed=3, image_size=64),
+     "aebdab52e5ce93949499ec075fafab38c907cba36d5f3234a3496dad3034184c"),
+    (dict(seed=7, image_size=48, clutter=12, occlusion=0.9, out_of_frame=0.6, articulation=1.5,
+          families=("quadruped",), outline_prob=1.0),
+     "5383951a4bd415991d0febfff27f1a17639675a79630162f581705256c91d68e"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -293,6 +307,24 @@ def test_workers_give_identical_tree(tree, tmp_path):
         stack += list(c.subdirs.values())
 
 
+def test_generation_is_bit_identical_to_generator_1_0():
+    """Trees on disk are reused while GENERATOR_VERSION is unchanged, so the same (seed, index)
+    must give the same image and ground truth, byte for byte. A change that moves a byte must bump
+    GENERATOR_VERSION and these digests."""
+    if (cv2.__version__, np.__version__) != GOLDEN_VERSIONS:
+        pytest.skip(f"digests recorded with OpenCV / NumPy {GOLDEN_VERSIONS}")
+    assert syn.GENERATOR_VERSION == "1.0"
+    for options, expected in GOLDEN:
+        cfg = SyntheticConfig(**options)
+        h = hashlib.sha256()
+        for i in range(12):
+            s = render_index(cfg, i)
+            for key in ("image", "part_mask", "fg_mask", "keypoints", "visible", "bbox"):
+                h.update(np.ascontiguousarray(s[key]).tobytes())
+            h.update(f"{s['class']} {s['family']} {s['facing']}".encode())
+        assert h.hexdigest() == expected, options
+
+
 # ------------------------------------------------------------------------------------------------
 # atomic writing, ensure_synthetic, registry, CLI
 # ------------------------------------------------------------------------------------------------
@@ -301,7 +333,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     def boom(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(syn, "_write_chunk", boom)
+    monkeypatch.setattr(syn_tree, "_write_chunk", boom)
     with pytest.raises(KeyboardInterrupt):
         write_synthetic_cub(str(tmp_path / "t"), SyntheticConfig(**SMALL))
     assert os.listdir(tmp_path) == []

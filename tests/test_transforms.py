@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from partformer.data.transforms import (RESIZE_MODES, apply_resize, plan_resize, resize_mask,
-                                        to_tensor_image)
+from partformer.data.transforms import (RESIZE_MODES, apply_resize, fixed_size, plan_resize,
+                                        resize_mask, to_tensor_image)
 
 R = 4  # half-size of the label square drawn around each keypoint (enough for 1/5 downscaling)
 
@@ -68,6 +68,27 @@ def test_annotations_follow_the_image(mode, hw, size):
     assert ys.min() >= by - 0.5 - 1e-4 and ys.max() + 1 <= by + bh + 0.5 + 1e-4
     # and does not exceed it by more than a pixel either
     assert xs.min() <= bx + 1 and xs.max() + 1 >= bx + bw - 1
+
+
+def test_longest_pad_geometry():
+    """DeepFashion's protocol: longest side to S, padded bottom / right (image 0, masks with their
+    fill), top-left corner kept."""
+    img = np.full((44, 30, 3), 200, np.uint8)        # portrait: height is the longest side
+    lab = np.arange(44 * 30).reshape(44, 30)
+    out = apply_resize("longest_pad", 32, img, masks=(lab,), mask_fills=(-1,))
+    (m,) = out.masks
+    nw = int(np.floor(30 * 32 / 44 + 0.5))           # 22
+    assert out.image.shape == (32, 32, 3) and (out.image[:, nw:] == 0).all()
+    assert (out.image[:, :nw] == 200).all()
+    np.testing.assert_array_equal(m[:, :nw], resize_mask(lab, 32, nw))
+    assert (m[:, nw:] == -1).all()
+    out = apply_resize("longest_pad", 16, np.zeros((10, 40, 3), np.uint8),
+                       masks=(np.ones((10, 40), np.int64),), mask_fills=(-1,))
+    (m,) = out.masks                                 # landscape: padded at the bottom
+    assert (m[:4] == 1).all() and (m[4:] == -1).all()
+    assert fixed_size("longest_pad") and not fixed_size("shorter")
+    with pytest.raises(ValueError, match="mask_fills"):
+        apply_resize("longest_pad", 16, img, masks=(lab,), mask_fills=(-1, 0))
 
 
 @pytest.mark.parametrize("hw", SIZES)

@@ -14,17 +14,13 @@ from partformer.registry import Registry
 DATASETS: Registry = Registry("dataset")
 register_dataset = DATASETS.register
 
-# modules that register datasets; a missing optional module must not break the others
+# the modules that register datasets (imported on the first registry lookup, not with the package)
 _MODULES = ["synthetic", "cub", "image_folder", "celeba", "partimagenet", "deepfashion"]
 
 
 def _import_all() -> None:
     for name in _MODULES:
-        try:
-            importlib.import_module(f"partformer.data.{name}")
-        except ModuleNotFoundError as e:  # module not written (yet); anything else is a real error
-            if e.name != f"partformer.data.{name}":
-                raise
+        importlib.import_module(f"partformer.data.{name}")
 
 
 def dataset_names():

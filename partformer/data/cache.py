@@ -19,7 +19,7 @@ A sample of the cache is ``{"image": uint8 [3, H, W], "index": int64}``: the tra
 nothing else, and converts the batch to float on the device
 (:func:`partformer.data.transforms.images_to_float`, the same ``x / 255`` as the datasets), so the
 values are identical to the decoded ones (tests/test_cache.py). Every image of the split must have
-the same size (the fixed-size resize modes ``whole`` and ``shorter_center_crop``). An image the
+the same size (``transforms.FIXED_SIZE_MODES``). An image the
 dataset skips as undecodable (``skip_bad_images``) is recorded and comes back as ``None``, which
 ``partformer.data.collate`` drops and counts, as without the cache.
 
@@ -36,6 +36,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from partformer.data.transforms import FIXED_SIZE_MODES
 
 __all__ = ["ImageCache", "build_image_cache", "cache_identity", "CACHE_FORMAT"]
 
@@ -142,7 +144,7 @@ def _build(dataset, ident: Dict[str, Any], path: str, meta_path: str, num_worker
                     raise ValueError(
                         f"data.cache needs every image of the split to have one size; image "
                         f"{i} is {tuple(image.shape)}, the first was {shape[1:]}. Use a "
-                        f"fixed-size resize mode (whole, shorter_center_crop) or "
+                        f"fixed-size resize mode ({', '.join(FIXED_SIZE_MODES)}) or "
                         f"data.cache=null")
                 array[i] = image.numpy()
         if array is None:

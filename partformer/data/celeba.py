@@ -12,9 +12,9 @@ The landmark and box files start with a count line and a column-name line; the l
 left eye, right eye, nose, left mouth corner, right mouth corner. Coordinates are used as stored
 (0-based pixel coordinates, no shift), like CUB's.
 
-Splits (``tools/prepare_celeba.py`` writes them; protocol of PROTOCOLS.md): an image is kept only if
-its face box covers >= 30 % of the image area (box ``w * h`` as stored, image ``W * H`` from the
-JPEG header).
+Splits (``tools/prepare_celeba.py`` writes them; protocol of docs/PROTOCOLS.md §5): an image is kept
+only if its face box covers >= 30 % of the image area (box ``w * h`` as stored, image ``W * H`` from
+the JPEG header).
 
 - ``trainval``: CelebA train partition (0) minus the MAFL test images, filtered (published 45,609);
 - ``val``: ``num_val`` (500) images of ``trainval`` drawn with ``numpy.random.default_rng(0)``
@@ -28,7 +28,6 @@ never shuffled: one public loader shuffles it unseeded).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
@@ -40,7 +39,8 @@ from torch.utils.data import Dataset
 
 from partformer.data import register_dataset
 from partformer.data.cub import KeypointTable
-from partformer.data.io import BadImageError, DATASETS_README, check_index, decode_or_skip, load_image, require_file
+from partformer.data.io import (BadImageError, DATASETS_README, check_index, decode_or_skip,
+                                load_image, require_file, write_splits)
 from partformer.data.transforms import apply_resize, check_resize_mode, to_tensor_image
 
 __all__ = ["CelebAWildDataset", "LANDMARK_NAMES", "PUBLISHED_COUNTS", "prepare_celeba_splits",
@@ -243,28 +243,8 @@ def prepare_celeba_splits(root: str, mafl_dir: str, num_val: int = DEFAULT_NUM_V
     lm_names, _ = read_counted_table(os.path.join(root, LANDMARK_FILE), 10)
     bb_names, boxes = read_counted_table(os.path.join(root, BBOX_FILE), 4)
     partition = read_partition(os.path.join(root, PARTITION_FILE))
-    mafl_hint = "<mafl dir>/training.txt, <mafl dir>/testing.txt (MAFL lists of CelebA names)"
     box_of = dict(zip(bb_names, boxes))
-    lm_set = set(lm_names)
-
-    def as_celeba_name(n: str) -> str:  # accept MAFL lists written without the ".jpg"
-        return n + ".jpg" if n not in box_of and n + ".jpg" in box_of else n
-
-    mafl_train = [as_celeba_name(n) for n in
-                  read_name_list(os.path.join(mafl_dir, "training.txt"), mafl_hint)]
-    mafl_test = [as_celeba_name(n) for n in
-                 read_name_list(os.path.join(mafl_dir, "testing.txt"), mafl_hint)]
-    for what, names in (("Eval/list_eval_partition.txt", partition),
-                        (os.path.join(mafl_dir, "training.txt"), mafl_train),
-                        (os.path.join(mafl_dir, "testing.txt"), mafl_test)):
-        missing = [n for n in names if n not in box_of or n not in lm_set]
-        if missing:
-            raise ValueError(f"{what}: {len(missing)} image names have no row in "
-                             f"{LANDMARK_FILE} / {BBOX_FILE} (first: {missing[0]!r}); are the "
-                             f"files from the same CelebA release?")
-    if set(mafl_train) & set(mafl_test):
-        raise ValueError(f"{mafl_dir}: training.txt and testing.txt share images")
-
+    mafl_train, mafl_test = _mafl_lists(mafl_dir, box_of, set(lm_names), partition)
     mafl_test_set = set(mafl_test)
     trainval_candidates = sorted(n for n, p in partition.items() if p == 0
                                  and n not in mafl_test_set)
@@ -295,11 +275,6 @@ def prepare_celeba_splits(root: str, mafl_dir: str, num_val: int = DEFAULT_NUM_V
     splits["val"] = [n for n in trainval if n in val_set]
     splits["train"] = [n for n in trainval if n not in val_set]
 
-    out_dir = os.path.join(root, SPLIT_DIR)
-    os.makedirs(out_dir, exist_ok=True)
-    for name in SPLIT_NAMES:
-        with open(split_file(root, name), "w") as f:
-            f.write("".join(n + "\n" for n in splits[name]))
     counts = {k: len(v) for k, v in splits.items()}
     mismatched = {k: (counts[k], v) for k, v in PUBLISHED_COUNTS.items() if counts[k] != v}
     info = {"protocol": "CelebA-wild/MAFL, face box area >= 30% of the image area",
@@ -307,12 +282,36 @@ def prepare_celeba_splits(root: str, mafl_dir: str, num_val: int = DEFAULT_NUM_V
             "val": {"num_val": num_val, "seed": seed,
                     "rule": "numpy.random.default_rng(seed).permutation(len(trainval))[:num_val]"},
             "mafl_dir": os.path.abspath(mafl_dir)}
-    with open(os.path.join(out_dir, "prepare_info.json"), "w") as f:
-        json.dump(info, f, indent=2)
+    write_splits(os.path.join(root, SPLIT_DIR), {k: splits[k] for k in SPLIT_NAMES}, info)
     for k, (got, want) in mismatched.items():
         warnings.warn(f"CelebA split {k!r} has {got} images, the published protocol has {want}: "
                       f"check that the full official CelebA and MAFL files were used")
     return splits
+
+
+def _mafl_lists(mafl_dir: str, box_of: Dict[str, np.ndarray], landmarked: set,
+                partition: Dict[str, int]) -> Tuple[List[str], List[str]]:
+    """MAFL's training and testing lists as CelebA names (``.jpg`` added where the list has none),
+    checked: every name of them and of the partition has a box and landmarks, and the two lists
+    do not overlap."""
+    hint = "<mafl dir>/training.txt, <mafl dir>/testing.txt (MAFL lists of CelebA names)"
+
+    def as_celeba_name(n: str) -> str:
+        return n + ".jpg" if n not in box_of and n + ".jpg" in box_of else n
+
+    train_list, test_list = (os.path.join(mafl_dir, f) for f in ("training.txt", "testing.txt"))
+    train = [as_celeba_name(n) for n in read_name_list(train_list, hint)]
+    test = [as_celeba_name(n) for n in read_name_list(test_list, hint)]
+    for what, names in (("Eval/list_eval_partition.txt", partition), (train_list, train),
+                        (test_list, test)):
+        missing = [n for n in names if n not in box_of or n not in landmarked]
+        if missing:
+            raise ValueError(f"{what}: {len(missing)} image names have no row in "
+                             f"{LANDMARK_FILE} / {BBOX_FILE} (first: {missing[0]!r}); are the "
+                             f"files from the same CelebA release?")
+    if set(train) & set(test):
+        raise ValueError(f"{mafl_dir}: training.txt and testing.txt share images")
+    return train, test
 
 
 # --------------------------------------------------------------------------------------------------

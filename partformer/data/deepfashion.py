@@ -26,18 +26,17 @@ its order (top, skirt, leggings, dress, outer, pants, bag, neckwear, headwear, e
 footwear, hair, skin, face); -1 = padding (ignore). PNGs are lossless, so colours must match
 exactly; an unknown colour is an error naming the file and the colour.
 
-Resize ``longest_pad`` (the protocol; default): the longest side to S (the other
-``floor(n * S / longest + 0.5)``), then pad bottom/right to S x S (image 0, ``part_mask`` -1,
-``fg_mask`` 0); the image keeps its top-left corner so pixel coordinates only scale. The shared
-modes of docs/ARCHITECTURE.md (``whole``, ``shorter``, ``shorter_center_crop``) work too.
+Resize ``longest_pad`` (the protocol; default; ``partformer/data/transforms.py``): the longest side
+to S, then pad bottom/right to S x S (image 0, ``part_mask`` -1, ``fg_mask`` 0); the image keeps its
+top-left corner so pixel coordinates only scale. The other modes of docs/ARCHITECTURE.md but
+``bbox_crop`` (no boxes) work too.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -45,11 +44,10 @@ from torch.utils.data import Dataset
 
 from partformer.data import register_dataset
 from partformer.data.io import DATASETS_README, check_index, decode_or_skip, load_image
-from partformer.data.transforms import (apply_resize, check_resize_mode, resize_image,
-                                        resize_mask, to_tensor_image)
+from partformer.data.transforms import apply_resize, check_resize_mode, to_tensor_image
 
 __all__ = ["DeepFashionDataset", "PALETTE", "PART_NAMES", "colour_mask_to_labels",
-           "longest_pad", "check_deepfashion_layout"]
+           "check_deepfashion_layout"]
 
 # (R, G, B) -> label, in the order of the official In-shop README "COLOR MAPPING LABELS" table
 PALETTE: Tuple[Tuple[Tuple[int, int, int], str], ...] = (
@@ -77,7 +75,6 @@ PUBLISHED_TEST_IMAGES = 6922
 VAL_FRACTION, VAL_SEED = 0.1, 0
 LIST_SPLITS = ("train", "query", "gallery")
 SPLITS = ("train", "val", "trainval", "query", "gallery", "test")
-RESIZE_MODES = ("longest_pad", "whole", "shorter", "shorter_center_crop")
 LIST_FILE = "DeepFashion_segmentation_{}.json"
 
 LAYOUT = """\
@@ -107,26 +104,6 @@ def colour_mask_to_labels(rgb: np.ndarray, path: str = "<array>") -> np.ndarray:
                          f"segmentation palette has {len(PALETTE)} colours "
                          f"(partformer.data.deepfashion.PALETTE)")
     return _CODE_ORDER[pos].astype(np.int64)
-
-
-def longest_pad(size: int, image: np.ndarray, masks: Sequence[np.ndarray] = (),
-                fills: Sequence[int] = ()) -> Tuple[np.ndarray, Tuple[np.ndarray, ...]]:
-    """Longest side to ``size`` (bilinear image, nearest masks), then pad bottom/right to
-    ``size x size``: the image with 0, mask ``k`` with ``fills[k]``. Returns (image, masks)."""
-    if len(masks) != len(fills):
-        raise ValueError(f"longest_pad: {len(masks)} masks but {len(fills)} pad values")
-    h, w = image.shape[:2]
-    scale = size / max(h, w)
-    nh = size if h >= w else max(1, int(math.floor(h * scale + 0.5)))
-    nw = size if w >= h else max(1, int(math.floor(w * scale + 0.5)))
-    out = np.zeros((size, size) + image.shape[2:], dtype=image.dtype)
-    out[:nh, :nw] = resize_image(image, nh, nw)
-    out_masks = []
-    for m, fill in zip(masks, fills):
-        pm = np.full((size, size), fill, dtype=m.dtype)
-        pm[:nh, :nw] = resize_mask(m, nh, nw)
-        out_masks.append(pm)
-    return out, tuple(out_masks)
 
 
 def find_seg_dir(root: str) -> str:
@@ -234,8 +211,8 @@ class DeepFashionDataset(Dataset):
         root: "In-shop Clothes Retrieval Benchmark" folder (or its ``Anno/segmentation``).
         split: ``train``, ``val``, ``trainval``, ``query``, ``gallery``, ``test`` (query + gallery).
         image_size: S.
-        resize: ``longest_pad`` (protocol, default) or a shared mode (``whole``, ``shorter``,
-            ``shorter_center_crop``).
+        resize: ``longest_pad`` (protocol, default) or another mode of
+            ``partformer.data.transforms`` but ``bbox_crop``.
         skip_bad_images: return ``None`` for an undecodable image or mask (after a warning).
         seg_dir: override the folder holding ``img_highres`` and the split lists.
     """
@@ -247,13 +224,7 @@ class DeepFashionDataset(Dataset):
     def __init__(self, root: str, split: str, image_size: int = 256,
                  resize: str = "longest_pad", skip_bad_images: bool = False,
                  seg_dir: Optional[str] = None):
-        if resize == "longest_pad":
-            check_resize_mode("whole", image_size)  # validates the size
-        elif resize in RESIZE_MODES:
-            check_resize_mode(resize, image_size)
-        else:
-            raise ValueError(f"resize mode {resize!r} not available for DeepFashion (no boxes); "
-                             f"expected one of {list(RESIZE_MODES)}")
+        check_resize_mode(resize, image_size, no_boxes="DeepFashion")
         if split not in SPLITS:
             raise ValueError(f"unknown DeepFashion split {split!r}; expected one of {list(SPLITS)}")
         self.root, self.split, self.image_size, self.resize = root, split, image_size, resize
@@ -288,14 +259,11 @@ class DeepFashionDataset(Dataset):
             raise ValueError(f"{path}: image is {h}x{w} (HxW) but {mask_path(path)} is "
                              f"{part_mask.shape[0]}x{part_mask.shape[1]}")
         fg = (part_mask > 0).astype(np.uint8)
-        if self.resize == "longest_pad":
-            out_image, (part_mask, fg) = longest_pad(self.image_size, image, (part_mask, fg),
-                                                     (PAD_LABEL, 0))
-        else:
-            r = apply_resize(self.resize, self.image_size, image, masks=(part_mask, fg))
-            out_image, (part_mask, fg) = r.image, r.masks
+        r = apply_resize(self.resize, self.image_size, image, masks=(part_mask, fg),
+                         mask_fills=(PAD_LABEL, 0))
+        part_mask, fg = r.masks
         return {
-            "image": to_tensor_image(out_image),
+            "image": to_tensor_image(r.image),
             "part_mask": torch.from_numpy(np.ascontiguousarray(part_mask)),
             "fg_mask": torch.from_numpy(np.ascontiguousarray(fg)),
             "label": torch.tensor(0, dtype=torch.int64),

@@ -51,10 +51,7 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, root: str, split: str, image_size: int = 256, resize: str = "whole",
                  extensions: Sequence[str] = IMAGE_EXTENSIONS, skip_bad_images: bool = False):
-        check_resize_mode(resize, image_size)
-        if resize == "bbox_crop":
-            raise ValueError("resize mode 'bbox_crop' needs boxes; an image folder has none "
-                             "(use whole, shorter or shorter_center_crop)")
+        check_resize_mode(resize, image_size, no_boxes="an image folder")
         root = os.path.expanduser(os.fspath(root))
         if not os.path.isdir(root):
             raise FileNotFoundError(f"image folder {root} is not a directory (set data.root)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -57,6 +57,19 @@ def require_file(path: PathLike, layout_hint: str = "") -> str:
     raise FileNotFoundError(msg)
 
 
+def write_splits(out_dir: str, splits: Dict[str, Sequence[str]], info: Dict) -> None:
+    """The output of a prepare tool: ``<out_dir>/<split>.txt`` (one name a line, in the given
+    order) per split and ``<out_dir>/prepare_info.json`` (``info``), each written atomically."""
+    import json
+
+    from partformer.fileio import atomic_open
+    for name, files in splits.items():
+        with atomic_open(os.path.join(out_dir, f"{name}.txt"), "w") as f:
+            f.write("".join(n + "\n" for n in files))
+    with atomic_open(os.path.join(out_dir, "prepare_info.json"), "w") as f:
+        json.dump(info, f, indent=2)
+
+
 def _indent(text: str, prefix: str = "    ") -> str:
     return "\n".join(prefix + line for line in text.splitlines())
 
@@ -98,17 +111,8 @@ def read_table(path: PathLike, ncols: int, types: Sequence[type], *,
         is not text.
     """
     path = os.fspath(path)
-    types = tuple(types)
-    if len(types) != ncols:
-        raise ValueError(f"read_table({path!r}): {len(types)} types given for {ncols} columns")
-    for t in types:
-        if t not in _TYPE_NAMES:
-            raise ValueError(f"read_table: column type must be int, float or str, got {t!r}")
-    if names is not None and len(names) != ncols:
-        raise ValueError(f"read_table({path!r}): {len(names)} names given for {ncols} columns")
-    names = tuple(names) if names is not None else tuple(f"column{c + 1}" for c in range(ncols))
+    types, names = _check_schema(path, ncols, types, names)
     schema = " ".join(f"<{n}:{_TYPE_NAMES[t]}>" for n, t in zip(names, types))
-
     text = _read_text(path)
     if str not in types:
         fast = _parse_numeric_fast(text, ncols, types)
@@ -118,6 +122,35 @@ def read_table(path: PathLike, ncols: int, types: Sequence[type], *,
     # general path (text columns, or a numeric file the fast path refused: it finds the error)
     if rest_of_line and types[-1] is not str:
         raise ValueError("read_table: rest_of_line needs a str last column")
+    rows, line_numbers = _split_lines(path, text, ncols, schema, rest_of_line, str in types)
+    raw_columns = list(zip(*rows)) if rows else [()] * ncols
+    columns = [list(raw) if t is str else
+               _numeric_column(path, raw, t, f"column {c + 1} ({names[c]})", line_numbers, schema)
+               for c, (t, raw) in enumerate(zip(types, raw_columns))]
+    if return_line_numbers:
+        return columns, np.asarray(line_numbers, dtype=np.int64)
+    return columns
+
+
+def _check_schema(path: str, ncols: int, types: Sequence[type],
+                  names: Optional[Sequence[str]]) -> Tuple[Tuple[type, ...], Tuple[str, ...]]:
+    """The column types and names of :func:`read_table`, checked (a programming error otherwise)."""
+    types = tuple(types)
+    if len(types) != ncols:
+        raise ValueError(f"read_table({path!r}): {len(types)} types given for {ncols} columns")
+    for t in types:
+        if t not in _TYPE_NAMES:
+            raise ValueError(f"read_table: column type must be int, float or str, got {t!r}")
+    if names is not None and len(names) != ncols:
+        raise ValueError(f"read_table({path!r}): {len(names)} names given for {ncols} columns")
+    names = tuple(names) if names is not None else tuple(f"column{c + 1}" for c in range(ncols))
+    return types, names
+
+
+def _split_lines(path: str, text: str, ncols: int, schema: str, rest_of_line: bool,
+                 has_text: bool) -> Tuple[List[List[str]], List[int]]:
+    """The fields of every non-blank line and its 1-based number; a line with another number of
+    fields is an error naming it."""
     maxsplit = ncols - 1 if rest_of_line else -1
     rows: List[List[str]] = []
     line_numbers: List[int] = []
@@ -128,34 +161,31 @@ def read_table(path: PathLike, ncols: int, types: Sequence[type], *,
         if len(fields) != ncols:
             raise ValueError(f"{path}, line {k}: expected {ncols} whitespace-separated columns "
                              f"{schema}, found {len(fields)}: {line.strip()!r}. Fix or remove "
-                             f"that line" + ("" if rest_of_line or str not in types else
+                             f"that line" + ("" if rest_of_line or not has_text else
                                              " (a text field here cannot contain spaces)"))
         rows.append(fields)
         line_numbers.append(k)
+    return rows, line_numbers
 
-    columns: List = []
-    raw_columns = list(zip(*rows)) if rows else [()] * ncols
-    for c, (t, raw) in enumerate(zip(types, raw_columns)):
-        if t is str:
-            columns.append(list(raw))
-            continue
-        try:
-            col = np.array(raw, dtype=_NUMPY_TYPES[t])
-            bad = None
-            if t is float and not np.isfinite(col).all():
-                bad = int(np.flatnonzero(~np.isfinite(col))[0])
-        except (ValueError, OverflowError):
-            col, bad = None, _first_bad(raw, t)
-        if bad is not None:
-            raise ValueError(f"{path}, line {line_numbers[bad]}: column {c + 1} ({names[c]}) "
-                             f"expected {'a finite number' if t is float else 'an integer'}, found "
-                             f"{raw[bad]!r}; expected columns {schema}")
-        if col is None:  # numpy refused a field that Python parses: convert the slow way
-            col = np.array([t(s) for s in raw], dtype=_NUMPY_TYPES[t])
-        columns.append(col)
-    if return_line_numbers:
-        return columns, np.asarray(line_numbers, dtype=np.int64)
-    return columns
+
+def _numeric_column(path: str, raw: Sequence[str], t: type, what: str, line_numbers: List[int],
+                    schema: str) -> np.ndarray:
+    """``raw`` fields as an int64 / float64 array; a field that is not an integer / a finite
+    number is an error naming its line."""
+    try:
+        col = np.array(raw, dtype=_NUMPY_TYPES[t])
+        bad = None
+        if t is float and not np.isfinite(col).all():
+            bad = int(np.flatnonzero(~np.isfinite(col))[0])
+    except (ValueError, OverflowError):
+        col, bad = None, _first_bad(raw, t)
+    if bad is not None:
+        raise ValueError(f"{path}, line {line_numbers[bad]}: {what} expected "
+                         f"{'a finite number' if t is float else 'an integer'}, found "
+                         f"{raw[bad]!r}; expected columns {schema}")
+    if col is None:  # numpy refused a field that Python parses: convert the slow way
+        col = np.array([t(s) for s in raw], dtype=_NUMPY_TYPES[t])
+    return col
 
 
 def _parse_numeric_fast(text: str, ncols: int, types: Sequence[type]):

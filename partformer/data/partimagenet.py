@@ -23,7 +23,7 @@ Labels of ``part_mask`` (int64): 0 = background, ``c + 1`` = part category ``c``
 the right/bottom edges: an axis-aligned w x h box covers exactly w x h pixels, as with pycocotools,
 which the PDiscoFormer evaluation uses); the label of a pixel is the argmax over the 40 per-category
 coverage counts (annotations of one category add up) and a constant 0.1 background channel
-(PROTOCOLS.md), ties between parts going to the first maximum, i.e. the lowest category id.
+(docs/PROTOCOLS.md), ties between parts going to the first maximum, i.e. the lowest category id.
 Annotations with ``area == 0`` or ``iscrowd == 1`` are skipped; a polygon with fewer than 3 points
 is replaced by the annotation's box.
 
@@ -47,7 +47,8 @@ import torch
 from torch.utils.data import Dataset
 
 from partformer.data import register_dataset
-from partformer.data.io import DATASETS_README, check_index, decode_or_skip, load_image, load_mask, require_file
+from partformer.data.io import (DATASETS_README, check_index, decode_or_skip, load_image, load_mask,
+                                require_file, write_splits)
 from partformer.data.transforms import apply_resize, check_resize_mode, to_tensor_image
 
 __all__ = ["PartImageNetDataset", "NUM_PART_CATEGORIES", "rasterize_polygon", "rasterize_parts",
@@ -56,7 +57,7 @@ __all__ = ["PartImageNetDataset", "NUM_PART_CATEGORIES", "rasterize_polygon", "r
 
 NUM_PART_CATEGORIES = 40
 SEG_BACKGROUND = 40
-BACKGROUND_SCORE = 0.1  # PROTOCOLS.md: constant background channel in the per-pixel argmax
+BACKGROUND_SCORE = 0.1  # docs/PROTOCOLS.md: constant background channel in the per-pixel argmax
 PUBLISHED = {"ood_train_images": 16540, "ood_train_classes": 109, "seg_test_images": 2405}
 DEFAULT_TEST_FRACTION = 0.1
 DEFAULT_VAL_FRACTION = 0.1
@@ -367,43 +368,20 @@ def prepare_partimagenet_ood(root: str, split_file: Optional[str] = None,
     by_class: Dict[str, List[str]] = {}
     for im in kept:
         by_class.setdefault(_wnid(im["file_name"]), []).append(im["file_name"])
-    test: set = set()
     if split_file:
-        published = read_pdiscoformer_split(split_file)
-        for im in images:
-            iid = int(im["id"])
-            if iid not in published:
-                raise ValueError(f"{split_file}: no row for image id {iid} ({im['file_name']}) of "
-                                 f"{json_path}; the split file belongs to another annotation file")
-            if os.path.basename(published[iid][1]) != os.path.basename(im["file_name"]):
-                raise ValueError(f"{split_file}: image id {iid} is {published[iid][1]!r} there but "
-                                 f"{im['file_name']!r} in {json_path}: not the same release")
-        test = {im["file_name"] for im in kept if published[int(im["id"])][0] == 1}
+        test = _published_test_files(split_file, images, kept, json_path)
         source = f"PDiscoFormer published split ({os.path.basename(split_file)})"
     else:
-        rng = np.random.default_rng(seed)
-        for wnid in sorted(by_class):
-            files = sorted(by_class[wnid])
-            pick = rng.permutation(len(files))[:_split_counts(len(files), test_fraction)]
-            test.update(files[i] for i in pick)
+        test = _draw_per_class(by_class, test_fraction, seed)
         source = (f"ours: per class, numpy.random.default_rng({seed}).permutation of the sorted "
                   f"file names, first floor({test_fraction} * n + 0.5) -> test")
-    val: set = set()
-    rng = np.random.default_rng(seed + 1)
-    for wnid in sorted(by_class):
-        files = sorted(f for f in by_class[wnid] if f not in test)
-        pick = rng.permutation(len(files))[:_split_counts(len(files), val_fraction)]
-        val.update(files[i] for i in pick)
+    val = _draw_per_class(by_class, val_fraction, seed + 1, exclude=test)
     all_kept = sorted(im["file_name"] for im in kept)
     splits = {"test": [n for n in all_kept if n in test],
               "val": [n for n in all_kept if n in val],
               "train": [n for n in all_kept if n not in test and n not in val]}
 
     out_dir = os.path.join(release_dir, SPLIT_DIR)
-    os.makedirs(out_dir, exist_ok=True)
-    for name, files in splits.items():
-        with open(os.path.join(out_dir, f"{name}.txt"), "w") as f:
-            f.write("".join(n + "\n" for n in files))
     info = {"annotation_file": os.path.abspath(json_path), "split_dir": os.path.abspath(out_dir),
             "test_split": source,
             "val_split": (f"per class, numpy.random.default_rng({seed + 1}).permutation of the "
@@ -411,8 +389,7 @@ def prepare_partimagenet_ood(root: str, split_file: Optional[str] = None,
             "images_in_json": len(images), "classes": len(by_class),
             "dropped_without_usable_annotation": dropped,
             "counts": {k: len(v) for k, v in splits.items()}}
-    with open(os.path.join(out_dir, "prepare_info.json"), "w") as f:
-        json.dump(info, f, indent=2)
+    write_splits(out_dir, splits, info)
     if len(images) != PUBLISHED["ood_train_images"] or \
             len({_wnid(n) for n in names}) != PUBLISHED["ood_train_classes"]:
         warnings.warn(f"{json_path}: {len(images)} images of {len({_wnid(n) for n in names})} "
@@ -420,6 +397,33 @@ def prepare_partimagenet_ood(root: str, split_file: Optional[str] = None,
                       f"{PUBLISHED['ood_train_classes']} classes: is this the OOD release's "
                       f"train.json?")
     return info
+
+
+def _published_test_files(split_file: str, images, kept, json_path: str) -> set:
+    """The test files of PDiscoFormer's split file (checked against every image of the JSON)."""
+    published = read_pdiscoformer_split(split_file)
+    for im in images:
+        iid = int(im["id"])
+        if iid not in published:
+            raise ValueError(f"{split_file}: no row for image id {iid} ({im['file_name']}) of "
+                             f"{json_path}; the split file belongs to another annotation file")
+        if os.path.basename(published[iid][1]) != os.path.basename(im["file_name"]):
+            raise ValueError(f"{split_file}: image id {iid} is {published[iid][1]!r} there but "
+                             f"{im['file_name']!r} in {json_path}: not the same release")
+    return {im["file_name"] for im in kept if published[int(im["id"])][0] == 1}
+
+
+def _draw_per_class(by_class: Dict[str, List[str]], fraction: float, seed: int,
+                    exclude: Optional[set] = None) -> set:
+    """Per class (classes in sorted order), ``floor(fraction * n + 0.5)`` of its sorted files not
+    in ``exclude``, the first of ``numpy.random.default_rng(seed)``'s permutation."""
+    rng = np.random.default_rng(seed)
+    out: set = set()
+    for wnid in sorted(by_class):
+        files = sorted(f for f in by_class[wnid] if not exclude or f not in exclude)
+        pick = rng.permutation(len(files))[:_split_counts(len(files), fraction)]
+        out.update(files[i] for i in pick)
+    return out
 
 
 def _seg_dirs(release_dir: str, split: str) -> Tuple[str, str]:
@@ -511,10 +515,7 @@ class PartImageNetDataset(Dataset):
                  release: str = "ood", class_conditioned: bool = False,
                  skip_bad_images: bool = False, annotation_file: Optional[str] = None,
                  image_dir: Optional[str] = None):
-        check_resize_mode(resize, image_size)
-        if resize == "bbox_crop":
-            raise ValueError("resize mode 'bbox_crop' needs object boxes, which PartImageNet "
-                             "samples do not have; use whole, shorter or shorter_center_crop")
+        check_resize_mode(resize, image_size, no_boxes="PartImageNet")
         if release not in RELEASES:
             raise ValueError(f"unknown PartImageNet release {release!r}; expected one of "
                              f"{list(RELEASES)}")

@@ -15,8 +15,13 @@ Resize modes (``size`` = S):
 - ``bbox_crop``: crop the pixels covered by the GT box (columns ``floor(x) .. ceil(x + w) - 1``,
   clipped to the image), shorter side to S, then trim each side to a multiple of 16 by removing
   ``(n % 16) // 2`` pixels first and the rest at the end (Choudhury et al. 2021 FG-NMI).
+- ``longest_pad``: longer side to S, the shorter one ``floor(S * short / long + 0.5)``, then padded
+  at the bottom / right to S x S (image 0, masks with their ``mask_fills``; the DeepFashion
+  protocol).
 
-Every mode is "crop window in the input -> resize -> crop window in the resized image".
+Every mode is "crop window in the input -> resize -> crop window in the resized image" (a window
+that reaches past the resized image pads it). :data:`FIXED_SIZE_MODES` give every image the
+output size S x S, so that a batch can be stacked; the others give one image at a time.
 Images use bilinear interpolation (``cv2.INTER_LINEAR``); masks use nearest neighbour sampled at
 pixel centres (like ``cv2.INTER_NEAREST_EXACT`` / PIL ``NEAREST``, consistent with the coordinate
 map above). In the crop modes, a keypoint whose transformed position lies outside the output
@@ -33,10 +38,13 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["RESIZE_MODES", "Resized", "ResizePlan", "check_resize_mode", "plan_resize",
-           "apply_resize", "resize_image", "resize_mask", "to_tensor_image", "images_to_float"]
+__all__ = ["RESIZE_MODES", "FIXED_SIZE_MODES", "fixed_size", "Resized", "ResizePlan",
+           "check_resize_mode", "plan_resize", "apply_resize", "resize_image", "resize_mask",
+           "to_tensor_image", "images_to_float"]
 
-RESIZE_MODES = ("whole", "shorter", "shorter_center_crop", "bbox_crop")
+RESIZE_MODES = ("whole", "shorter", "shorter_center_crop", "bbox_crop", "longest_pad")
+# modes whose output is S x S for every input (a batch stacks); the others keep the aspect ratio
+FIXED_SIZE_MODES = ("whole", "shorter_center_crop", "longest_pad")
 _CROP_MODES = ("shorter_center_crop", "bbox_crop")
 _BBOX_MULTIPLE = 16  # Choudhury et al. trim the box crop to a multiple of the network stride
 
@@ -62,11 +70,21 @@ class ResizePlan(NamedTuple):
         return self.crop1[2], self.crop1[3]
 
 
-def check_resize_mode(mode: str, size: int) -> None:
-    """Raise ``ValueError`` for an unknown mode or a size the mode cannot produce."""
+def fixed_size(mode: str) -> bool:
+    """Whether resize ``mode`` gives every image the same size S x S (batches can be stacked)."""
+    return mode in FIXED_SIZE_MODES
+
+
+def check_resize_mode(mode: str, size: int, no_boxes: Optional[str] = None) -> None:
+    """Raise ``ValueError`` for an unknown mode or a size the mode cannot produce. ``no_boxes``:
+    the name of a dataset without object boxes, for which ``bbox_crop`` is refused too."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {mode!r}; expected one of {list(RESIZE_MODES)} "
                          f"(see docs/ARCHITECTURE.md, 'Resize modes')")
+    if mode == "bbox_crop" and no_boxes:
+        raise ValueError(f"resize mode 'bbox_crop' is not available for {no_boxes}: it needs "
+                         f"boxes, and {no_boxes} has none; use one of "
+                         f"{[m for m in RESIZE_MODES if m != 'bbox_crop']}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"image size must be a positive integer, got {size!r}")
     if mode == "bbox_crop" and size < _BBOX_MULTIPLE:
@@ -96,6 +114,11 @@ def plan_resize(mode: str, size: int, height: int, width: int,
         # torchvision CenterCrop offsets
         top, left = int(round((rh - size) / 2.0)), int(round((rw - size) / 2.0))
         return ResizePlan((0, 0, height, width), (rh, rw), (top, left, size, size))
+    if mode == "longest_pad":
+        scale = size / max(height, width)
+        rh = size if height >= width else max(1, int(math.floor(height * scale + 0.5)))
+        rw = size if width >= height else max(1, int(math.floor(width * scale + 0.5)))
+        return ResizePlan((0, 0, height, width), (rh, rw), (0, 0, size, size))  # pads
     # bbox_crop
     if bbox is None:
         raise ValueError("resize mode 'bbox_crop' needs the ground-truth box (bbox=(x, y, w, h))")
@@ -160,10 +183,20 @@ def _check_inputs(image, keypoints, visible, bbox, masks) -> None:
                              f"{list(image.shape[:2])}, got {got}")
 
 
+def _padded(arr: np.ndarray, height: int, width: int, fill) -> np.ndarray:
+    """``arr`` (the top-left part of the output) padded at the bottom / right with ``fill``."""
+    if arr.shape[:2] == (height, width):
+        return arr
+    out = np.full((height, width) + arr.shape[2:], fill, dtype=arr.dtype)
+    out[:arr.shape[0], :arr.shape[1]] = arr
+    return out
+
+
 def apply_resize(mode: str, size: int, image: np.ndarray,
                  keypoints: Optional[np.ndarray] = None, visible: Optional[np.ndarray] = None,
                  bbox: Optional[Sequence[float]] = None,
-                 masks: Sequence[Optional[np.ndarray]] = ()) -> Resized:
+                 masks: Sequence[Optional[np.ndarray]] = (),
+                 mask_fills: Optional[Sequence[int]] = None) -> Resized:
     """Apply resize ``mode`` with target ``size`` to an image and its annotations.
 
     Args:
@@ -173,23 +206,30 @@ def apply_resize(mode: str, size: int, image: np.ndarray,
         keypoints: float ``[P, 2]`` (x, y) in input pixels, with ``visible`` bool ``[P]``.
         bbox: (x, y, w, h) in input pixels; required by ``bbox_crop``.
         masks: 2-D ``[H, W]`` arrays (``None`` entries pass through), resized with nearest.
+        mask_fills: per mask, the value of padded pixels (``longest_pad``); default 0.
 
     Returns:
         :class:`Resized` (image, keypoints, visible, bbox, masks) in output pixels.
     """
     masks = tuple(masks)
+    fills = tuple(mask_fills) if mask_fills is not None else (0,) * len(masks)
+    if len(fills) != len(masks):
+        raise ValueError(f"{len(masks)} masks but {len(fills)} mask_fills")
     _check_inputs(image, keypoints, visible, bbox, masks)
     h, w = image.shape[:2]
     plan = plan_resize(mode, size, h, w, bbox)
     (t0, l0, h0, w0), (rh, rw), (t1, l1, h1, w1) = plan
 
-    out_image = resize_image(image[t0:t0 + h0, l0:l0 + w0], rh, rw)[t1:t1 + h1, l1:l1 + w1]
-    out_image = np.ascontiguousarray(out_image)
+    # the part of the output window inside the resized image (all of it unless the plan pads)
+    vh, vw = min(h1, rh - t1), min(w1, rw - l1)
+    out_image = resize_image(image[t0:t0 + h0, l0:l0 + w0], rh, rw)[t1:t1 + vh, l1:l1 + vw]
+    out_image = np.ascontiguousarray(_padded(out_image, h1, w1, 0))
 
     out_masks = []
-    rows, cols = _nearest_index(h0, rh, t1, h1) + t0, _nearest_index(w0, rw, l1, w1) + l0
-    for m in masks:
-        out_masks.append(None if m is None else m[rows[:, None], cols[None, :]])
+    rows, cols = _nearest_index(h0, rh, t1, vh) + t0, _nearest_index(w0, rw, l1, vw) + l0
+    for m, fill in zip(masks, fills):
+        out_masks.append(None if m is None else _padded(m[rows[:, None], cols[None, :]], h1, w1,
+                                                        fill))
 
     sx, sy = rw / w0, rh / h0
     crop = mode in _CROP_MODES

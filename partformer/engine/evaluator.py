@@ -5,16 +5,8 @@ background last, any resolution): a trained model, the grid baseline, k-means, a
 checkpoint. Metrics accumulate batch by batch (contingency tables and confusion matrices), so memory
 does not grow with the dataset, and merge across torchrun processes. No sample is ever dropped.
 
-Protocol names (PROTOCOLS.md / docs/PROTOCOLS.md):
-  kp_nmi_with_bg, kp_ari_with_bg      keypoint NMI/ARI, argmax over K+1 (PDiscoNet, PartFormer)
-  kp_nmi_fg_only, kp_ari_fg_only      argmax over the K foreground maps (PartFormer "FG-NMI")
-  kp_nmi_fg_bbox, kp_ari_fg_bbox      fg_only on box-cropped images (Choudhury "FG-NMI"; needs
-                                      data.resize=bbox_crop)
-  kp_error_huang, kp_error_pdisco     CUB keypoint regression error (box-normalised)
-  lm_error_iod, lm_error_scops        CelebA landmark error (% inter-ocular distance)
-  px_nmi_with_bg, px_ari_with_bg, px_nmi_fg_only, px_ari_fg_only   pixel NMI/ARI
-  fg_iou                              foreground IoU (pixels not assigned to background vs GT fg)
-  part_miou_hungarian                 Hungarian-matched part mIoU (ours, docs/PROTOCOLS.md)
+The protocols (names, which metric computes each, when it applies) are the table
+:data:`partformer.metrics.protocols.PROTOCOLS`; definitions and citations: docs/PROTOCOLS.md.
 """
 from __future__ import annotations
 
@@ -28,67 +20,20 @@ import torch
 from torch.utils.data import DataLoader
 
 from partformer.data.collate import collate
+from partformer.data.transforms import fixed_size
 from partformer.engine import distributed as D
 from partformer.metrics import clustering as C
 from partformer.metrics import keypoints as KP
-from partformer.metrics import segmentation as SEG
-
-# 2: regression centroids use the integer cell index (PDiscoFormer) instead of the cell centre
-PROTOCOL_VERSION = "2"
-
-# resize modes whose outputs all have the same size (others are evaluated one image at a time)
-FIXED_SIZE_RESIZES = ("whole", "shorter_center_crop", "longest_pad")
+from partformer.metrics import protocols as P
 
 Predictor = Callable[[Dict[str, Any]], torch.Tensor]
 
-# protocol name -> (family, variant); used for the JSON record
-PROTOCOL_FAMILIES = {
-    "kp_nmi_with_bg": ("keypoint_clustering", "with_bg"),
-    "kp_ari_with_bg": ("keypoint_clustering", "with_bg"),
-    "kp_nmi_fg_only": ("keypoint_clustering", "fg_only"),
-    "kp_ari_fg_only": ("keypoint_clustering", "fg_only"),
-    "kp_nmi_fg_bbox": ("keypoint_clustering", "fg_bbox"),
-    "kp_ari_fg_bbox": ("keypoint_clustering", "fg_bbox"),
-    "kp_error_huang": ("cub_keypoint_regression", "huang"),
-    "kp_error_pdisco": ("cub_keypoint_regression", "pdisco"),
-    "lm_error_iod": ("celeba_landmark_regression", "iod_normalised"),
-    "lm_error_scops": ("celeba_landmark_regression", "scops_pixel"),
-    "px_nmi_with_bg": ("pixel_clustering", "with_bg"),
-    "px_ari_with_bg": ("pixel_clustering", "with_bg"),
-    "px_nmi_fg_only": ("pixel_clustering", "fg_only"),
-    "px_ari_fg_only": ("pixel_clustering", "fg_only"),
-    "fg_iou": ("foreground_iou", "argmax_not_background"),
-    "part_miou_hungarian": ("hungarian_part_miou", "with_bg"),
-}
-
-
-def applicable_protocols(sample: Dict[str, Any], resize: str, regression: Optional[str],
-                         has_regressor_split: bool) -> List[str]:
-    """Protocols that the keys of a dataset sample (and the resize mode) allow."""
-    out: List[str] = []
-    if "keypoints" in sample:
-        if resize == "bbox_crop":
-            out += ["kp_nmi_fg_bbox", "kp_ari_fg_bbox"]
-        else:
-            out += ["kp_nmi_with_bg", "kp_ari_with_bg", "kp_nmi_fg_only", "kp_ari_fg_only"]
-        if has_regressor_split and resize != "bbox_crop":
-            if regression == "celeba":
-                out += ["lm_error_iod", "lm_error_scops"]
-            elif "bbox" in sample:
-                out += ["kp_error_huang", "kp_error_pdisco"]
-    if "part_mask" in sample:
-        out += ["px_nmi_with_bg", "px_ari_with_bg", "px_nmi_fg_only", "px_ari_fg_only",
-                "part_miou_hungarian"]
-    if "fg_mask" in sample:
-        out += ["fg_iou"]
-    return out
-
 
 def num_part_classes(dataset) -> int:
-    """C: number of GT part classes excluding background (labels 0..C)."""
-    for attr in ("num_part_classes",):
-        if getattr(dataset, attr, None):
-            return int(getattr(dataset, attr))
+    """C: number of GT part classes excluding background (labels 0..C): the dataset's
+    ``num_part_classes``, else the length of its ``part_names``."""
+    if getattr(dataset, "num_part_classes", None):
+        return int(dataset.num_part_classes)
     names = getattr(dataset, "part_names", None)
     if names:
         return len(names)
@@ -131,52 +76,28 @@ def iterate_predictions(predict: Predictor, dataset, batch_size: int, num_worker
         yield batch, maps
 
 
-def _float64_host(x):
-    """A device tensor (centroids, presences) as a float64 numpy array; numpy rows as they are."""
-    return x.detach().cpu().double().numpy() if torch.is_tensor(x) else x
-
-
-class CentroidRows:
-    """Part centroids and presences next to the GT keypoints/boxes, batch by batch; ``gather()``
-    merges the ranks' rows in dataset order (for the regression protocols)."""
-
-    KEYS = ("index", "centroids", "presence", "keypoints", "visible", "bbox")
-
-    def __init__(self, convention: str = "index"):
-        self.convention = convention   # KP.CENTROID_CONVENTIONS
-        self.rows: Dict[str, list] = {k: [] for k in self.KEYS}
-
-    def update(self, batch: Dict[str, Any], maps: torch.Tensor) -> None:
-        cen, pres = KP.part_centroids(maps, tuple(batch["image"].shape[-2:]), self.convention)
-        self.rows["index"].append(batch["index"].numpy())
-        self.rows["centroids"].append(cen)       # on the maps' device until gather()
-        self.rows["presence"].append(pres)
-        self.rows["keypoints"].append(batch["keypoints"].numpy().astype(np.float64))
-        self.rows["visible"].append(batch["keypoints_visible"].numpy().astype(bool))
-        if "bbox" in batch:
-            self.rows["bbox"].append(batch["bbox"].numpy().astype(np.float64))
-
-    def gather(self) -> Dict[str, np.ndarray]:
-        local = {k: (np.concatenate([_float64_host(x) for x in v]) if v else None)
-                 for k, v in self.rows.items()}
-        parts = D.all_gather_objects(local)
-        merged = {}
-        for k in self.KEYS:
-            arrs = [p[k] for p in parts if p[k] is not None]
-            merged[k] = np.concatenate(arrs) if arrs else None
-        order = np.argsort(merged["index"])
-        return {k: (v[order] if v is not None else None) for k, v in merged.items()}
-
-
 def collect_centroids(predict: Predictor, dataset, batch_size: int = 32, num_workers: int = 0,
                       progress: bool = False, convention: str = "index") -> Dict[str, np.ndarray]:
-    """:class:`CentroidRows` of a whole dataset (e.g. the regressor split)."""
-    rows = CentroidRows(convention)
+    """The regression rows (:class:`~partformer.metrics.keypoints.CentroidCollector`) of a whole
+    dataset, e.g. the regressor split, merged across processes, in dataset order."""
+    rows = KP.CentroidCollector(convention)
     for batch, maps in iterate_predictions(predict, dataset, batch_size, num_workers, progress,
                                            "centroids"):
         if maps is not None:
-            rows.update(batch, maps)
-    return rows.gather()
+            P.feed_centroids(rows, maps, batch)
+    return rows.all_gather().arrays()
+
+
+def readable_samples(dataset, num: int, start: int = 0) -> List[Dict[str, Any]]:
+    """The first ``num`` samples from ``start`` that decode (skipped ones are passed over)."""
+    out = []
+    for i in range(start, len(dataset)):
+        if len(out) >= num:
+            break
+        s = dataset[i]
+        if s is not None:
+            out.append(s)
+    return out
 
 
 def first_sample(dataset) -> Dict[str, Any]:
@@ -184,17 +105,16 @@ def first_sample(dataset) -> Dict[str, Any]:
     the first one included); it tells which protocols apply. Raises ``BadImageError`` when no image
     of the split can be decoded."""
     from partformer.data.io import BadImageError
-    for i in range(len(dataset)):
-        sample = dataset[i]
-        if sample is not None:
-            return sample
+    samples = readable_samples(dataset, 1)
+    if samples:
+        return samples[0]
     raise BadImageError(f"none of the {len(dataset)} images of {_describe(dataset)} could be "
                         "read (all missing or undecodable; see the warnings above). Check "
                         "data.root and the dataset's image folder")
 
 
 def _describe(dataset) -> str:
-    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    base = _base(dataset)
     return repr(base) if type(base).__repr__ is not object.__repr__ else type(base).__name__
 
 
@@ -202,7 +122,7 @@ def skipped_files(dataset, seen: List[np.ndarray]) -> List[str]:
     """Files of this process's share of ``dataset`` (``EvalSampler`` order) whose index is not in
     ``seen`` (the ``index`` entries of the batches): the images that were skipped, merged across
     processes, named by ``dataset.image_path(i)`` when the dataset has it."""
-    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    base = _base(dataset)
     got = set(np.concatenate(seen).tolist()) if seen else set()
     mine = [i for i in D.EvalSampler(len(dataset)) if i not in got]
     name = getattr(base, "image_path", None)
@@ -218,161 +138,151 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
              info: Optional[Dict[str, Any]] = None, timer=None) -> Dict[str, Dict[str, Any]]:
     """Evaluate ``predict`` on ``dataset``; returns ``{name: {value, protocol, variant, version,
     count, skipped_images}}`` for every requested (or, when ``protocols`` is empty, every
-    applicable) protocol. ``info`` (a dict, optional) receives ``skipped_files`` (the images of the
-    split that were skipped as missing or undecodable) and ``num_images`` (those evaluated).
+    applicable) protocol of :data:`~partformer.metrics.protocols.PROTOCOLS`, in its order.
+
+    ``info`` (a dict, optional) receives ``skipped_files`` (the images of the split that were
+    skipped as missing or undecodable) and ``num_images`` (those evaluated).
     ``centroid_convention`` (``eval.centroid_convention``): the cell positions of the regression
-    protocols' centroids (``metrics.keypoints.CENTROID_CONVENTIONS``; ``index`` = PDiscoFormer);
-    recorded with each regression result. ``keypoint_lookup`` (``eval.keypoint_lookup``): how the
-    keypoint NMI / ARI protocols read the maps (``metrics.clustering.KEYPOINT_LOOKUPS``; ``pixel``
-    = PDiscoFormer, ``map_nearest`` = the PartFormer authors' code); recorded with each result.
+    protocols' centroids (``metrics.keypoints.CENTROID_CONVENTIONS``; ``index`` = PDiscoFormer).
+    ``keypoint_lookup`` (``eval.keypoint_lookup``): how the keypoint NMI / ARI protocols read the
+    maps (``metrics.clustering.KEYPOINT_LOOKUPS``; ``pixel`` = PDiscoFormer, ``map_nearest`` = the
+    PartFormer authors' code). Both are recorded with the numbers they change.
     ``timer`` (profiling only, ``tools/benchmark.py``): an object whose ``stage(name)`` context
     times the stages ``data``, ``predict``, ``metrics`` (per batch) and ``compute`` (the scores)."""
+    settings = _checked_settings(keypoint_lookup, centroid_convention)
+    if max_images is not None and max_images < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(max_images))
+    base = _base(dataset)
+    first = first_sample(dataset)
+    wanted = list(protocols) if protocols else P.applicable(
+        first, resize, getattr(base, "regression_protocol", None), regressor_dataset is not None)
+    accumulators = P.build_accumulators(wanted, num_parts, {
+        "num_keypoints": lambda: first["keypoints"].shape[0],
+        "num_gt_classes": lambda: num_part_classes(base),
+        "keypoint_lookup": lambda: keypoint_lookup,
+        "centroid_convention": lambda: centroid_convention})
+    regressions = [n for n in wanted if P.PROTOCOLS[n].regression]
+    if regressions and regressor_dataset is None:
+        raise ValueError(f"{regressions} need a regressor split (data.regressor_split)")
+    if not fixed_size(resize):
+        batch_size = 1  # variable image sizes cannot be stacked
+
+    tally = _accumulate(predict, dataset, accumulators, batch_size, num_workers, progress, timer)
+    results = _pooled_results(wanted, accumulators, settings, timer)
+    if regressions:
+        # the evaluated split's centroids came from the pass above; only the regressor split is new
+        train = collect_centroids(predict, regressor_dataset, batch_size, num_workers, progress,
+                                  centroid_convention)
+        test = accumulators[P.CENTROIDS].all_gather().arrays()
+        for name in regressions:
+            p = P.PROTOCOLS[name]
+            results[name] = _record(p, P.regression_result(p, train, test), settings)
+    results = {name: results[name] for name in P.PROTOCOLS if name in results}  # table order
+    return _finish(results, dataset, tally, accumulators, info)
+
+
+def _checked_settings(keypoint_lookup: str, centroid_convention: str) -> Dict[str, str]:
     if keypoint_lookup not in C.KEYPOINT_LOOKUPS:
         raise ValueError(f"eval.keypoint_lookup must be one of {sorted(C.KEYPOINT_LOOKUPS)}, "
                          f"got {keypoint_lookup!r}")
     if centroid_convention not in KP.CENTROID_CONVENTIONS:
         raise ValueError(f"eval.centroid_convention must be one of "
                          f"{sorted(KP.CENTROID_CONVENTIONS)}, got {centroid_convention!r}")
-    if max_images is not None and max_images < len(dataset):
-        dataset = torch.utils.data.Subset(dataset, range(max_images))
-    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
-    first = first_sample(dataset)
-    regression = getattr(base, "regression_protocol", None)
-    wanted = list(protocols) if protocols else applicable_protocols(
-        first, resize, regression, regressor_dataset is not None)
-    unknown = [p for p in wanted if p not in PROTOCOL_FAMILIES]
-    if unknown:
-        raise ValueError(f"unknown protocol(s) {unknown}; known: {sorted(PROTOCOL_FAMILIES)}")
-    if resize not in FIXED_SIZE_RESIZES:
-        batch_size = 1  # variable image sizes cannot be stacked
+    return {"keypoint_lookup": keypoint_lookup, "centroid_convention": centroid_convention}
 
-    kp_metrics: Dict[str, Any] = {}
-    px_metrics: Dict[str, Any] = {}
-    K = num_parts
-    if any(p.startswith("kp_nmi") or p.startswith("kp_ari") for p in wanted):
-        P = first["keypoints"].shape[0]
-        for variant in ("with_bg", "fg_only", "fg_bbox"):
-            if f"kp_nmi_{variant}" in wanted or f"kp_ari_{variant}" in wanted:
-                kp_metrics[variant] = C.KeypointClustering(K, P, variant, lookup=keypoint_lookup)
-    if any(p.startswith("px_") for p in wanted):
-        Cn = num_part_classes(base)
-        for variant in ("with_bg", "fg_only"):
-            if f"px_nmi_{variant}" in wanted or f"px_ari_{variant}" in wanted:
-                px_metrics[variant] = C.PixelClustering(K, Cn, variant)
-    hungarian = SEG.HungarianPartIoU(K, num_part_classes(base)) \
-        if "part_miou_hungarian" in wanted else None
-    fg_iou = SEG.ForegroundIoU() if "fg_iou" in wanted else None
 
-    reg_wanted = [p for p in wanted if p.startswith("kp_error") or p.startswith("lm_error")]
-    if reg_wanted and regressor_dataset is None:
-        raise ValueError(f"{reg_wanted} need a regressor split (data.regressor_split)")
-    test_rows = CentroidRows(centroid_convention) if reg_wanted else None
+def _base(dataset):
+    """The dataset behind a ``Subset`` (``eval.max_images``)."""
+    return dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
 
-    skipped = 0
-    n_images = 0
-    seen: List[np.ndarray] = []
-    need_pass = kp_metrics or px_metrics or hungarian or fg_iou or test_rows
-    if need_pass:
-        for batch, maps in iterate_predictions(predict, dataset, batch_size, num_workers, progress,
-                                               timer=timer):
-            skipped += int(batch["num_skipped"])
-            if maps is None:
-                continue
-            n_images += maps.shape[0]
-            seen.append(batch["index"].numpy())
-            size = tuple(batch["image"].shape[-2:])
-            with _stage(timer, "metrics"):
-                for m in kp_metrics.values():
-                    m.update(maps, batch["keypoints"], batch["keypoints_visible"], size)
-                for m in px_metrics.values():
-                    m.update(maps, batch["part_mask"])
-                if hungarian is not None:
-                    hungarian.update(maps, batch["part_mask"])
-                if fg_iou is not None:
-                    fg_iou.update(maps, batch["fg_mask"])
-                if test_rows is not None:
-                    test_rows.update(batch, maps)
 
+def _accumulate(predict: Predictor, dataset, accumulators, batch_size: int, num_workers: int,
+                progress: bool, timer) -> Dict[str, Any]:
+    """One pass of ``predict`` over ``dataset`` feeding every accumulator; returns the tally of
+    skipped and evaluated images and the indices seen (for naming the skipped files)."""
+    tally = {"skipped": 0, "images": 0, "seen": [], "ran": bool(accumulators)}
+    if not accumulators:
+        return tally
+    for batch, maps in iterate_predictions(predict, dataset, batch_size, num_workers, progress,
+                                           timer=timer):
+        tally["skipped"] += int(batch["num_skipped"])
+        if maps is None:
+            continue
+        tally["images"] += maps.shape[0]
+        tally["seen"].append(batch["index"].numpy())
+        with _stage(timer, "metrics"):
+            P.update_all(accumulators, maps, batch)
+    return tally
+
+
+def _pooled_results(wanted: List[str], accumulators, settings: Dict[str, str],
+                    timer=None, pool: bool = True) -> Dict[str, Dict[str, Any]]:
+    """The scores of the accumulating (non-regression) protocols; ``pool``: from the tables summed
+    over all processes (a collective call: every process must make it)."""
     results: Dict[str, Dict[str, Any]] = {}
-
-    def put(name: str, value: float, count: int, **extra) -> None:
-        family, variant = PROTOCOL_FAMILIES[name]
-        results[name] = {"value": float(value), "protocol": family, "variant": variant,
-                         "version": PROTOCOL_VERSION, "count": int(count), **extra}
-
-    with _stage(timer, "compute"):   # the scores from the pooled tables
-        for prefix, metrics, count_key in (("kp", kp_metrics, "num_keypoints"),
-                                           ("px", px_metrics, "num_pixels")):
-            for variant, m in metrics.items():
-                m.all_reduce()
-                r = m.compute()
-                extra = {"keypoint_lookup": keypoint_lookup} if prefix == "kp" else {}
-                for key in ("nmi", "ari"):
-                    if f"{prefix}_{key}_{variant}" in wanted:
-                        put(f"{prefix}_{key}_{variant}", r[key], r[count_key], **extra)
-        if hungarian is not None:
-            hungarian.all_reduce()
-            r = hungarian.compute()
-            put("part_miou_hungarian", r["miou"], r.get("num_pixels", 0))
-        if fg_iou is not None:
-            fg_iou.all_reduce()
-            r = fg_iou.compute()
-            put("fg_iou", r["fg_iou"], r.get("num_pixels", 0))
-
-    if reg_wanted:
-        # the test split's centroids came from the pass above; only the regressor split is new
-        train = collect_centroids(predict, regressor_dataset, batch_size, num_workers, progress,
-                                  centroid_convention)
-        test = test_rows.gather()
-        for name in reg_wanted:
-            family, variant = PROTOCOL_FAMILIES[name]
-            if family == "cub_keypoint_regression":
-                r = KP.cub_keypoint_regression(train, test, variant)
-                put(name, r["error"], r.get("num_pairs", 0),
-                    centroid_convention=centroid_convention)
-            else:
-                tr = {"centroids": train["centroids"], "landmarks": train["keypoints"]}
-                te = {"centroids": test["centroids"], "landmarks": test["keypoints"]}
-                r = KP.celeba_landmark_regression(tr, te, variant)
-                put(name, r["error"], r.get("num_images", len(te["landmarks"])),
-                    centroid_convention=centroid_convention)
-    skipped_t = D.all_reduce_sum(torch.tensor([skipped, n_images]))
-    for r in results.values():
-        r["skipped_images"] = int(skipped_t[0])
-    if info is not None:
-        info["num_images"] = int(skipped_t[1])
-        info["skipped_files"] = skipped_files(dataset, seen) if need_pass and skipped_t[0] else []
+    computed: Dict[Any, Dict[str, Any]] = {}
+    with _stage(timer, "compute"):
+        for name in P.PROTOCOLS:
+            p = P.PROTOCOLS[name]
+            if name not in wanted or p.regression:
+                continue
+            if p.accumulator not in computed:
+                metric = accumulators[p.accumulator]
+                if pool:
+                    metric.all_reduce()
+                computed[p.accumulator] = metric.compute()
+            results[name] = _record(p, computed[p.accumulator], settings)
     return results
+
+
+def _record(p, result: Dict[str, Any], settings: Dict[str, str]) -> Dict[str, Any]:
+    """The results entry of protocol ``p`` from its metric's result (the JSON record)."""
+    return {"value": float(result[p.value]), "protocol": p.family, "variant": p.variant,
+            "version": P.PROTOCOL_VERSION, "count": int(result[p.count]),
+            **{k: settings[k] for k in p.records}}
+
+
+def _finish(results: Dict[str, Dict[str, Any]], dataset, tally: Dict[str, Any], accumulators,
+            info: Optional[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Add the skipped-image count (summed over processes) to every result; fill ``info``."""
+    counts = D.all_reduce_sum(torch.tensor([tally["skipped"], tally["images"]]))
+    for r in results.values():
+        r["skipped_images"] = int(counts[0])
+    if info is not None:
+        info["num_images"] = int(counts[1])
+        info["skipped_files"] = (skipped_files(dataset, tally["seen"])
+                                 if tally["ran"] and counts[0] else [])
+    return results
+
+
+# the protocols shown per image (W&B tables of the validation / evaluation masks)
+PER_IMAGE_PROTOCOLS = ("kp_nmi_with_bg", "px_nmi_with_bg", "part_miou_hungarian", "fg_iou")
 
 
 def per_image_metrics(maps: torch.Tensor, batch: Dict[str, Any], num_parts: int,
                       num_classes: Optional[int] = None) -> List[Dict[str, float]]:
     """Metrics of each image of a batch on its own (for inspection, e.g. a W&B table; the split's
     numbers are the pooled ones of :func:`evaluate`). ``maps [B, K+1, h, w]``; the batch's
-    annotations decide which apply: ``kp_nmi_with_bg`` (keypoints), ``px_nmi_with_bg`` and
-    ``part_miou_hungarian`` (part masks; ``num_classes`` C needed), ``fg_iou`` (fg masks)."""
-    size = tuple(batch["image"].shape[-2:])
+    annotations decide which of :data:`PER_IMAGE_PROTOCOLS` apply (the part-mask ones need
+    ``num_classes`` C); keypoint rows also get ``visible_keypoints``. Nothing is merged across
+    processes."""
+    names = [n for n in PER_IMAGE_PROTOCOLS
+             if all(k in batch for k in P.PROTOCOLS[n].needs)
+             and (num_classes or "part_mask" not in P.PROTOCOLS[n].needs)]
+    context = {"num_keypoints": lambda: batch["keypoints"].shape[1],
+               "num_gt_classes": lambda: num_classes, "keypoint_lookup": lambda: "pixel"}
     rows = []
     for i in range(maps.shape[0]):
-        m = maps[i:i + 1].float()
+        one = {k: v[i:i + 1] for k, v in batch.items()
+               if torch.is_tensor(v) and v.dim() > 0 and len(v) == maps.shape[0]}
+        accumulators = P.build_accumulators(names, num_parts, context)
+        P.update_all(accumulators, maps[i:i + 1].float(), one)
+        scores = _pooled_results(names, accumulators, {"keypoint_lookup": "pixel"}, pool=False)
         row: Dict[str, float] = {}
-        if "keypoints" in batch:
-            vis = batch["keypoints_visible"][i:i + 1]
-            kp = C.KeypointClustering(num_parts, vis.shape[1], "with_bg")
-            kp.update(m, batch["keypoints"][i:i + 1], vis, size)
-            row["kp_nmi_with_bg"] = kp.compute()["nmi"]
-            row["visible_keypoints"] = int(vis.sum())
-        if "part_mask" in batch and num_classes:
-            gt = batch["part_mask"][i:i + 1]
-            px = C.PixelClustering(num_parts, num_classes, "with_bg")
-            row["px_nmi_with_bg"] = px.update(m, gt).compute()["nmi"]
-            hung = SEG.HungarianPartIoU(num_parts, num_classes)
-            hung.update(m, gt)
-            row["part_miou_hungarian"] = float(hung.compute()["miou"])
-        if "fg_mask" in batch:
-            fg = SEG.ForegroundIoU()
-            fg.update(m, batch["fg_mask"][i:i + 1])
-            row["fg_iou"] = fg.compute()["fg_iou"]
+        for name in names:
+            row[name] = scores[name]["value"]
+            if name == "kp_nmi_with_bg":
+                row["visible_keypoints"] = int(one["keypoints_visible"].sum())
         rows.append(row)
     return rows
 

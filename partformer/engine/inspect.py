@@ -16,19 +16,8 @@ import torch.nn.functional as F
 
 from partformer import viz
 from partformer.data.collate import collate
-from partformer.engine.evaluator import FIXED_SIZE_RESIZES, iterate_predictions
-
-
-def readable_samples(dataset, num: int, start: int = 0) -> List[Dict[str, Any]]:
-    """The first ``num`` samples from ``start`` that decode (skipped ones are passed over)."""
-    out = []
-    for i in range(start, len(dataset)):
-        if len(out) >= num:
-            break
-        s = dataset[i]
-        if s is not None:
-            out.append(s)
-    return out
+from partformer.data.transforms import fixed_size
+from partformer.engine.evaluator import iterate_predictions
 
 
 def contact_sheet_for(predict, samples: Sequence[Dict[str, Any]], alpha: float = 0.55
@@ -71,7 +60,7 @@ def top_part_crops(predict, dataset, num_parts: int, top: int = 8, crop_fraction
     the split is smaller)."""
     if max_images is not None and max_images < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(max_images))
-    if resize not in FIXED_SIZE_RESIZES:
+    if not fixed_size(resize):
         batch_size = 1
     heaps: List[list] = [[] for _ in range(num_parts)]
     for batch, maps in iterate_predictions(predict, dataset, batch_size, num_workers, progress,

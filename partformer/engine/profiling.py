@@ -157,17 +157,11 @@ def _count_cpu_attention_flops() -> None:
 
 
 def _training_setup(cfg, device: torch.device):
-    from partformer.augment import PairedAugmentation
-    from partformer.engine.trainer import build_optimizer, compile_modules
-    from partformer.losses import PartFormerCriterion
-    from partformer.models import build_model
+    """``(model, criterion, augment, optimizer)`` as the trainer builds them, seeded."""
+    from partformer.engine.trainer import build_training
 
     torch.manual_seed(cfg.experiment.seed)
-    model = build_model(cfg.model, image_size=cfg.data.image_size).to(device)
-    criterion = PartFormerCriterion.from_config(cfg.loss, cfg.model.num_parts).to(device)
-    augment = PairedAugmentation.from_config(cfg.augment)
-    compile_modules(cfg, model, criterion)
-    return model, criterion, augment, build_optimizer(cfg, model)
+    return build_training(cfg, device)
 
 
 def measure_training(cfg, device: torch.device, setup=None,
@@ -175,7 +169,8 @@ def measure_training(cfg, device: torch.device, setup=None,
                      flops: bool = True) -> Dict[str, Any]:
     """(a) the training step and (b) its floor, alternately, ``warmup + reps`` times each.
     ``setup``: ``(model, criterion, augment, optimizer)`` (default: built from ``cfg``)."""
-    from partformer.engine.trainer import autocast_context, training_losses
+    from partformer.engine.precision import autocast_context
+    from partformer.engine.trainer import training_losses
 
     model, criterion, augment, optimizer = setup or _training_setup(cfg, device)
     model.train()

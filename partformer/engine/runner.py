@@ -10,22 +10,25 @@ import torch
 
 from partformer import config as cfglib
 from partformer.data import build_dataset
+from partformer.data.transforms import fixed_size
 from partformer.engine import distributed as D
 from partformer.engine.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
-from partformer.engine.evaluator import PROTOCOL_VERSION, evaluate, format_table, write_json
+from partformer.engine.evaluator import evaluate, format_table, write_json
+from partformer.engine.precision import autocast_context
+from partformer.metrics.protocols import PROTOCOL_VERSION
 
 METHODS = ("partformer", "grid", "kmeans")
 
 
 def model_predictor(model: torch.nn.Module, device: torch.device,
                     amp_dtype: Optional[torch.dtype] = None):
+    """``batch -> part maps [B, K+1, h, w]`` of ``model`` (put in eval mode) on ``device``, under
+    ``amp_dtype`` autocast (None: fp32): the predictor of validation, evaluation and the tools."""
     model.eval()
 
     def predict(batch: Dict[str, Any]) -> torch.Tensor:
         images = batch["image"].to(device)
-        if amp_dtype is None:
-            return model.predict(images)
-        with torch.autocast(device_type=device.type, dtype=amp_dtype):
+        with autocast_context(device, amp_dtype):
             return model.predict(images)
     return predict
 
@@ -140,8 +143,7 @@ def build_baseline(name: str, cfg, device: torch.device, fit_dataset):
         b = BASELINES["kmeans"](cfg.model.num_parts, encoder, device=str(device),
                                 seed=cfg.experiment.seed)
         # images of different sizes (resize modes that keep the aspect ratio) cannot be stacked
-        batch_size = (cfg.eval.batch_size if cfg.data.resize in ("whole", "shorter_center_crop")
-                      else 1)
+        batch_size = cfg.eval.batch_size if fixed_size(cfg.data.resize) else 1
         return b.fit(fit_dataset, batch_size=batch_size, num_workers=0)
     raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
 

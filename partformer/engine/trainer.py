@@ -23,15 +23,17 @@ from partformer import config as cfglib
 from partformer.augment import PairedAugmentation
 from partformer.data import build_dataset
 from partformer.data.collate import collate
-from partformer.data.transforms import images_to_float
+from partformer.data.transforms import fixed_size, images_to_float
 from partformer.engine import distributed as D
 from partformer.engine.checkpoint import (CheckpointError, all_finite, atomic_torch_save,
                                           load_checkpoint, load_state_dict_strict)
-from partformer.engine.evaluator import (FIXED_SIZE_RESIZES, applicable_protocols, evaluate,
-                                         first_sample, num_part_classes, per_image_metrics)
+from partformer.engine.evaluator import (evaluate, first_sample, num_part_classes,
+                                         per_image_metrics, readable_samples)
 from partformer.engine.logger import EXIT_OK, ExperimentLogger
+from partformer.engine.precision import autocast_context, resolve_precision  # noqa: F401 (API)
 from partformer.engine.runner import model_predictor
 from partformer.losses import PartFormerCriterion
+from partformer.metrics.protocols import applicable
 from partformer.models import build_model
 
 CHECKPOINT_FORMAT = 1
@@ -57,17 +59,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
-
-
-def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """None = fp32. ``auto``: bf16 autocast on CUDA, fp32 on CPU."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in table:
-        raise cfglib.ConfigError(f"train.precision must be one of {list(cfglib.PRECISIONS)}, got "
-                                 f"{precision!r}")
-    return table[precision]
 
 
 def lr_lambda_factory(sched, steps_per_epoch: int, total_steps: int):
@@ -98,6 +89,17 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                              weight_decay=cfg.train.weight_decay)
+
+
+def build_training(cfg, device: torch.device):
+    """What a training run trains, from ``cfg``: ``(model, criterion, augment, optimizer)``, the
+    model and the loss on ``device`` and compiled with ``train.compile``. The trainer and the speed
+    harness (engine/profiling.py) build through this one function."""
+    model = build_model(cfg.model, image_size=cfg.data.image_size).to(device)
+    criterion = PartFormerCriterion.from_config(cfg.loss, cfg.model.num_parts).to(device)
+    augment = PairedAugmentation.from_config(cfg.augment)
+    compile_modules(cfg, model, criterion)
+    return model, criterion, augment, build_optimizer(cfg, model)
 
 
 def compile_modules(cfg, *modules: torch.nn.Module) -> None:
@@ -142,13 +144,6 @@ def worker_init(_worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
-def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
-    """``torch.autocast`` to ``amp_dtype`` on ``device``, or a no-op for fp32 (``None``)."""
-    if amp_dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-
 def training_losses(model: torch.nn.Module, criterion: torch.nn.Module,
                     augment: PairedAugmentation, images: torch.Tensor,
                     generator: Optional[torch.Generator] = None,
@@ -161,6 +156,8 @@ def training_losses(model: torch.nn.Module, criterion: torch.nn.Module,
     the criterion disable autocast there). Returns the criterion's dict of scalar tensors; nothing
     here reads a value back to the host."""
     images = images_to_float(images)
+    # the warp matrices are the warp's own input, not extra work; PartFormer has no loss that
+    # maps one view's pixels onto the other's (docs/METHOD.md §1.6), so they are not used here
     v1, v2, _, _ = augment(images, generator=generator)
     with autocast_context(images.device, amp_dtype):
         out = model(v1, v2)
@@ -215,8 +212,25 @@ class Trainer:
             run_dir = default_run_dir(cfg)
         self.run_dir = D.broadcast_object(run_dir)
         self.amp_dtype = resolve_precision(cfg.train.precision, self.device)
+        self._build_data()
+        self._build_optimisation()
+        self._init_state()
+        if resume:
+            self.load_resume(resume)
+        self._mark_boundary()
+        if D.is_main_process():
+            os.makedirs(self.run_dir, exist_ok=True)
+            cfglib.save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
+        self.logger = ExperimentLogger(self.run_dir, cfg.logging.wandb, cfglib.to_dict(cfg),
+                                       os.path.basename(self.run_dir), resume_id=self.wandb_id,
+                                       keep_rows=self._metrics_rows)
+        self.viz_batch = self._fixed_val_batch()
 
-        # ----- data
+
+    def _build_data(self) -> None:
+        """The training split (from the image cache with ``data.cache``), the validation split,
+        the resumable sampler and loader, and the epoch's step counts."""
+        cfg = self.cfg
         self.train_set = build_dataset(cfg.data, cfg.data.train_split)
         if len(self.train_set) < cfg.train.batch_size * self.world:
             raise cfglib.ConfigError(
@@ -224,7 +238,7 @@ class Trainer:
                 f"one batch ({cfg.train.batch_size} x {self.world} ranks); lower train.batch_size")
         if cfg.data.cache:
             self.train_set = cached_dataset(cfg, self.train_set, cfg.data.train_split,
-                                            verbose=verbose)
+                                            verbose=self.verbose)
         self.val_set = build_dataset(cfg.data, cfg.data.val_split) if cfg.data.val_split else None
         self._check_select_metric()
         self.sampler = D.TrainSampler(len(self.train_set), seed=cfg.experiment.seed)
@@ -239,13 +253,10 @@ class Trainer:
         self.micro_per_epoch = self.steps_per_epoch * cfg.train.grad_accum
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
 
-        # ----- model, loss, optimiser
-        self.model = build_model(cfg.model, image_size=cfg.data.image_size).to(self.device)
-        self.criterion = PartFormerCriterion.from_config(cfg.loss, cfg.model.num_parts)
-        self.criterion.to(self.device)
-        self.augment = PairedAugmentation.from_config(cfg.augment)
-        compile_modules(cfg, self.model, self.criterion)
-        self.optimizer = build_optimizer(cfg, self.model)
+    def _build_optimisation(self) -> None:
+        """Model, loss, augmentation, optimiser, schedule, gradient scaler, DDP wrapper."""
+        cfg = self.cfg
+        self.model, self.criterion, self.augment, self.optimizer = build_training(cfg, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda_factory(cfg.train.scheduler, self.steps_per_epoch,
                                               self.total_steps))
@@ -256,7 +267,8 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=False)
 
-        # ----- state
+    def _init_state(self) -> None:
+        """The counters a checkpoint stores (a fresh run's values; ``load_resume`` overwrites)."""
         self.epoch = 0
         self.step = 0                 # optimiser steps done
         self.micro_in_epoch = 0       # micro-batches consumed in the current epoch
@@ -268,16 +280,7 @@ class Trainer:
         self.skipped_files: list = []
         self.wandb_id = None
         self._metrics_rows: Optional[int] = None
-        if resume:
-            self.load_resume(resume)
-        self._mark_boundary()
-        if D.is_main_process():
-            os.makedirs(self.run_dir, exist_ok=True)
-            cfglib.save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
-        self.logger = ExperimentLogger(self.run_dir, cfg.logging.wandb, cfglib.to_dict(cfg),
-                                       os.path.basename(self.run_dir), resume_id=self.wandb_id,
-                                       keep_rows=self._metrics_rows)
-        self.viz_batch = self._fixed_val_batch()
+        self._group_finite: Optional[torch.Tensor] = None
 
     def _check_select_metric(self) -> None:
         """Fail before training, not at the first validation, when ``train.select_metric`` is not
@@ -285,9 +288,9 @@ class Trainer:
         if self.val_set is None:
             return
         cfg = self.cfg
-        available = applicable_protocols(first_sample(self.val_set), cfg.data.resize,
-                                         getattr(self.val_set, "regression_protocol", None),
-                                         has_regressor_split=False)
+        available = applicable(first_sample(self.val_set), cfg.data.resize,
+                               getattr(self.val_set, "regression_protocol", None),
+                               has_regressor_split=False)
         if cfg.train.select_metric not in available:
             raise cfglib.ConfigError(
                 f"train.select_metric={cfg.train.select_metric!r} is not computed on the "
@@ -366,9 +369,6 @@ class Trainer:
         seed = (self.cfg.experiment.seed * 1_000_003 + micro_index) * 4099 + self.rank
         return torch.Generator().manual_seed(seed % (2 ** 63))
 
-    def _autocast(self):
-        return autocast_context(self.device, self.amp_dtype)
-
     def train_step_losses(self, images: torch.Tensor, micro_index: int) -> Dict[str, torch.Tensor]:
         return training_losses(self.ddp_model, self.criterion, self.augment, images,
                                self._aug_generator(micro_index), self.amp_dtype)
@@ -415,118 +415,170 @@ class Trainer:
                 self.skipped_files.append(name(i) if name is not None else f"index {i}")
 
     def _fit(self) -> Dict[str, Any]:
-        cfg = self.cfg
         t0 = time.time()
-        show = cfg.logging.progress and D.is_main_process() and sys.stderr.isatty()
-        accum = cfg.train.grad_accum
         done = self.step >= self.total_steps
-        while not done and self.epoch < max(cfg.train.epochs, math.ceil(
-                self.total_steps / self.steps_per_epoch)):
-            self.model.train()
-            self.sampler.set_epoch(self.epoch, skip=self.micro_in_epoch * cfg.train.batch_size)
-            epoch_indices = list(self.sampler)
-            self._mark_boundary()
-            bar = None
-            if show:
-                from tqdm import tqdm
-                bar = tqdm(total=self.micro_per_epoch, initial=self.micro_in_epoch,
-                           desc=f"epoch {self.epoch}", dynamic_ncols=True, leave=False)
-            group_finite = None   # device flag: every micro-batch of this group was finite
-            running = RunningLosses()
-            for j, batch in enumerate(self.loader):
-                if self.micro_in_epoch >= self.micro_per_epoch:
-                    break
-                if self.micro_in_epoch % accum == 0:
-                    # buffers (BatchNorm running statistics) change in the forward pass; a
-                    # skipped (or interrupted) step restores them, so it leaves no trace
-                    self._group_buffers = [b.detach().clone() for b in self.model.buffers()]
-                if int(batch["num_skipped"]):
-                    self.skipped_images += int(batch["num_skipped"])
-                    self._skipped_names(epoch_indices, j, batch)
-                micro_index = self.epoch * self.micro_per_epoch + self.micro_in_epoch
-                self.micro_in_epoch += 1
-                if bar is not None:
-                    bar.update(1)
-                if "image" not in batch:
-                    continue
-                images = batch["image"].to(self.device, non_blocking=True)
-                sync = (self.micro_in_epoch % accum == 0) or self.world == 1
-                ctx = self.ddp_model.no_sync() if (not sync and self.world > 1) else nullcontext()
-                with ctx:
-                    losses = self.train_step_losses(images, micro_index)
-                    loss = losses["total"] / accum
-                    self.scaler.scale(loss).backward()
-                # on the training device: NCCL reduces CUDA tensors only. Kept on the device:
-                # the host reads it once per optimiser step, the losses at logging intervals
-                finite = torch.isfinite(losses["total"].detach()).float().reshape(1)
-                if D.get_world_size() > 1:
-                    torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-                group_finite = finite if group_finite is None else torch.minimum(group_finite,
-                                                                                 finite)
-                running.add(losses)
-                if self.micro_in_epoch % accum != 0:
-                    continue
-                # ---- optimiser step (or skip a non-finite one). The one host read of the step:
-                # whether to apply it (queued after the backward, so the device stays busy)
-                bad_in_accum = group_finite.item() < 1
-                group_finite = None
-                if bad_in_accum:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    with torch.no_grad():
-                        for b, saved in zip(self.model.buffers(), self._group_buffers):
-                            b.copy_(saved)
-                    self.nonfinite_streak += 1
-                    self.nonfinite_total += 1
-                    self._mark_boundary()
-                    msg = (f"non-finite loss at step {self.step} (epoch {self.epoch}); step skipped "
-                           f"({self.nonfinite_streak} in a row, limit {cfg.train.max_nonfinite})")
-                    if D.is_main_process():
-                        print(msg, file=sys.stderr)
-                    self.logger.log({"train/nonfinite_skipped": self.nonfinite_total}, self.step)
-                    if self.nonfinite_streak >= cfg.train.max_nonfinite:
-                        raise NonFiniteLossError(
-                            msg + ". Stopping: lower train.lr, enable train.grad_clip, or use "
-                            "train.precision=fp32. The last good checkpoint is untouched.")
-                    continue
-                self.nonfinite_streak = 0
-                if cfg.train.grad_clip > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for p in self.model.parameters() if p.requires_grad], cfg.train.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-                self.step += 1
-                self._mark_boundary()
-                if self.step % cfg.train.log_every == 0 or self.step == 1:
-                    scal = {f"train/{k}": v for k, v in running.means().items()}
-                    scal["train/lr"] = self.optimizer.param_groups[0]["lr"]
-                    scal["train/epoch"] = self.epoch
-                    self.logger.log(scal, self.step)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{scal['train/total']:.4f}")
-                    running = RunningLosses()
-                if self.step >= self.total_steps:
-                    done = True
-                    break
-            if bar is not None:
-                bar.close()
-            D.broadcast_buffers(self.model)   # every rank validates rank 0's (saved) model
-            epoch_finished = self.micro_in_epoch >= self.micro_per_epoch
-            if epoch_finished:
-                self.epoch += 1
-                self.micro_in_epoch = 0
-            self._mark_boundary()
-            if self.val_set is not None and (
-                    done or (epoch_finished and self.epoch % cfg.train.val_every == 0)):
-                self.validate()
-            self.save("last")
-            D.barrier()
-        elapsed = time.time() - t0
-        summary = {"steps": self.step, "epochs": self.epoch, "train_seconds": elapsed,
+        while not done and self.epoch < self._last_epoch():
+            done = self._train_epoch()
+            self._end_epoch(done)
+        return self._summary(time.time() - t0)
+
+    def _last_epoch(self) -> int:
+        """Epochs to run: ``train.epochs``, more if ``train.max_steps`` needs them."""
+        return max(self.cfg.train.epochs, math.ceil(self.total_steps / self.steps_per_epoch))
+
+    def _train_epoch(self) -> bool:
+        """The rest of the current epoch (all of it unless resumed mid-epoch): micro-batches,
+        every ``train.grad_accum`` of them one optimiser step. Returns whether the run has done its
+        last step."""
+        cfg = self.cfg
+        self.model.train()
+        self.sampler.set_epoch(self.epoch, skip=self.micro_in_epoch * cfg.train.batch_size)
+        epoch_indices = list(self.sampler)
+        self._mark_boundary()
+        bar = self._epoch_bar()
+        self._group_finite = None
+        running = RunningLosses()
+        done = False
+        for j, batch in enumerate(self.loader):
+            if self.micro_in_epoch >= self.micro_per_epoch:
+                break
+            losses = self._micro_batch(j, batch, epoch_indices, bar)
+            if losses is None:        # every image of the micro-batch was skipped
+                continue
+            running.add(losses)
+            if self.micro_in_epoch % cfg.train.grad_accum != 0:
+                continue              # the accumulation group is not complete yet
+            if not self._optimizer_step():
+                continue              # a non-finite loss: the step was skipped
+            if self.step % cfg.train.log_every == 0 or self.step == 1:
+                self._log_losses(running, bar)
+                running = RunningLosses()
+            if self.step >= self.total_steps:
+                done = True
+                break
+        if bar is not None:
+            bar.close()
+        return done
+
+    def _epoch_bar(self):
+        """A tqdm bar over the epoch's micro-batches (rank 0 on a terminal), else None."""
+        if not (self.cfg.logging.progress and D.is_main_process() and sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+        return tqdm(total=self.micro_per_epoch, initial=self.micro_in_epoch,
+                    desc=f"epoch {self.epoch}", dynamic_ncols=True, leave=False)
+
+    def _micro_batch(self, j: int, batch, epoch_indices, bar) -> Optional[Dict[str, torch.Tensor]]:
+        """Forward and backward of micro-batch ``j`` of the epoch (gradients accumulate; DDP
+        reduces them on the group's last one); its losses, or None when all its images were
+        skipped. Counts skipped images and notes whether the loss is finite."""
+        accum = self.cfg.train.grad_accum
+        if self.micro_in_epoch % accum == 0:
+            # buffers (BatchNorm running statistics) change in the forward pass; a skipped (or
+            # interrupted) step restores them, so it leaves no trace
+            self._group_buffers = [b.detach().clone() for b in self.model.buffers()]
+        if int(batch["num_skipped"]):
+            self.skipped_images += int(batch["num_skipped"])
+            self._skipped_names(epoch_indices, j, batch)
+        micro_index = self.epoch * self.micro_per_epoch + self.micro_in_epoch
+        self.micro_in_epoch += 1
+        if bar is not None:
+            bar.update(1)
+        if "image" not in batch:
+            return None
+        images = batch["image"].to(self.device, non_blocking=True)
+        sync = (self.micro_in_epoch % accum == 0) or self.world == 1
+        ctx = self.ddp_model.no_sync() if (not sync and self.world > 1) else nullcontext()
+        with ctx:
+            losses = self.train_step_losses(images, micro_index)
+            self.scaler.scale(losses["total"] / accum).backward()
+        self._note_finite(losses["total"])
+        return losses
+
+    def _note_finite(self, total: torch.Tensor) -> None:
+        """AND whether ``total`` is finite (on every rank) into the group's flag. Kept on the
+        training device (NCCL reduces CUDA tensors only): the host reads it once per optimiser
+        step, in :meth:`_optimizer_step`."""
+        finite = torch.isfinite(total.detach()).float().reshape(1)
+        if D.get_world_size() > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        self._group_finite = finite if self._group_finite is None else torch.minimum(
+            self._group_finite, finite)
+
+    def _optimizer_step(self) -> bool:
+        """Apply the accumulated gradients (clipped with ``train.grad_clip``) and advance the
+        schedule; or, when a loss of the group was not finite, skip the step. The one host read
+        of the step (whether to apply it) is queued after the backward, so the device stays
+        busy. Returns whether the step was applied."""
+        bad = self._group_finite.item() < 1
+        self._group_finite = None
+        if bad:
+            self._skip_nonfinite_step()
+            return False
+        self.nonfinite_streak = 0
+        if self.cfg.train.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        self._mark_boundary()
+        return True
+
+    def _skip_nonfinite_step(self) -> None:
+        """Drop the group's gradients and buffer updates, count it, and stop after
+        ``train.max_nonfinite`` in a row."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), self._group_buffers):
+                b.copy_(saved)
+        self.nonfinite_streak += 1
+        self.nonfinite_total += 1
+        self._mark_boundary()
+        limit = self.cfg.train.max_nonfinite
+        msg = (f"non-finite loss at step {self.step} (epoch {self.epoch}); step skipped "
+               f"({self.nonfinite_streak} in a row, limit {limit})")
+        if D.is_main_process():
+            print(msg, file=sys.stderr)
+        self.logger.log({"train/nonfinite_skipped": self.nonfinite_total}, self.step)
+        if self.nonfinite_streak >= limit:
+            raise NonFiniteLossError(
+                msg + ". Stopping: lower train.lr, enable train.grad_clip, or use "
+                "train.precision=fp32. The last good checkpoint is untouched.")
+
+    def _log_losses(self, running: RunningLosses, bar) -> None:
+        """The mean loss components since the last log, the learning rate and the epoch."""
+        scal = {f"train/{k}": v for k, v in running.means().items()}
+        scal["train/lr"] = self.optimizer.param_groups[0]["lr"]
+        scal["train/epoch"] = self.epoch
+        self.logger.log(scal, self.step)
+        if bar is not None:
+            bar.set_postfix(loss=f"{scal['train/total']:.4f}")
+
+    def _end_epoch(self, done: bool) -> None:
+        """After an epoch (or the run's last step): every rank takes rank 0's buffers, the epoch
+        counter moves on if the epoch was completed, validation runs when due (and at the end), and
+        ``last.pt`` is written."""
+        D.broadcast_buffers(self.model)   # every rank validates rank 0's (saved) model
+        epoch_finished = self.micro_in_epoch >= self.micro_per_epoch
+        if epoch_finished:
+            self.epoch += 1
+            self.micro_in_epoch = 0
+        self._mark_boundary()
+        if self.val_set is not None and (
+                done or (epoch_finished and self.epoch % self.cfg.train.val_every == 0)):
+            self.validate()
+        self.save("last")
+        D.barrier()
+
+    def _summary(self, seconds: float) -> Dict[str, Any]:
+        """The run summary (also sent to the logger) and the model artifact."""
+        summary = {"steps": self.step, "epochs": self.epoch, "train_seconds": seconds,
                    "best_epoch": self.best_epoch, "best_value": self.best_value,
-                   "select_metric": cfg.train.select_metric,
+                   "select_metric": self.cfg.train.select_metric,
                    "nonfinite_skipped": self.nonfinite_total,
                    "skipped_images": self.skipped_images,
                    "skipped_files": list(self.skipped_files)}
@@ -597,10 +649,8 @@ class Trainer:
     def _fixed_val_batch(self):
         if self.val_set is None or not D.is_main_process():
             return None
-        n = min(self.cfg.logging.wandb.num_images, len(self.val_set))
-        samples = [self.val_set[i] for i in range(n)]
-        samples = [s for s in samples if s is not None]
-        if not samples or self.cfg.data.resize not in FIXED_SIZE_RESIZES:
+        samples = readable_samples(self.val_set, self.cfg.logging.wandb.num_images)
+        if not samples or not fixed_size(self.cfg.data.resize):
             return None
         return collate(samples)
 

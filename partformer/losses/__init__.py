@@ -1,4 +1,4 @@
-"""PartFormer losses: pure functions on tensors plus thin modules (METHOD.md §1 step 6)."""
+"""PartFormer losses: pure functions on tensors plus thin modules (docs/METHOD.md §1.6)."""
 from .arcface import arcface_logits, arcface_loss
 from .area import area_loss
 from .concentration import concentration_loss

@@ -1,4 +1,5 @@
-"""ArcFace loss on the part tokens: each foreground token p_k is its own class k (METHOD.md §1 step 6).
+"""ArcFace loss on the part tokens: each foreground token p_k is its own class k
+(docs/METHOD.md §1.6).
 
 With t̂, Ŵ the L2-normalised tokens and class vectors, cos θ_nj = <t̂_n, Ŵ_j>, and the standard
 additive angular margin (easy_margin = False; Deng et al., CVPR 2019):

@@ -1,4 +1,4 @@
-"""Area loss: keeps parts from vanishing (METHOD.md §1 step 6).
+"""Area loss: keeps parts from vanishing (docs/METHOD.md §1.6).
 
     S_k = Σ_u A_k(u) + 1e-8,      L = mean_b Σ_k 1 / (1 + S_k / ε)
 

@@ -1,4 +1,4 @@
-"""Concentration loss: the spatial variance of each foreground part map (METHOD.md §1 step 6).
+"""Concentration loss: the spatial variance of each foreground part map (docs/METHOD.md §1.6).
 
 For a map A_k over an h×w grid with coordinates x_j = j/w·2 − 1, y_i = i/h·2 − 1 (i, j 0-based;
 the authors' i/(S/8)·2 − 1, which is not centred on 0 but variance does not care),

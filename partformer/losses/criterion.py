@@ -1,7 +1,7 @@
-"""The PartFormer training objective (METHOD.md §1 step 6).
+"""The PartFormer training objective (docs/METHOD.md §1.6).
 
     total = w_recon · recon + w_conc · concentration + w_area · area + w_arc · arcface
-    defaults: 1.0, 0.3, 0.5, 0.01
+    defaults: partformer.config.LOSS_WEIGHTS (the paper's)
 
 each term averaged over the two directions of the pair:
 - recon: recon2 vs target2 and recon1 vs target1 (VGG19 perceptual by default; ``l1``/``mse`` pixel
@@ -20,13 +20,15 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 import torch.nn as nn
 
+from partformer.config import LOSS_WEIGHTS, section_kwargs
+
 from .arcface import arcface_loss
 from .area import area_loss
 from .concentration import concentration_loss
 from .perceptual import VGGPerceptualLoss, WeightsSpec
 from .reconstruction import PIXEL_LOSSES, PixelReconstructionLoss
 
-DEFAULT_LOSS_WEIGHTS: Dict[str, float] = {"recon": 1.0, "concentration": 0.3, "area": 0.5, "arcface": 0.01}
+DEFAULT_LOSS_WEIGHTS: Dict[str, float] = LOSS_WEIGHTS   # recon, concentration, area, arcface
 RECON_LOSSES = ("perceptual",) + PIXEL_LOSSES
 REQUIRED_OUTPUTS = ("part_tokens1", "part_tokens2", "assign12", "assign21",
                     "recon1", "recon2", "target1", "target2", "arcface_weight")
@@ -91,7 +93,6 @@ class PartFormerCriterion(nn.Module):
     @classmethod
     def from_config(cls, loss_cfg: Any, num_parts: int) -> "PartFormerCriterion":
         """Build from a ``LossConfig`` dataclass, a mapping with the same keys, or None (defaults)."""
-        from partformer.config import section_kwargs
         kwargs = section_kwargs(loss_cfg, cls, "loss", exclude=("num_parts",))
         return cls(num_parts=num_parts, **kwargs)
 

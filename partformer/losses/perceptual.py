@@ -1,4 +1,4 @@
-"""VGG19 perceptual loss (PartFormer's reconstruction loss, METHOD.md §1 step 6).
+"""VGG19 perceptual loss (PartFormer's reconstruction loss, docs/METHOD.md §1.6).
 
     L = Σ_l w_l · mean |VGG_l(recon) − VGG_l(target)|
 

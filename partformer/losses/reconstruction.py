@@ -2,8 +2,8 @@
 
     l1:  mean |recon − target|        mse:  mean (recon − target)²
 
-over all elements of [B, 3, H, W]. Not part of METHOD.md (the authors use the perceptual loss);
-selected with ``loss.recon=l1`` or ``loss.recon=mse``.
+over all elements of [B, 3, H, W]. Not the paper's loss (the authors use the perceptual loss,
+docs/METHOD.md §1.6); selected with ``loss.recon=l1`` or ``loss.recon=mse``.
 """
 from __future__ import annotations
 

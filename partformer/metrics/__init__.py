@@ -3,6 +3,8 @@
 - ``clustering``: exact, mergeable NMI / ARI from contingency tables; keypoint and pixel protocols.
 - ``keypoints``: part centroids and the CUB / CelebA keypoint-regression protocols.
 - ``segmentation``: foreground IoU and Hungarian-matched part mIoU.
+- ``protocols``: every reported number by name (``PROTOCOLS``), which metric computes it and
+  when it applies; the evaluator runs from this table.
 
 Accumulating metrics share one interface: ``update(...)`` per batch, ``merge(other)``,
 ``all_reduce()`` (sum over processes), ``compute() -> dict``. Build them by name::
@@ -39,24 +41,14 @@ from partformer.metrics.segmentation import (
     hungarian_miou,
     iou_matrix,
 )
-from partformer.registry import Registry
-
-METRICS: Registry = Registry("metric")
-METRICS.register("keypoint_clustering")(KeypointClustering)
-METRICS.register("pixel_clustering")(PixelClustering)
-METRICS.register("foreground_iou")(ForegroundIoU)
-METRICS.register("part_miou_hungarian")(HungarianPartIoU)
-
-# Regression protocols are functions of the collected centroids of a train and a test split.
-REGRESSION_PROTOCOLS = {
-    "cub_keypoint_regression": cub_keypoint_regression,
-    "celeba_landmark_regression": celeba_landmark_regression,
-}
-
-
-def build_metric(name: str, **kwargs):
-    """Instantiate the accumulating metric registered as ``name`` (see ``METRICS.names()``)."""
-    return METRICS.get(name)(**kwargs)
+from partformer.metrics.protocols import (
+    METRICS,
+    PROTOCOL_VERSION,
+    PROTOCOLS,
+    REGRESSION_PROTOCOLS,
+    Protocol,
+    build_metric,
+)
 
 
 __all__ = [
@@ -83,4 +75,7 @@ __all__ = [
     "METRICS",
     "REGRESSION_PROTOCOLS",
     "build_metric",
+    "Protocol",
+    "PROTOCOLS",
+    "PROTOCOL_VERSION",
 ]

@@ -92,14 +92,17 @@ def part_centroids(part_maps: torch.Tensor, image_size: ImageSize = None,
 
 
 class CentroidCollector:
-    """Collects centroids, presence and annotations batch by batch for the regression protocols.
+    """Part centroids and presences next to per-image annotations, batch by batch: the rows the
+    regression protocols fit and evaluate on.
 
-    ``update(part_maps, image_size, keypoints=..., visible=..., bbox=...)`` (CUB) or
-    ``update(part_maps, image_size, landmarks=...)`` (CelebA) stores the batch on the CPU;
-    ``arrays()`` returns the dict of numpy arrays that :func:`cub_keypoint_regression` /
-    :func:`celeba_landmark_regression` take. ``all_gather()`` concatenates the shards of all
-    processes (rank order) when torch.distributed is initialised. Memory: O(N * (K + P)).
-    ``convention``: the centroid convention of :func:`part_centroids`.
+    ``update(part_maps, image_size, index=..., keypoints=..., visible=..., bbox=...)`` (CUB) or
+    ``update(part_maps, image_size, keypoints=...)`` (CelebA landmarks) adds one batch; tensors stay
+    on their device until :meth:`arrays` (no host synchronisation per batch). :meth:`all_gather`
+    merges the rows of all processes when torch.distributed is initialised. :meth:`arrays` returns
+    the dict of numpy arrays that :func:`cub_keypoint_regression` /
+    :func:`celeba_landmark_regression` take, in dataset order when ``index`` was collected (whatever
+    way the processes split the dataset). Memory: O(N * (K + P)). ``convention``: the centroid
+    convention of :func:`part_centroids`.
     """
 
     def __init__(self, convention: str = "index"):
@@ -107,26 +110,31 @@ class CentroidCollector:
             raise ValueError(f"unknown centroid convention {convention!r}; choose from "
                              f"{sorted(CENTROID_CONVENTIONS)}")
         self.convention = convention
-        self._chunks: Dict[str, List[np.ndarray]] = defaultdict(list)
+        self._chunks: Dict[str, list] = defaultdict(list)
 
-    def update(self, part_maps: torch.Tensor, image_size: ImageSize = None, **annotations) -> "CentroidCollector":
+    def update(self, part_maps: torch.Tensor, image_size: ImageSize = None,
+               **annotations) -> "CentroidCollector":
+        """Add a batch: ``part_maps [B, K+1, h, w]``, the image size(s) they cover, and per-image
+        annotations (tensors or arrays with B rows)."""
         centroids, presence = part_centroids(part_maps, image_size, self.convention)
-        self.add(centroids=centroids, presence=presence, **annotations)
-        return self
+        return self.add(centroids=centroids, presence=presence, **annotations)
 
     def add(self, **arrays) -> "CentroidCollector":
         """Store already computed per-image arrays (first dimension = images)."""
         for key, value in arrays.items():
-            if torch.is_tensor(value):
-                value = value.detach().cpu().numpy()
-            self._chunks[key].append(np.asarray(value))
+            self._chunks[key].append(value.detach() if torch.is_tensor(value)
+                                     else np.asarray(value))
         return self
 
     def arrays(self) -> Dict[str, np.ndarray]:
-        out = {k: np.concatenate(v, axis=0) for k, v in self._chunks.items()}
+        out = {k: np.concatenate([v.cpu().numpy() if torch.is_tensor(v) else v for v in chunks])
+               for k, chunks in self._chunks.items()}
         sizes = {k: len(v) for k, v in out.items()}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"collected arrays have different numbers of images: {sizes}")
+        if "index" in out:
+            order = np.argsort(out["index"], kind="stable")
+            out = {k: v[order] for k, v in out.items()}
         return out
 
     def all_gather(self) -> "CentroidCollector":

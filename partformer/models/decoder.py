@@ -1,4 +1,4 @@
-"""Reconstruction decoder (METHOD.md §1.5).
+"""Reconstruction decoder (docs/METHOD.md §1.5).
 
 ``num_blocks`` blocks of [3x3 conv (no bias) -> channels-first LayerNorm (eps 1e-6) -> ReLU], a x2
 bilinear upsampling after each block listed in ``upsample_after`` (1-based), then a 1x1 conv (with

@@ -1,4 +1,5 @@
-"""Feature-map encoder ("pixel representations", METHOD.md §1.2) and the 1x1-conv compress head.
+"""Feature-map encoder ("pixel representations", docs/METHOD.md §1.2) and the 1x1-conv compress
+head.
 
 ``FeatureMapEncoder`` wraps a timm model and returns a feature map ``[B, C, h, w]``:
 
@@ -314,7 +315,7 @@ COMPRESS_VARIANTS = ("cub", "celeba", "single")
 
 
 class CompressHead(nn.Sequential):
-    """1x1-conv head mapping encoder channels to the part-feature dim D (METHOD.md §1.2).
+    """1x1-conv head mapping encoder channels to the part-feature dim D (docs/METHOD.md §1.2).
 
     - ``cub``:    conv, ReLU, BN, conv, ReLU, BN, conv   (indices 0..6 for two hidden layers)
     - ``celeba``: conv, BN, ReLU, conv, BN, ReLU, conv
@@ -347,12 +348,14 @@ class CompressHead(nn.Sequential):
 
 
 def build_encoder(encoder_cfg, image_size: Optional[int] = None) -> FeatureMapEncoder:
-    """A ``FeatureMapEncoder`` from the ``model.encoder`` config section (dataclass or dict); the
-    nested ``kwargs`` go to timm. Used by ``PartFormerModel`` and the k-means baseline."""
-    import dataclasses
+    """A ``FeatureMapEncoder`` from the ``model.encoder`` config section (``EncoderConfig``, a
+    mapping of ``FeatureMapEncoder`` arguments, or None), read with
+    :func:`partformer.config.section_kwargs`; the section's nested ``kwargs`` mapping (timm
+    arguments and the ViT-only options) is merged in. ``image_size`` is the ``img_size`` unless the
+    section sets one. Used by ``PartFormerModel``, the k-means baseline and encoder pretraining."""
+    from partformer.config import section_kwargs
 
-    enc = dataclasses.asdict(encoder_cfg) if dataclasses.is_dataclass(encoder_cfg) \
-        else dict(encoder_cfg)
+    enc = section_kwargs(encoder_cfg, FeatureMapEncoder, "model.encoder")
     enc.update(enc.pop("kwargs", None) or {})
     if enc.get("img_size") is None and image_size is not None:
         enc["img_size"] = int(image_size)

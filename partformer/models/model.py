@@ -1,7 +1,8 @@
 """The PartFormer model: encoder + compress head, part-token ViT, alignment and decoder.
 
-Training forward (METHOD.md §1, docs/ARCHITECTURE.md): two views in [0, 1] -> the documented dict.
-Test time (METHOD.md §2): ``predict(images)`` -> soft part maps ``[B, K+1, H', W']``, background last.
+Training forward (docs/METHOD.md §1; the output dict: docs/ARCHITECTURE.md): two views in [0, 1].
+Test time (docs/METHOD.md §2): ``predict(images)`` -> soft part maps ``[B, K+1, H', W']``,
+background last.
 
 Both x0.5 paths, the view fed to the part-token ViT and the reconstruction target, are resampled
 with ``half_resample`` (``model.half_resample``): ``"nearest"`` by default, which is what the
@@ -25,14 +26,14 @@ and not loaded); ``decoder.*`` <- ``Reconstruct_Block.*``; ``arcface_weight`` <-
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
-import warnings
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from partformer.config import section_kwargs
 
 from .decoder import ReconstructionDecoder
 from .encoder import CompressHead, build_encoder
@@ -43,27 +44,9 @@ __all__ = ["PartFormerModel", "build_model", "IMAGENET_DEFAULT_MEAN", "IMAGENET_
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 ALIGNMENTS = ("dot", "cosine")
-
-
-def _as_dict(obj: Any) -> Dict[str, Any]:
-    """A config given as a dict, a dataclass or an attribute object -> a (recursive) dict."""
-    if obj is None:
-        return {}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, Mapping):
-        return {k: _as_sub(v) for k, v in obj.items()}
-    if hasattr(obj, "__dict__"):
-        return {k: _as_sub(v) for k, v in vars(obj).items() if not k.startswith("_")}
-    raise TypeError(f"cannot read a config from {type(obj).__name__}")
-
-
-def _as_sub(v: Any) -> Any:
-    if (dataclasses.is_dataclass(v) and not isinstance(v, type)) or isinstance(v, Mapping):
-        return _as_dict(v)
-    if hasattr(v, "__dict__") and type(v).__module__ == "types":  # SimpleNamespace
-        return _as_dict(v)
-    return v
+# PartTokenViT arguments that the model derives (from the config key named)
+_SET_BY_MODEL = {"num_parts": "model.num_parts", "out_dim": "model.feature_dim",
+                 "image_size": "data.image_size", "resample": "model.half_resample"}
 
 
 class PartFormerModel(nn.Module):
@@ -73,22 +56,29 @@ class PartFormerModel(nn.Module):
         num_parts: K foreground parts (K+1 tokens / maps, background last).
         image_size: S, the training input size (sets the encoder's pos-embed grid and the
             part-token ViT's default sin-cos grid; other sizes still work).
-        encoder: ``FeatureMapEncoder`` kwargs (a dict; a nested ``kwargs`` dict is merged in, so
-            the project's ``EncoderConfig`` works), a timm name, or a ready ``nn.Module`` that maps
-            normalised images to ``[B, C, h, w]`` and has ``embed_dim``.
+        encoder: the ``model.encoder`` section (``EncoderConfig`` or a mapping of
+            ``FeatureMapEncoder`` arguments; a nested ``kwargs`` mapping is merged in, see
+            :func:`~partformer.models.encoder.build_encoder`), a timm name, or a ready
+            ``nn.Module`` that maps normalised images to ``[B, C, h, w]`` and has ``embed_dim``.
         compress: compress-head variant, ``cub`` | ``celeba`` | ``single``.
         compress_hidden: hidden widths of the compress head.
         feature_dim: D, the part-feature dim.
-        partformer: ``PartTokenViT`` kwargs (``in_scale, patch_size, width, depth, heads,
-            mlp_ratio, sincos_layout``).
+        partformer: the ``model.partformer`` section (``PartTokenConfig`` or a mapping of
+            ``PartTokenViT`` arguments: ``in_scale, patch_size, width, depth, heads, mlp_ratio,
+            sincos_layout``).
         alignment: ``dot`` (``align_scale * <P, F>``) or ``cosine`` (cosine similarity x
             ``exp(logit_scale)``, ``logit_scale`` learnable, initialised to ``logit_scale_init``).
         align_scale: the fixed scale of ``dot`` alignment (0.8).
         logit_scale_init: initial ``logit_scale`` (``ln(1/0.07)``). With ``dot`` it is kept as a
             frozen, unused parameter (``requires_grad=False``) because the official CUB / CelebA
             checkpoints have it; frozen so that DDP does not see an unused trainable parameter.
-        decoder: ``ReconstructionDecoder`` kwargs (``channels, num_blocks, upsample_after,
+        decoder: the ``model.decoder`` section (``DecoderConfig`` or a mapping of
+            ``ReconstructionDecoder`` arguments: ``channels, num_blocks, upsample_after,
             out_channels, upsample_align_corners``).
+
+    The sections are read with :func:`partformer.config.section_kwargs`: a key the constructor
+    does not take, or one the model sets itself (``partformer.num_parts``, ``decoder.in_dim``, ...),
+    is an error naming it.
         mean, std: input normalisation (images come in [0, 1]).
         predict_upsample: factor by which ``predict`` upsamples the feature map before the
             alignment; ``None``: the decoder's total upsampling (4 by default), i.e. the
@@ -104,12 +94,12 @@ class PartFormerModel(nn.Module):
     """
 
     def __init__(self, num_parts: int = 4, image_size: int = 256,
-                 encoder: Union[None, str, Mapping[str, Any], nn.Module] = None,
+                 encoder: Union[None, str, Any, nn.Module] = None,
                  compress: str = "cub", compress_hidden: Sequence[int] = (256, 128),
-                 feature_dim: int = 64, partformer: Optional[Mapping[str, Any]] = None,
+                 feature_dim: int = 64, partformer: Optional[Any] = None,
                  alignment: str = "dot", align_scale: float = 0.8,
                  logit_scale_init: float = math.log(1 / 0.07),
-                 decoder: Optional[Mapping[str, Any]] = None,
+                 decoder: Optional[Any] = None,
                  mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
                  std: Sequence[float] = IMAGENET_DEFAULT_STD,
                  predict_upsample: Optional[int] = None,
@@ -133,7 +123,7 @@ class PartFormerModel(nn.Module):
         if isinstance(encoder, nn.Module):
             self.encoder = encoder
         else:
-            enc = {"name": encoder} if isinstance(encoder, str) else _as_dict(encoder)
+            enc = {"name": encoder} if isinstance(encoder, str) else encoder
             self.encoder = build_encoder(enc, image_size=self.image_size)
         self.compress = CompressHead(self.encoder.embed_dim, self.feature_dim, variant=compress,
                                      hidden=tuple(compress_hidden))
@@ -142,12 +132,7 @@ class PartFormerModel(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
 
         # part-token ViT
-        pf = dict(_as_dict(partformer))
-        for key in ("num_parts", "out_dim", "image_size", "resample"):
-            if key in pf:
-                hint = " (use model.half_resample)" if key == "resample" else ""
-                raise ValueError(f"partformer.{key} is set by the model; remove it from the "
-                                 f"config{hint}")
+        pf = section_kwargs(partformer, PartTokenViT, "model.partformer", exclude=_SET_BY_MODEL)
         self.partformer = PartTokenViT(self.num_parts, out_dim=self.feature_dim,
                                        image_size=self.image_size, resample=half_resample, **pf)
 
@@ -158,9 +143,8 @@ class PartFormerModel(nn.Module):
         nn.init.xavier_uniform_(self.arcface_weight)
 
         # decoder
-        dec = dict(_as_dict(decoder))
-        if "in_dim" in dec:
-            raise ValueError("decoder.in_dim is set by the model (feature_dim); remove it")
+        dec = section_kwargs(decoder, ReconstructionDecoder, "model.decoder",
+                             exclude={"in_dim": "model.feature_dim"})
         self.decoder = ReconstructionDecoder(in_dim=self.feature_dim, **dec)
         self.predict_upsample = int(predict_upsample) if predict_upsample is not None \
             else self.decoder.upscale
@@ -271,21 +255,26 @@ class PartFormerModel(nn.Module):
 
 # ------------------------------------------------------------------------------------- building
 def build_model(cfg: Any, image_size: Optional[int] = None) -> PartFormerModel:
-    """Build a ``PartFormerModel`` from a config: the model section (``ModelConfig`` dataclass, a
-    dict or an attribute object) or the whole ``Config`` (then ``cfg.model`` is used and the image
-    size comes from ``cfg.data.image_size``). ``image_size`` given here wins. Keys that are not
-    ``PartFormerModel`` arguments are ignored with a warning."""
-    d = _as_dict(cfg)
-    if "model" in d and "num_parts" not in d:
+    """Build a ``PartFormerModel`` from the ``model`` config section (a ``ModelConfig`` dataclass or
+    a mapping with its keys) or from a whole config (a dataclass or mapping with ``model`` and
+    ``data`` sections; the image size then comes from ``data.image_size``). ``image_size`` given
+    here wins. The section goes through :func:`partformer.config.section_kwargs`: a key that is not
+    a ``PartFormerModel`` argument is an error naming it."""
+    model = _field(cfg, "model")
+    if model is not None and _field(cfg, "num_parts") is None:   # a whole config
         if image_size is None:
-            image_size = (d.get("data") or {}).get("image_size")
-        d = _as_dict(d["model"])
-    d = dict(d)
+            image_size = _field(_field(cfg, "data"), "image_size")
+        cfg = model
+    kwargs = section_kwargs(cfg, PartFormerModel, "model")
     if image_size is not None:
-        d["image_size"] = int(image_size)
-    params = inspect.signature(PartFormerModel.__init__).parameters
-    unknown = sorted(k for k in d if k not in params or k == "self")
-    if unknown:
-        warnings.warn(f"build_model: ignoring config keys that are not PartFormerModel arguments: "
-                      f"{unknown}", stacklevel=2)
-    return PartFormerModel(**{k: v for k, v in d.items() if k in params and k != "self"})
+        kwargs["image_size"] = int(image_size)
+    return PartFormerModel(**kwargs)
+
+
+def _field(obj: Any, name: str) -> Any:
+    """``obj.name`` of a dataclass, ``obj[name]`` of a mapping, else None."""
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return getattr(obj, name, None)
+    return None

@@ -1,4 +1,4 @@
-"""PartFormer: a small ViT with K+1 learnable part tokens (METHOD.md §1.3).
+"""PartFormer: a small ViT with K+1 learnable part tokens (docs/METHOD.md §1.3).
 
 The view (already normalised) is downsampled by ``in_scale`` with ``resample`` (see
 :func:`resample`; ``"nearest"`` by default, as the authors' ``F.interpolate(x,
