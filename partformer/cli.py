@@ -9,15 +9,14 @@ training saves ``last.pt`` and exits with status 130 and one line saying how to 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import os
-import signal
 import sys
 from typing import Callable, List, Optional
 
 from partformer import config as cfglib
 from partformer.engine import distributed as D
+from partformer.engine.signals import interrupts_stop_training
 
 EXIT_ERROR = 2          # expected errors (argparse uses 2 for usage errors too)
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
@@ -85,23 +84,19 @@ def _load(args) -> cfglib.Config:
     return cfglib.load_config(args.config, args.overrides)
 
 
-@contextlib.contextmanager
-def interrupts_stop_training():
-    """Within the block, SIGTERM (what ``kill`` and cluster schedulers send before they stop a
-    job) and SIGINT (Ctrl-C) both raise ``KeyboardInterrupt``, so training saves ``last.pt`` and
-    says how to resume. SIGINT is re-armed too: a job started in the background of a
-    non-interactive shell (``nohup ... &``) inherits SIGINT as ignored."""
-    handler = signal.default_int_handler
-    try:
-        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread (e.g. a notebook worker): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
+def _run_dir(args) -> Optional[str]:
+    """``--run-dir``, else the directory of ``--resume`` (a run directory or its last.pt)."""
+    if args.run_dir is None and args.resume:
+        return args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume)
+    return args.run_dir
+
+
+def _report_interrupt(e, tool: str, run_dir: str) -> None:
+    """The one line printed when Ctrl-C / SIGTERM stopped a training (``TrainingInterrupted``)."""
+    saved = (f"saved {e.path}" if e.path else "last.pt not written (non-finite weights; the "
+             "previous one is kept)")
+    print(f"interrupted at step {e.step} ({saved}); resume with: python {tool} --resume "
+          f"{run_dir}", file=sys.stderr)
 
 
 def _progress(cfg) -> bool:
@@ -129,10 +124,7 @@ def train_main(argv: List[str]) -> int:
     from partformer.engine.logger import EXIT_FAILED
     from partformer.engine.trainer import Trainer, TrainingInterrupted
 
-    run_dir = args.run_dir
-    if args.resume and run_dir is None:
-        run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume)
-    trainer = Trainer(cfg, run_dir=run_dir, resume=args.resume)
+    trainer = Trainer(cfg, run_dir=_run_dir(args), resume=args.resume)
     main = D.is_main_process()
     if main:
         print(cfglib.to_yaml(cfg))
@@ -148,10 +140,7 @@ def train_main(argv: List[str]) -> int:
         except TrainingInterrupted as e:
             exit_code = EXIT_INTERRUPTED
             if main:
-                saved = (f"saved {e.path}" if e.path else "last.pt not written (non-finite "
-                         "weights; the previous one is kept)")
-                print(f"interrupted at step {e.step} ({saved}); resume with: python "
-                      f"tools/train.py --resume {trainer.run_dir}", file=sys.stderr)
+                _report_interrupt(e, "tools/train.py", trainer.run_dir)
             return EXIT_INTERRUPTED
         if main:
             write_json(os.path.join(trainer.run_dir, "train_summary.json"), summary)
@@ -549,26 +538,27 @@ def pretrain_main(argv: List[str]) -> int:
         args.config = os.path.join(cfglib.CONFIG_DIR, "pretrain", "synthetic.yaml")
     cfg = _load(args)
     from partformer.pretrain.trainer import Pretrainer
-    run_dir = args.run_dir
-    if args.resume and run_dir is None:
-        run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume)
-    trainer = Pretrainer(cfg, run_dir=run_dir, resume=args.resume)
+    trainer = Pretrainer(cfg, run_dir=_run_dir(args), resume=args.resume)
     main = D.is_main_process()
     if main:
         print(cfglib.to_yaml(cfg))
         print(f"run directory: {trainer.run_dir}\ndevice: {trainer.device}, world size: "
               f"{trainer.world}, images: {len(trainer.bank)}, steps: {trainer.total_steps}")
+    from partformer.engine.logger import EXIT_FAILED
+    from partformer.engine.trainer import TrainingInterrupted
+    exit_code = EXIT_FAILED
     try:
-        with interrupts_stop_training():
-            summary = trainer.fit()
-    except KeyboardInterrupt:
-        path = trainer.save("last")
-        if main:
-            print(f"interrupted at step {trainer.step} (saved {path}); resume with: python "
-                  f"tools/pretrain.py --resume {trainer.run_dir}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        try:
+            with interrupts_stop_training():
+                summary = trainer.fit()
+        except TrainingInterrupted as e:
+            exit_code = EXIT_INTERRUPTED
+            if main:
+                _report_interrupt(e, "tools/pretrain.py", trainer.run_dir)
+            return EXIT_INTERRUPTED
+        exit_code = 0
     finally:
-        trainer.close()
+        trainer.close(exit_code)
         D.cleanup()
     if main:
         print(f"pretraining done: {summary}\nexport the selected encoder with: python "

@@ -1,6 +1,6 @@
 """Self-supervised encoder pretraining: crop geometry, photometric changes, DINO losses, the loop
 (exact resume, probe, export) and CNN encoders through timm ``features_only``."""
-import math
+import json
 import os
 
 import pytest
@@ -9,6 +9,7 @@ import yaml
 import torch.nn.functional as F
 
 from partformer import config as cfglib
+from partformer.engine.checkpoint import load_checkpoint
 from partformer.models.encoder import FeatureMapEncoder, fuse_feature_levels
 from partformer.pretrain import crops as C
 from partformer.pretrain.dino import DenseDinoLoss, DinoLoss, ProjectionHead, cosine_schedule
@@ -322,3 +323,59 @@ def test_encoder_weights_load_by_registered_name(root, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="sha256"):
         FeatureMapEncoder("resnet10t", weights="tiny_enc", out_indices=[1, 2],
                           **TINY_CNN["kwargs"])
+
+
+def test_sigterm_stops_between_steps_and_resume_continues_exactly(root, tmp_path):
+    """tools/pretrain.py in its own process, stopped with SIGTERM (what schedulers send): it
+    finishes the step it is in, saves last.pt there, exits with 130 and one line; resuming from
+    it gives the weights of an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from partformer.pretrain.trainer import Pretrainer
+    from tests.test_errors import REPO
+    run = str(tmp_path / "run")
+    cfg_path = os.path.join(os.path.dirname(run), "pretrain_tiny.yaml")
+    overrides = ["train.max_steps=1000", "pretrain.probe_every=0", "train.log_every=1",
+                 "train.threads=1"]           # one thread everywhere: the same float rounding
+    pretrain_config(root, run, overrides)                                # writes cfg_path
+    env = {**os.environ, "PYTHONPATH": REPO, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "tools", "pretrain.py"),
+                             "--config", cfg_path, "--run-dir", run, *overrides],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted at step ") and f"--resume {run}" in last
+    step = int(last.split()[3])
+    ckpt = load_checkpoint(os.path.join(run, "last.pt"))
+    assert step >= 2 and ckpt["step"] == step
+    # each logged step once, up to the checkpoint
+    rows = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert rows == list(range(1, step + 1))
+
+    threads = torch.get_num_threads()
+    try:
+        resumed = Pretrainer(pretrain_config(root, run, overrides), run, resume=run,
+                             verbose=False)
+        resumed.fit(until=step + 2)
+        resumed.close()
+        straight = Pretrainer(pretrain_config(root, str(tmp_path / "s"), overrides),
+                              str(tmp_path / "s"), verbose=False)
+        straight.fit(until=step + 2)
+        straight.close()
+    finally:
+        torch.set_num_threads(threads)
+    for x, y in zip(straight.teacher.state_dict().values(), resumed.teacher.state_dict().values()):
+        assert torch.equal(x, y)
+    rows = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert rows == list(range(1, step + 3))

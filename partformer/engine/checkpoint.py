@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, Mapping
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 
@@ -82,3 +82,29 @@ def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Te
 def all_finite(module: torch.nn.Module) -> bool:
     return all(torch.isfinite(p).all().item() for p in module.state_dict().values()
                if torch.is_floating_point(p))
+
+
+def resume_checkpoint(path: str, required: Iterable[str], tool: str) -> Tuple[str, Dict[str, Any]]:
+    """``(path, checkpoint)`` to resume from: ``path`` is a run directory (its ``last.pt``) or a
+    checkpoint file that must hold every ``required`` key; ``tool`` names the CLI in the error
+    (``tools/train.py``)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "last.pt")
+    ckpt = load_checkpoint(path, map_location="cpu")
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a {tool} training checkpoint (no `{missing[0]}`); "
+                              f"--resume takes a {tool} run directory or its last.pt")
+    return path, ckpt
+
+
+def save_on_main(state_fn: Callable[[], Dict[str, Any]], run_dir: str, name: str
+                 ) -> Optional[str]:
+    """Atomically write ``state_fn()`` to ``<run_dir>/<name>.pt`` on rank 0 and return the path;
+    other ranks neither build the state nor write (``None``)."""
+    from partformer.engine import distributed as D
+    if not D.is_main_process():
+        return None
+    path = os.path.join(run_dir, f"{name}.pt")
+    atomic_torch_save(state_fn(), path)
+    return path

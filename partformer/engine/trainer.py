@@ -25,8 +25,8 @@ from partformer.data import build_dataset
 from partformer.data.collate import collate
 from partformer.data.transforms import fixed_size, images_to_float
 from partformer.engine import distributed as D
-from partformer.engine.checkpoint import (CheckpointError, all_finite, atomic_torch_save,
-                                          load_checkpoint, load_state_dict_strict)
+from partformer.engine.checkpoint import (all_finite, load_state_dict_strict, resume_checkpoint,
+                                          save_on_main)
 from partformer.engine.evaluator import (evaluate, first_sample, num_part_classes,
                                          per_image_metrics, readable_samples)
 from partformer.engine.logger import EXIT_OK, ExperimentLogger
@@ -328,20 +328,11 @@ class Trainer:
         if not all_finite(self.model):
             raise NonFiniteLossError(f"refusing to write {name}.pt: the model has non-finite "
                                      "weights; the previous checkpoint is kept")
-        if not D.is_main_process():
-            return None
-        path = os.path.join(self.run_dir, f"{name}.pt")
-        atomic_torch_save(self.state_dict(), path)
-        return path
+        return save_on_main(self.state_dict, self.run_dir, name)
 
     def load_resume(self, path: str) -> None:
-        if os.path.isdir(path):
-            path = os.path.join(path, "last.pt")
-        ckpt = load_checkpoint(path, map_location="cpu")
-        for key in ("model", "optimizer", "scheduler", "step", "epoch"):
-            if key not in ckpt:
-                raise CheckpointError(f"{path} is not a training checkpoint (no `{key}`); "
-                                      "--resume takes a run directory or its last.pt")
+        path, ckpt = resume_checkpoint(path, ("model", "optimizer", "scheduler", "step", "epoch"),
+                                       "tools/train.py")
         load_state_dict_strict(self.model, ckpt["model"], source=path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import sys
 import time
 from contextlib import nullcontext
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 import torch.nn as nn
 
 from partformer import config as cfglib
 from partformer.engine import distributed as D
-from partformer.engine.checkpoint import (CheckpointError, atomic_torch_save, load_checkpoint,
-                                          load_state_dict_strict)
+from partformer.engine.checkpoint import (CheckpointError, load_checkpoint,
+                                          load_state_dict_strict, resume_checkpoint, save_on_main)
 from partformer.engine.logger import ExperimentLogger
-from partformer.engine.trainer import default_run_dir, resolve_precision, seed_everything
+from partformer.engine.signals import deferred_interrupts
+from partformer.engine.trainer import (TrainingInterrupted, default_run_dir, resolve_precision,
+                                       seed_everything)
 from partformer.models.encoder import build_encoder
 from partformer.models.model import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from partformer.pretrain import crops as C
@@ -124,13 +125,15 @@ class Pretrainer:
         self.best_value, self.best_step = -float("inf"), -1
         self.history: List[Dict[str, Any]] = []
         self.wandb_id = None
+        self._metrics_rows: Optional[int] = None
         if resume:
             self.load_resume(resume)
         if D.is_main_process():
             os.makedirs(self.run_dir, exist_ok=True)
             cfglib.save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
         self.logger = ExperimentLogger(self.run_dir, cfg.logging.wandb, cfglib.to_dict(cfg),
-                                       os.path.basename(self.run_dir), resume_id=self.wandb_id)
+                                       os.path.basename(self.run_dir), resume_id=self.wandb_id,
+                                       keep_rows=self._metrics_rows, job_type="pretrain")
         self._probe_data = None
 
     # ------------------------------------------------------------------ checkpoints
@@ -141,23 +144,16 @@ class Pretrainer:
                 "optimizer": self.optimizer.state_dict(), "step": self.step,
                 "best_value": self.best_value, "best_step": self.best_step,
                 "history": json.dumps(self.history), "config": cfglib.to_yaml(self.cfg),
-                "wandb_id": getattr(getattr(self, "logger", None), "wandb_id", None)}
+                "wandb_id": getattr(getattr(self, "logger", None), "wandb_id", None),
+                # metrics.jsonl rows written so far: a resumed run drops the rows after them
+                "metrics_rows": self.logger.rows if hasattr(self, "logger") else 0}
 
     def save(self, name: str) -> Optional[str]:
-        if not D.is_main_process():
-            return None
-        path = os.path.join(self.run_dir, f"{name}.pt")
-        atomic_torch_save(self.state_dict(), path)
-        return path
+        return save_on_main(self.state_dict, self.run_dir, name)
 
     def load_resume(self, path: str) -> None:
-        if os.path.isdir(path):
-            path = os.path.join(path, "last.pt")
-        ckpt = load_checkpoint(path)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path} is not a pretraining checkpoint (format "
-                                  f"{ckpt.get('format')!r}); --resume takes a tools/pretrain.py "
-                                  "run directory or its last.pt")
+        path, ckpt = resume_checkpoint(path, ("student", "teacher", "optimizer", "step"),
+                                       "tools/pretrain.py")
         load_state_dict_strict(self.student, ckpt["student"], source=f"{path} (student)")
         load_state_dict_strict(self.teacher, ckpt["teacher"], source=f"{path} (teacher)")
         self.dino_loss.load_state_dict(ckpt["dino_loss"])
@@ -167,6 +163,7 @@ class Pretrainer:
         self.best_value, self.best_step = float(ckpt["best_value"]), int(ckpt["best_step"])
         self.history = json.loads(ckpt.get("history", "[]"))
         self.wandb_id = ckpt.get("wandb_id")
+        self._metrics_rows = ckpt.get("metrics_rows")
         if self.verbose and D.is_main_process():
             print(f"resumed from {path} at step {self.step}", file=sys.stderr)
 
@@ -304,7 +301,25 @@ class Pretrainer:
     # ------------------------------------------------------------------ loop
     def fit(self, until: Optional[int] = None) -> Dict[str, Any]:
         """Train to ``train.max_steps`` (or ``until``, a step at which to stop early as an
-        interruption would: the schedules still follow the full length)."""
+        interruption would: the schedules still follow the full length).
+
+        Ctrl-C (``KeyboardInterrupt``) saves ``last.pt`` at the last completed step and raises
+        :class:`~partformer.engine.trainer.TrainingInterrupted`; ``--resume`` continues there."""
+        try:
+            return self._fit(until)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(self.step, self.save("last")) from None
+
+    def _steps(self, stop: int) -> Iterator[Dict[str, float]]:
+        """Train steps until ``stop``; a stop signal ends the loop between two steps (where the
+        state is the one of a completed step) with ``KeyboardInterrupt``."""
+        with deferred_interrupts() as stop_requested:
+            while self.step < stop:
+                yield self.train_step()
+                if stop_requested():
+                    raise KeyboardInterrupt
+
+    def _fit(self, until: Optional[int]) -> Dict[str, Any]:
         cfg, p = self.cfg, self.cfg.pretrain
         stop = self.total_steps if until is None else min(int(until), self.total_steps)
         show = cfg.logging.progress and D.is_main_process() and sys.stderr.isatty()
@@ -317,8 +332,7 @@ class Pretrainer:
         running: Dict[str, float] = {}
         if self.step == 0 and p.probe_every > 0:
             self._probe_and_select()
-        while self.step < stop:
-            stats = self.train_step()
+        for stats in self._steps(stop):
             for k, v in stats.items():
                 running[k] = running.get(k, 0.0) + v
             if bar is not None:
