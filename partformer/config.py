@@ -234,6 +234,9 @@ class PretrainConfig:
     local_crops: int = 4
     local_size: int = 32
     local_scale: List[float] = field(default_factory=lambda: [0.08, 0.35])
+    # every crop after the first is centred inside the first: with part-sized crops the views of
+    # one image then share content (DINO's crops of a whole image always do)
+    nested_crops: bool = False
     out_dim: int = 1024               # global prototypes
     dense_out_dim: int = 256          # dense (per-cell) prototypes
     dense_targets: str = "center"     # center (DINO) | sinkhorn (SwAV / Leopart balanced)

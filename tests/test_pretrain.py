@@ -379,3 +379,19 @@ def test_sigterm_stops_between_steps_and_resume_continues_exactly(root, tmp_path
         assert torch.equal(x, y)
     rows = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert rows == list(range(1, step + 3))
+
+
+def test_nested_crops_are_centred_inside_the_first_and_stay_in_the_source():
+    g = torch.Generator().manual_seed(3)
+    first = C.sample_boxes(400, C.CropSpec(1, 16, (0.05, 0.2)), g)
+    inner = C.sample_boxes(400, C.CropSpec(1, 8, (0.01, 0.05)), g, within=first)
+    w, h = inner[:, 0, 0].abs(), inner[:, 1, 1]
+    assert ((inner[:, 0, 2].abs() + w) <= 1 + 1e-6).all()
+    assert ((inner[:, 1, 2].abs() + h) <= 1 + 1e-6).all()
+    # the centre lies inside the first box (up to the shift that keeps the box in the source)
+    dx = (inner[:, 0, 2] - first[:, 0, 2]).abs()
+    dy = (inner[:, 1, 2] - first[:, 1, 2]).abs()
+    assert (dx <= first[:, 0, 0].abs() + 1e-6).all() and (dy <= first[:, 1, 1] + 1e-6).all()
+    # unconstrained centres of boxes this small spread over the whole source instead
+    free = C.sample_boxes(400, C.CropSpec(1, 8, (0.01, 0.05)), g)
+    assert ((free[:, 0, 2] - first[:, 0, 2]).abs() > first[:, 0, 0].abs()).float().mean() > 0.5

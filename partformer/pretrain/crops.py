@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +34,15 @@ class CropSpec:
     flip_p: float = 0.5
 
 
-def sample_boxes(n: int, spec: CropSpec, generator: torch.Generator) -> torch.Tensor:
+def sample_boxes(n: int, spec: CropSpec, generator: torch.Generator,
+                 within: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``n`` random crops -> ``theta [n, 2, 3]`` (see the module docstring).
 
     Area fraction ``s ~ U(scale)``, aspect ``r = w/h`` log-uniform in ``ratio``; the box side
     fractions ``w = sqrt(s r)``, ``h = sqrt(s / r)`` are clipped to 1; the centre is uniform over
-    the positions that keep the box inside the source. A mirrored crop has a negative x scale.
+    the positions that keep the box inside the source, or, with ``within`` (crops ``[n, 2, 3]``),
+    uniform inside those crops' boxes and then moved just enough to keep the box in the source.
+    A mirrored crop has a negative x scale.
     """
     s = torch.empty(n).uniform_(spec.scale[0], spec.scale[1], generator=generator)
     logr = torch.empty(n).uniform_(math.log(spec.ratio[0]), math.log(spec.ratio[1]),
@@ -47,8 +50,14 @@ def sample_boxes(n: int, spec: CropSpec, generator: torch.Generator) -> torch.Te
     r = logr.exp()
     w = (s * r).sqrt().clamp(max=1.0)
     h = (s / r).sqrt().clamp(max=1.0)
-    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - w)
-    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - h)
+    ux = torch.rand(n, generator=generator) * 2 - 1
+    uy = torch.rand(n, generator=generator) * 2 - 1
+    if within is None:
+        cx, cy = ux * (1 - w), uy * (1 - h)
+    else:
+        within = within.to(torch.float32)
+        cx = (within[:, 0, 2] + ux * within[:, 0, 0].abs()).clamp(-(1 - w), 1 - w)
+        cy = (within[:, 1, 2] + uy * within[:, 1, 1].abs()).clamp(-(1 - h), 1 - h)
     flip = torch.where(torch.rand(n, generator=generator) < spec.flip_p, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = w * flip

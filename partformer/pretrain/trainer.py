@@ -179,10 +179,16 @@ class Pretrainer:
         local crops, their thetas); crops of one kind are stacked crop-major: ``[n * B, ...]``."""
         B = images.shape[0]
         out = []
+        first = None
         for spec in (self.global_spec, self.local_spec):
             thetas, views = [], []
             for c in range(spec.count):
-                theta = C.sample_boxes(B, spec, generator).to(images.device)
+                # nested crops: every crop after the first is centred inside the first, so that
+                # small (part-sized) crops of one image still show the same content
+                within = first if self.cfg.pretrain.nested_crops else None
+                theta = C.sample_boxes(B, spec, generator, within=within).to(images.device)
+                if first is None:
+                    first = theta.cpu()
                 photo = dict(self.photo)
                 if spec is self.global_spec:   # DINO: blur always on view 1, rarely on view 2,
                     photo["blur_p"] = 1.0 if c == 0 else 0.1           # which may be solarised
