@@ -93,7 +93,7 @@ def resume_checkpoint(path: str, required: Iterable[str], tool: str) -> Tuple[st
     ckpt = load_checkpoint(path, map_location="cpu")
     missing = [k for k in required if k not in ckpt]
     if missing:
-        raise CheckpointError(f"{path} is not a {tool} training checkpoint (no `{missing[0]}`); "
+        raise CheckpointError(f"{path} is not a training checkpoint of {tool} (no `{missing[0]}`); "
                               f"--resume takes a {tool} run directory or its last.pt")
     return path, ckpt
 
