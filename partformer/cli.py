@@ -91,12 +91,21 @@ def _run_dir(args) -> Optional[str]:
     return args.run_dir
 
 
-def _report_interrupt(e, tool: str, run_dir: str) -> None:
-    """The one line printed when Ctrl-C / SIGTERM stopped a training (``TrainingInterrupted``)."""
-    saved = (f"saved {e.path}" if e.path else "last.pt not written (non-finite weights; the "
-             "previous one is kept)")
-    print(f"interrupted at step {e.step} ({saved}); resume with: python {tool} --resume "
-          f"{run_dir}", file=sys.stderr)
+def _fit_or_interrupt(trainer, tool: str, main: bool):
+    """``trainer.fit()`` with Ctrl-C / SIGTERM stopping it between steps: ``(summary, None)``,
+    or ``(None, EXIT_INTERRUPTED)`` after printing, on the main process, the one line that says
+    what was saved and how to resume with ``tool``."""
+    from partformer.engine.trainer import TrainingInterrupted
+    try:
+        with interrupts_stop_training():
+            return trainer.fit(), None
+    except TrainingInterrupted as e:
+        if main:
+            saved = (f"saved {e.path}" if e.path else "last.pt not written (non-finite weights; "
+                     "the previous one is kept)")
+            print(f"interrupted at step {e.step} ({saved}); resume with: python {tool} --resume "
+                  f"{trainer.run_dir}", file=sys.stderr)
+        return None, EXIT_INTERRUPTED
 
 
 def _progress(cfg) -> bool:
@@ -122,7 +131,7 @@ def train_main(argv: List[str]) -> int:
 
     from partformer.engine.evaluator import write_json
     from partformer.engine.logger import EXIT_FAILED
-    from partformer.engine.trainer import Trainer, TrainingInterrupted
+    from partformer.engine.trainer import Trainer
 
     trainer = Trainer(cfg, run_dir=_run_dir(args), resume=args.resume)
     main = D.is_main_process()
@@ -134,14 +143,9 @@ def train_main(argv: List[str]) -> int:
               f"steps: {trainer.total_steps} ({trainer.steps_per_epoch}/epoch)")
     exit_code = EXIT_FAILED
     try:
-        try:
-            with interrupts_stop_training():
-                summary = trainer.fit()
-        except TrainingInterrupted as e:
-            exit_code = EXIT_INTERRUPTED
-            if main:
-                _report_interrupt(e, "tools/train.py", trainer.run_dir)
-            return EXIT_INTERRUPTED
+        summary, exit_code = _fit_or_interrupt(trainer, "tools/train.py", main)
+        if exit_code is not None:
+            return exit_code
         if main:
             write_json(os.path.join(trainer.run_dir, "train_summary.json"), summary)
             print(f"training done: {summary}")
@@ -545,17 +549,11 @@ def pretrain_main(argv: List[str]) -> int:
         print(f"run directory: {trainer.run_dir}\ndevice: {trainer.device}, world size: "
               f"{trainer.world}, images: {len(trainer.bank)}, steps: {trainer.total_steps}")
     from partformer.engine.logger import EXIT_FAILED
-    from partformer.engine.trainer import TrainingInterrupted
     exit_code = EXIT_FAILED
     try:
-        try:
-            with interrupts_stop_training():
-                summary = trainer.fit()
-        except TrainingInterrupted as e:
-            exit_code = EXIT_INTERRUPTED
-            if main:
-                _report_interrupt(e, "tools/pretrain.py", trainer.run_dir)
-            return EXIT_INTERRUPTED
+        summary, exit_code = _fit_or_interrupt(trainer, "tools/pretrain.py", main)
+        if exit_code is not None:
+            return exit_code
         exit_code = 0
     finally:
         trainer.close(exit_code)
