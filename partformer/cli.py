@@ -325,6 +325,9 @@ def visualize_main(argv: List[str]) -> int:
     p.add_argument("--alpha", type=float, default=0.55, help="overlay opacity in [0, 1]")
     p.add_argument("--out", default=None,
                    help="PNG path (default: <checkpoint dir>/<view>_<split>.png)")
+    p.add_argument("--colors", type=int, default=None,
+                   help="write an 8-bit palette PNG of at most this many colours (2-256): several "
+                        "times smaller, for figures committed to a repository")
     p.add_argument("--wandb", action="store_true", help="also log the image with logging.wandb")
     args = p.parse_intermixed_args(argv)
     cfg = _load(args)
@@ -373,7 +376,7 @@ def visualize_main(argv: List[str]) -> int:
     name = "masks" if args.view == "grid" else args.view
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
                                    f"{name}_{split}.png")
-    viz.save_png(out, image)
+    viz.save_png(out, image, colors=args.colors)
     print(f"wrote {out} ({args.view} view, split {split})")
     if args.wandb:
         from partformer.engine.logger import ExperimentLogger

@@ -328,11 +328,25 @@ def encode_image(path: str, array: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def save_png(path: str, rgb: np.ndarray) -> None:
+def save_png(path: str, rgb: np.ndarray, colors: Optional[int] = None) -> None:
     """Write an RGB uint8 image (PNG, or another format by extension) atomically (temporary file +
-    rename): a crash never leaves a truncated image."""
+    rename): a crash never leaves a truncated image. ``colors`` (2-256, PNG only) writes an 8-bit
+    palette PNG of at most that many colours (median cut): several times smaller, for figures
+    committed to a repository."""
+    if colors is None:
+        with atomic_open(path, "wb") as f:
+            f.write(encode_image(path, rgb))
+        return
+    if not 2 <= int(colors) <= 256 or not path.lower().endswith(".png"):
+        raise ValueError(f"colors must be in 2..256 and the file a .png, got {colors} for {path}")
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).quantize(int(colors)).save(
+        buf, format="PNG", optimize=True)
     with atomic_open(path, "wb") as f:
-        f.write(encode_image(path, rgb))
+        f.write(buf.getvalue())
 
 
 def save_labels(path: str, labels: np.ndarray, num_parts: int) -> None:

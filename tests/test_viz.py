@@ -170,3 +170,24 @@ def test_atomic_writes_have_normal_permissions(tmp_path):
     for name in ("a.png", "b.json"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o666 & ~_UMASK
     assert sorted(os.listdir(tmp_path)) == ["a.png", "b.json"]
+
+
+def test_palette_png_keeps_the_part_colours_and_is_smaller(tmp_path):
+    """save_png(colors=N): an 8-bit palette PNG of at most N colours; an overlay that uses only
+    the palette's part colours (fewer than N) comes back pixel for pixel."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, size=(64, 64))
+    img = np.repeat(np.repeat(viz.PALETTE[labels % 4], 2, 0), 2, 1).astype(np.uint8)
+    noisy = np.clip(img.astype(int) + rng.integers(-20, 21, img.shape), 0, 255).astype(np.uint8)
+    viz.save_png(str(tmp_path / "exact.png"), img, colors=16)
+    back = Image.open(tmp_path / "exact.png")
+    assert back.mode == "P"
+    assert (np.asarray(back.convert("RGB")) == img).all()
+    viz.save_png(str(tmp_path / "full.png"), noisy)
+    viz.save_png(str(tmp_path / "small.png"), noisy, colors=32)
+    small = Image.open(tmp_path / "small.png")
+    assert len(small.getcolors(256)) <= 32
+    assert os.path.getsize(tmp_path / "small.png") < os.path.getsize(tmp_path / "full.png") / 2
+    with pytest.raises(ValueError, match="colors"):
+        viz.save_png(str(tmp_path / "x.png"), img, colors=1)
