@@ -1,0 +1,104 @@
+"""The encoder shipped in partformer/weights/ (docs/PRETRAINING.md) loads offline by the name that
+configs/default.yaml uses and computes the features recorded when it was exported.
+
+The recorded numbers below were computed once from the exported file with this same input; a
+changed file, a changed loading path (key mapping, fusion of the feature levels, BatchNorm in
+training mode) or a changed encoder definition moves them."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from partformer import config as cfglib
+from partformer import hub
+from partformer.models.encoder import build_encoder
+
+NAME = "synthetic_resnet18_half"
+DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "configs", "default.yaml")
+
+# recorded from the shipped file (see fixed_input); shape [1, C, 16, 16]
+RECORDED = {
+    "shape": [1, 224, 16, 16],             # 32 + 64 + 128 channels of the stride-4/8/16 levels
+    "mean": 0.4650851786136627,
+    "std": 0.7176651358604431,
+    "cell_0_0": [1.105034, 2.731454, 0.040453, 0.055271, 0.213458, 0.0],   # channels 0..5
+    "cell_8_5": [2.236226, 3.87805, 0.0, 0.10648, 0.0, 0.0],
+}
+
+
+def fixed_input() -> torch.Tensor:
+    """A deterministic 64 x 64 input (no RNG: identical on every torch build), normalised like the
+    model normalises images."""
+    i = torch.arange(3 * 64 * 64, dtype=torch.float64).reshape(1, 3, 64, 64)
+    x = ((i * 0.6180339887) % 1.0).float()
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def shipped_encoder():
+    cfg = cfglib.load_config(DEFAULT)
+    assert cfg.model.encoder.weights == NAME, "configs/default.yaml no longer uses the shipped encoder"
+    return build_encoder(cfg.model.encoder, image_size=cfg.data.image_size).eval()
+
+
+def test_shipped_encoder_is_registered_small_and_intact():
+    entry = hub.resolve_weights(NAME, kind="encoder")     # raises on a sha256 mismatch
+    assert entry.file.endswith(".safetensors")
+    assert os.path.getsize(entry.file) <= 10 * 1024 * 1024
+
+
+def test_shipped_encoder_gives_the_recorded_features():
+    enc = shipped_encoder()
+    assert all(not p.requires_grad for p in enc.parameters()), "default.yaml freezes the encoder"
+    with torch.no_grad():
+        f = enc(fixed_input())
+    assert list(f.shape) == RECORDED["shape"]
+    assert f.mean().item() == pytest.approx(RECORDED["mean"], rel=1e-3, abs=1e-5)
+    assert f.std().item() == pytest.approx(RECORDED["std"], rel=1e-3)
+    torch.testing.assert_close(f[0, :6, 0, 0], torch.tensor(RECORDED["cell_0_0"]),
+                               rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(f[0, :6, 8, 5], torch.tensor(RECORDED["cell_8_5"]),
+                               rtol=1e-3, atol=1e-4)
+
+
+def test_a_random_init_encoder_does_not_match_the_recording():
+    """The recording tells the shipped weights apart from the architecture alone."""
+    cfg = cfglib.load_config(DEFAULT)
+    cfg.model.encoder.weights = None
+    torch.manual_seed(0)
+    enc = build_encoder(cfg.model.encoder, image_size=cfg.data.image_size).eval()
+    with torch.no_grad():
+        f = enc(fixed_input())
+    assert not torch.allclose(f[0, :6, 8, 5], torch.tensor(RECORDED["cell_8_5"]), rtol=1e-2,
+                              atol=1e-3)
+
+
+def test_shipped_default_model_predicts_and_kept_the_encoder_frozen():
+    """`synthetic_k4` (the default job's model, README example) loads offline and gives soft maps
+    at the input size; training left its frozen encoder exactly the shipped encoder (BatchNorm
+    statistics included)."""
+    import numpy as np
+    from PIL import Image
+
+    import partformer
+    from partformer.models.encoder import read_state_dict
+
+    predictor = partformer.load("synthetic_k4")
+    assert predictor.num_parts == 4
+    image = np.asarray(Image.open(os.path.join(os.path.dirname(DEFAULT), "..", "docs",
+                                               "example.jpg")).convert("RGB"))
+    out = predictor(image)
+    assert tuple(out.maps.shape) == (5,) + image.shape[:2]
+    torch.testing.assert_close(out.maps.sum(0), torch.ones(image.shape[:2]), atol=1e-4, rtol=0)
+    shipped = read_state_dict(hub.resolve_weights(NAME, kind="encoder").file)
+    model_state = {k[len("encoder."):]: v for k, v in predictor.model.state_dict().items()
+                   if k.startswith("encoder.")}
+    ours = shipped_encoder().state_dict()
+    assert set(model_state) == set(ours)
+    for k, v in ours.items():
+        torch.testing.assert_close(model_state[k], v, rtol=0, atol=0, msg=k)
+    assert len(shipped) > 0
