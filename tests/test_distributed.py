@@ -143,19 +143,25 @@ def _worker(root: str, out: str) -> None:
     D.cleanup()
 
 
-def test_two_processes_train_and_evaluate(tmp_path_factory):
-    from tests.tiny import shared_root
-    root = shared_root(tmp_path_factory)
-    out = str(tmp_path_factory.mktemp("dist"))
+def _torchrun_two_workers(flag: str, root: str, out: str) -> None:
+    """Run this file's ``flag`` worker (``--worker``, ``--pretrain-worker``) as 2 processes under
+    torchrun on this machine (CPU, gloo) and require both to succeed."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", WANDB_MODE="disabled",
                HF_HUB_OFFLINE="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
         env.pop(var, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           os.path.abspath(__file__), "--worker", root, out]
+           os.path.abspath(__file__), flag, root, out]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+def test_two_processes_train_and_evaluate(tmp_path_factory):
+    from tests.tiny import shared_root
+    root = shared_root(tmp_path_factory)
+    out = str(tmp_path_factory.mktemp("dist"))
+    _torchrun_two_workers("--worker", root, out)
     with open(os.path.join(out, "dist.json")) as f:
         got = json.load(f)
     assert got["world"] == 2 and got["step"] == 3
@@ -235,15 +241,7 @@ def test_two_processes_pretrain(tmp_path_factory):
     from tests.tiny import shared_root
     root = shared_root(tmp_path_factory)
     out = str(tmp_path_factory.mktemp("dist_pretrain"))
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", WANDB_MODE="disabled",
-               HF_HUB_OFFLINE="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
-        env.pop(var, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           os.path.abspath(__file__), "--pretrain-worker", root, out]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    _torchrun_two_workers("--pretrain-worker", root, out)
     with open(os.path.join(out, "pretrain.json")) as f:
         got = json.load(f)
     assert got["step"] == 2

@@ -8,9 +8,7 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ import yaml
 from partformer.cli import eval_main, train_main
 from partformer.engine.checkpoint import atomic_torch_save, load_checkpoint
 
-from tests.tiny import shared_root, tiny_yaml
+from tests.tiny import interrupt_tool, shared_root, tiny_yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -213,24 +211,8 @@ def test_real_sigint_saves_last_and_prints_one_line(root, tmp_path, sig):
     """tools/train.py in its own process, interrupted with SIGINT (what Ctrl-C sends) or SIGTERM
     (what ``kill`` and cluster schedulers send)."""
     run = tmp_path / "run"
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train.py"), "--config", tiny_yaml(root),
-           "--run-dir", str(run), "data.val_split=null", "train.max_steps=100000", "--no-test"]
-    env = {**os.environ, "PYTHONPATH": REPO, "WANDB_MODE": "disabled"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
-    metrics = run / "metrics.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.2)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("interrupted at step ") and f"--resume {run}" in last
-    step = int(last.split()[3])
+    step = interrupt_tool("train.py", ["--config", tiny_yaml(root), "data.val_split=null",
+                                       "train.max_steps=100000", "--no-test"], str(run), sig)
     assert step >= 2 and load_checkpoint(str(run / "last.pt"))["step"] == step
 
 

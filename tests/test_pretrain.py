@@ -330,33 +330,16 @@ def test_sigterm_stops_between_steps_and_resume_continues_exactly(root, tmp_path
     finishes the step it is in, saves last.pt there, exits with 130 and one line; resuming from
     it gives the weights of an uninterrupted run."""
     import signal
-    import subprocess
-    import sys
-    import time
     from partformer.pretrain.trainer import Pretrainer
-    from tests.test_errors import REPO
+    from tests.tiny import interrupt_tool
     run = str(tmp_path / "run")
     cfg_path = os.path.join(os.path.dirname(run), "pretrain_tiny.yaml")
     overrides = ["train.max_steps=1000", "pretrain.probe_every=0", "train.log_every=1",
                  "train.threads=1"]           # one thread everywhere: the same float rounding
     pretrain_config(root, run, overrides)                                # writes cfg_path
-    env = {**os.environ, "PYTHONPATH": REPO, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "tools", "pretrain.py"),
-                             "--config", cfg_path, "--run-dir", run, *overrides],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    step = interrupt_tool("pretrain.py", ["--config", cfg_path, *overrides], run,
+                          signal.SIGTERM, env={"OMP_NUM_THREADS": "1"})
     metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("interrupted at step ") and f"--resume {run}" in last
-    step = int(last.split()[3])
     ckpt = load_checkpoint(os.path.join(run, "last.pt"))
     assert step >= 2 and ckpt["step"] == step
     # each logged step once, up to the checkpoint

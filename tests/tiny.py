@@ -97,3 +97,31 @@ def tiny_checkpoint(tmp: str, overrides: Optional[List[str]] = None, seed: int =
     path = os.path.join(os.fspath(tmp), "run", "best.pt")
     atomic_torch_save({"model": model.state_dict(), "config": cfglib.to_yaml(cfg)}, path)
     return path, cfg, model
+
+
+def interrupt_tool(tool: str, args: List[str], run_dir: str, sig: int,
+                   env: Optional[Dict[str, str]] = None) -> int:
+    """Run ``tools/<tool>`` in its own process, send ``sig`` once its ``metrics.jsonl`` holds two
+    rows, and check how it stops: exit status 130, no traceback, and as its last stderr line the
+    one line naming the step and the resume command. Returns that step."""
+    import subprocess
+    import sys
+    import time
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo, "WANDB_MODE": "disabled", **(env or {})}
+    proc = subprocess.Popen([sys.executable, os.path.join(repo, "tools", tool), *args,
+                             "--run-dir", run_dir], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isfile(metrics) and len(open(metrics).read().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted at step ") and f"--resume {run_dir}" in last, last
+    return int(last.split()[3])
