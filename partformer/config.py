@@ -90,6 +90,7 @@ class EncoderConfig:
     layer: Optional[int] = None               # None: final norm output; int: that block's output
     # non-ViT timm models (CNNs): feature levels (timm features_only) fused at the finest one
     out_indices: Optional[List[int]] = None
+    center: bool = False                      # subtract each image's mean feature (not in the paper)
     kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
 
 

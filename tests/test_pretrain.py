@@ -193,6 +193,27 @@ def test_cnn_encoder_fuses_levels_at_the_finest_grid():
     assert not enc.model.training                 # frozen: BN stays in eval mode
 
 
+def test_center_subtracts_each_images_mean_feature_and_is_off_by_default():
+    """model.encoder.center: every cell minus its image's mean over the map (per image, per
+    channel), frozen or trainable; without it the output is the encoder's own."""
+    args = {k: v for k, v in TINY_CNN.items() if k != "kwargs"}
+    torch.manual_seed(0)
+    plain = FeatureMapEncoder(**args, **TINY_CNN["kwargs"]).eval()
+    centred = FeatureMapEncoder(**args, center=True, **TINY_CNN["kwargs"]).eval()
+    centred.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    f, g = plain(x), centred(x)
+    assert f.mean(dim=(2, 3)).abs().max() > 1e-2           # ReLU features: far from centred
+    torch.testing.assert_close(g, f - f.mean(dim=(2, 3), keepdim=True))
+    torch.testing.assert_close(g[1:2], centred(x[1:2]))     # per image, not per batch
+    trainable = FeatureMapEncoder(**{**args, "frozen": False}, center=True, **TINY_CNN["kwargs"])
+    trainable.load_state_dict(plain.state_dict())
+    out = trainable.eval()(x)
+    assert out.requires_grad
+    torch.testing.assert_close(out.detach(), g)
+    assert cfglib.EncoderConfig().center is False
+
+
 def test_fuse_feature_levels_keeps_order_and_size():
     a, b = torch.randn(1, 2, 6, 6), torch.randn(1, 3, 3, 3)
     out = fuse_feature_levels([b, a])

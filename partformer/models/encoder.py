@@ -162,6 +162,10 @@ class FeatureMapEncoder(nn.Module):
         out_indices: ``None`` for a ViT's patch tokens; a list of timm ``features_only`` levels
             to fuse for any other model (e.g. ``[1, 2, 3]`` of a ResNet: strides 4, 8, 16 fused
             at stride 4). ``layer``, ``img_size`` and ``pos_embed_interp`` are ViT-only.
+        center: subtract each image's mean feature over the map from every cell (off in the
+            paper). It removes what a cell shares with the rest of its image (colours,
+            background, identity), which otherwise dominates the features of a small
+            self-supervised encoder (docs/PRETRAINING.md).
         **timm_kwargs: passed to ``timm.create_model`` (``depth=2, embed_dim=64, ...``).
 
     Attributes: ``model`` (the timm module), ``embed_dim``, ``patch_size`` (the stride of the
@@ -172,9 +176,11 @@ class FeatureMapEncoder(nn.Module):
                  weights: Optional[str] = None, frozen: bool = True, layer: Optional[int] = None,
                  img_size: Optional[int] = None, pos_embed_interp: str = "timm",
                  intermediate_norm: bool = False, out_indices: Optional[Sequence[int]] = None,
-                 **timm_kwargs):
+                 center: bool = False, **timm_kwargs):
         super().__init__()
         import timm
+
+        self.center = bool(center)
 
         self.out_indices = None if out_indices is None else [int(i) for i in out_indices]
         if self.out_indices is not None:
@@ -296,9 +302,12 @@ class FeatureMapEncoder(nn.Module):
         if self.frozen:
             mode = torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode()
             with mode:
-                out = self._forward(x)
+                out = self._centred(self._forward(x))
             return out.clone()
-        return self._forward(x)
+        return self._centred(self._forward(x))
+
+    def _centred(self, f: torch.Tensor) -> torch.Tensor:
+        return f - f.mean(dim=(2, 3), keepdim=True) if self.center else f
 
 
 def fuse_feature_levels(maps: Sequence[torch.Tensor]) -> torch.Tensor:
