@@ -66,12 +66,11 @@ def _add_common(p: argparse.ArgumentParser, config: bool = True) -> None:
 
 
 def _load(args) -> cfglib.Config:
+    from partformer.engine.checkpoint import resume_file
     from partformer.engine.runner import config_from_checkpoint
     if args.config is None and getattr(args, "resume", None):
-        path = args.resume
-        if os.path.isdir(path):
-            path = os.path.join(path, "last.pt")
-        return config_from_checkpoint(path, args.overrides, resolve_data_root=True)
+        return config_from_checkpoint(resume_file(args.resume), args.overrides,
+                                      resolve_data_root=True)
     ckpt = getattr(args, "checkpoint", None)
     if ckpt:
         if args.config is None:

@@ -115,8 +115,10 @@ def interrupt_tool(tool: str, args: List[str], run_dir: str, sig: int,
     metrics = os.path.join(run_dir, "metrics.jsonl")
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
-        if os.path.isfile(metrics) and len(open(metrics).read().splitlines()) >= 2:
-            break
+        if os.path.isfile(metrics):
+            with open(metrics) as f:
+                if len(f.read().splitlines()) >= 2:
+                    break
         time.sleep(0.2)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)

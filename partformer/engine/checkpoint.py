@@ -84,12 +84,16 @@ def all_finite(module: torch.nn.Module) -> bool:
                if torch.is_floating_point(p))
 
 
+def resume_file(path: str) -> str:
+    """What ``--resume`` reads: a run directory's ``last.pt``, or ``path`` itself (a file)."""
+    return os.path.join(path, "last.pt") if os.path.isdir(path) else path
+
+
 def resume_checkpoint(path: str, required: Iterable[str], tool: str) -> Tuple[str, Dict[str, Any]]:
     """``(path, checkpoint)`` to resume from: ``path`` is a run directory (its ``last.pt``) or a
     checkpoint file that must hold every ``required`` key; ``tool`` names the CLI in the error
     (``tools/train.py``)."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "last.pt")
+    path = resume_file(path)
     ckpt = load_checkpoint(path, map_location="cpu")
     missing = [k for k in required if k not in ckpt]
     if missing:
