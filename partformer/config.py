@@ -240,7 +240,7 @@ class PretrainConfig:
     nested_crops: bool = False
     out_dim: int = 1024               # global prototypes
     dense_out_dim: int = 256          # dense (per-cell) prototypes
-    dense_targets: str = "center"     # center (DINO) | sinkhorn (SwAV / Leopart balanced)
+    dense_targets: str = "center"     # center (DINO) | image_center | sinkhorn (SwAV / Leopart)
     sinkhorn_eps: float = 0.05
     sinkhorn_iters: int = 3
     hidden_dim: int = 512             # global head: 3 layers
@@ -485,7 +485,7 @@ CHECKS: Dict[str, Tuple[Callable[[Any], bool], Any]] = {
     "pretrain.checkpoint_every": _at_least(1),
     "pretrain.probe_every": _at_least(0, " (0 disables the probe)"),
     "pretrain.probe_parts": _at_least(1),
-    "pretrain.dense_targets": _one_of(("center", "sinkhorn")),
+    "pretrain.dense_targets": _one_of(("center", "image_center", "sinkhorn")),
 }
 
 

@@ -143,6 +143,36 @@ def test_dense_loss_compares_only_corresponding_cells():
     assert got2.item() == pytest.approx(got.item(), rel=1e-6)
 
 
+def test_image_centred_dense_targets_ignore_what_a_whole_image_shares():
+    torch.manual_seed(0)
+    B, P, h = 2, 6, 4
+    teacher = torch.randn(B, P, h, h)
+    student = torch.randn(B, P, h, h)
+    grid = C.cell_centres(h, h)[None].expand(B, -1, -1, -1)
+    valid = torch.ones(B, h, h, dtype=torch.bool)
+
+    def run(t):
+        loss = DenseDinoLoss(P, student_temp=0.1, targets="image_center")
+        return loss([student, student], [t, t], {(0, 1): grid}, {(0, 1): valid}, 0.04), loss
+
+    got, loss = run(teacher)
+    # targets: softmax of the teacher's logits minus each image's mean logits over its cells
+    centred = teacher - teacher.mean(dim=(2, 3), keepdim=True)
+    ce = -(F.softmax(centred / 0.04, 1) * F.log_softmax(student / 0.1, 1)).sum(1)
+    assert got.item() == pytest.approx(ce.mean().item(), rel=1e-5)
+    # the batch centre is updated from the image-centred logits (whose mean is zero)
+    assert torch.allclose(loss.center, torch.zeros(1, P), atol=1e-6)
+    # a per-image offset of the logits (one vector per image, the same on every cell) changes
+    # nothing; with DINO's "center" targets it does
+    shifted = teacher + torch.randn(B, P, 1, 1) * 3
+    assert run(shifted)[0].item() == pytest.approx(got.item(), rel=1e-5)
+    plain = DenseDinoLoss(P, student_temp=0.1, targets="center")
+    a = plain([student, student], [teacher, teacher], {(0, 1): grid}, {(0, 1): valid}, 0.04)
+    plain = DenseDinoLoss(P, student_temp=0.1, targets="center")
+    b = plain([student, student], [shifted, shifted], {(0, 1): grid}, {(0, 1): valid}, 0.04)
+    assert abs(a.item() - b.item()) > 0.1
+
+
 def test_sinkhorn_balances_prototypes_and_ignores_per_sample_shifts():
     from partformer.pretrain.dino import sinkhorn
     torch.manual_seed(0)

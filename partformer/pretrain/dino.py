@@ -115,6 +115,9 @@ class DenseDinoLoss(_Centred):
     """Dense DINO loss between corresponding feature cells of two crops.
 
     Teacher targets (``targets``): ``"center"`` -- DINO's centring and sharpening per cell;
+    ``"image_center"`` -- the same after subtracting each teacher map's own mean logits over its
+    cells, so that what a whole image shares (its colours, background, identity) cannot be a
+    target: the targets have to tell the cells of one image apart;
     ``"sinkhorn"`` -- SwAV's / Leopart's balanced assignment: the teacher's cells of the whole
     batch (both global crops, every rank) are spread evenly over the prototypes by
     ``sinkhorn_iters`` Sinkhorn-Knopp normalisations of ``exp(logits / sinkhorn_eps)``. With few
@@ -141,9 +144,9 @@ class DenseDinoLoss(_Centred):
     def target_probs(self, teacher_maps: Sequence[torch.Tensor], teacher_temp: float
                      ) -> List[torch.Tensor]:
         """Per-cell target distributions ``[B, P, h, w]`` of each teacher map."""
-        if self.targets == "center":
-            return [self.teacher_probs(t.float(), teacher_temp, dim=1).detach()
-                    for t in teacher_maps]
+        if self.targets in ("center", "image_center"):
+            return [self.teacher_probs(t, teacher_temp, dim=1).detach()
+                    for t in self._centred_maps(teacher_maps)]
         flat = torch.cat([t.float().permute(0, 2, 3, 1).reshape(-1, t.shape[1])
                           for t in teacher_maps])                               # [N, P]
         q = sinkhorn(flat.detach(), self.sinkhorn_eps, self.sinkhorn_iters)
@@ -153,6 +156,12 @@ class DenseDinoLoss(_Centred):
             out.append(q[start:start + B * h * w].view(B, h, w, P).permute(0, 3, 1, 2))
             start += B * h * w
         return out
+
+    def _centred_maps(self, teacher_maps: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        maps = [t.float() for t in teacher_maps]
+        if self.targets == "image_center":
+            maps = [t - t.mean(dim=(2, 3), keepdim=True) for t in maps]
+        return maps
 
     def forward(self, student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor],
                 grids: Dict, valids: Dict, teacher_temp: float) -> torch.Tensor:
@@ -167,13 +176,14 @@ class DenseDinoLoss(_Centred):
             logp = F.log_softmax(student_maps[i].float() / self.student_temp, dim=1)
             ce = -(target * logp).sum(dim=1)                                     # [B, h, w]
             losses.append(ce[valid].mean())
-        self.update_center(torch.cat([t.float().flatten(2) for t in teacher_maps], dim=2), dim=1)
+        self.update_center(torch.cat([t.flatten(2) for t in self._centred_maps(teacher_maps)],
+                                     dim=2), dim=1)
         if not losses:
             return student_maps[0].sum() * 0.0
         return torch.stack(losses).mean()
 
 
-DENSE_TARGETS = ("center", "sinkhorn")
+DENSE_TARGETS = ("center", "image_center", "sinkhorn")
 
 
 @torch.no_grad()
