@@ -262,6 +262,7 @@ class PretrainConfig:
     probe_every: int = 500            # steps between k-means probes on the validation split
     probe_parts: int = 4              # K of the probe (K + 1 clusters)
     probe_fit_images: int = 200
+    probe_linear: bool = True         # also a linear probe of the cells' GT labels (validation split)
     # probe metric that picks best.pt: pixel NMI pools ~1.2 M validation pixels and moves steadily
     # while keypoint NMI (~4 k keypoints) stays within its noise for the first thousand steps
     select_metric: str = "px_nmi_with_bg"

@@ -306,6 +306,7 @@ def test_pretraining_resume_is_exact_and_probe_selects_best(root, tmp_path):
     assert not torch.equal(straight.teacher.state_dict()[key], initial[key])
     steps = [h["step"] for h in straight.history]
     assert steps == [0, 2, 4]
+    assert 0 <= straight.history[0]["linear_bal_acc"] <= 100      # the linear probe ran too
     best = max(straight.history, key=lambda h: h["px_nmi_with_bg"])   # pretrain.select_metric
     assert straight.best_step == best["step"]
     assert os.path.isfile(tmp_path / "a" / "best.pt") and os.path.isfile(tmp_path / "a" / "last.pt")
@@ -429,3 +430,39 @@ def test_nested_crops_are_centred_inside_the_first_and_stay_in_the_source():
     # unconstrained centres of boxes this small spread over the whole source instead
     free = C.sample_boxes(400, C.CropSpec(1, 8, (0.01, 0.05)), g)
     assert ((free[:, 0, 2] - first[:, 0, 2]).abs() > first[:, 0, 0].abs()).float().mean() > 0.5
+
+
+def test_cell_labels_take_the_majority_and_ignore_padding():
+    from partformer.pretrain.probe import cell_labels
+    m = torch.zeros(4, 4, dtype=torch.long)
+    m[:2, :2] = 3                       # top-left cell all part 3
+    m[:2, 2:] = torch.tensor([[1, 1], [1, 2]])   # top-right: 3 of 4 pixels part 1
+    m[2:, 2:] = -1                      # bottom-right: padding
+    m[2, 0] = 2                         # bottom-left: 3 background, 1 part 2
+    assert cell_labels(m, (2, 2), 3).tolist() == [[3, 1], [0, -1]]
+
+
+def test_linear_probe_separates_features_that_carry_the_labels_from_random_ones():
+    from partformer.pretrain.probe import cell_labels, linear_probe
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    for _ in range(12):
+        mask = torch.randint(0, 4, (4, 4), generator=g).repeat_interleave(4, 0).repeat_interleave(4, 1)
+        samples.append({"image": (mask.float() / 10).expand(3, -1, -1).clone(), "part_mask": mask})
+
+    def informative(images):                      # one-hot of the label + a per-image offset
+        ids = (images[:, 0] * 10).round().long()
+        f = F.one_hot(ids, 4).permute(0, 3, 1, 2).float()
+        f = F.avg_pool2d(f, 4)
+        return F.normalize(f + 0.3 * torch.randn(f.shape[0], 4, 1, 1, generator=g), dim=1)
+
+    def uninformative(images):
+        return F.normalize(torch.randn(images.shape[0], 4, 4, 4, generator=g), dim=1)
+
+    good = linear_probe(informative, samples, num_classes=3)
+    bad = linear_probe(uninformative, samples, num_classes=3)
+    assert good["linear_bal_acc"] > 95 and good["linear_fg_bal_acc"] > 95
+    assert bad["linear_bal_acc"] < 50                 # chance: 25
+    # no part masks -> no linear probe
+    assert linear_probe(informative, [{"image": samples[0]["image"]}] * 3, 3) == {}
+    assert cell_labels(samples[0]["part_mask"], (4, 4), 3).shape == (4, 4)
