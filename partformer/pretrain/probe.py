@@ -24,7 +24,7 @@ import torch
 
 from partformer.baselines.kmeans import KMeansBaseline
 from partformer.data import build_dataset
-from partformer.engine.evaluator import evaluate
+from partformer.engine.evaluator import evaluate, num_part_classes
 
 __all__ = ["probe_encoder", "linear_probe", "cell_labels", "PROBE_PROTOCOLS"]
 
@@ -73,8 +73,8 @@ def probe_encoder(encoder: torch.nn.Module, cfg, device, cache: Dict[str, Any]) 
     res = evaluate(km, val, cfg.pretrain.probe_parts, resize=cfg.data.resize,
                    protocols=PROBE_PROTOCOLS, batch_size=64)
     out = {k: float(v["value"]) for k, v in res.items()}
-    if getattr(cfg.pretrain, "probe_linear", False) and val.num_part_classes:
-        out.update(linear_probe(km.features, val, val.num_part_classes, seed=cfg.experiment.seed))
+    if getattr(cfg.pretrain, "probe_linear", False) and val.samples and "part_mask" in val.samples[0]:
+        out.update(linear_probe(km.features, val, num_part_classes(val), seed=cfg.experiment.seed))
     return out
 
 
