@@ -67,12 +67,16 @@ class PartMaskEncoder(nn.Module):
     def feature_size(self, hw):
         return hw[0] // 2, hw[1] // 2
 
-    @torch.no_grad()
-    def forward(self, x):
+    def part_map(self, x):
+        """The one-hot GT part map of the coded (normalised) images, pooled to stride 2."""
         grey = (x * self.std + self.mean)[:, 0] * 255
         ids = (grey / LEVEL).round().clamp(0, NUM_GT_PARTS).long()
         onehot = F.one_hot(ids, NUM_GT_PARTS + 1).permute(0, 3, 1, 2).float()
-        f = F.avg_pool2d(onehot, 2)
+        return F.avg_pool2d(onehot, 2)
+
+    @torch.no_grad()
+    def forward(self, x):
+        f = self.part_map(x)
         return f + self.noise * torch.randn(f.shape, generator=self.generator)
 
 
@@ -104,9 +108,11 @@ def learning_config(root, run_dir):
     return cfglib.load_config(path)
 
 
-def train_and_score(root, tmp_path, monkeypatch):
+def train_and_evaluate(root, tmp_path, monkeypatch, make_encoder=PartMaskEncoder,
+                       protocols=("kp_nmi_with_bg",)):
+    """Train PartFormer on ``make_encoder()``'s features; its test-split results and config."""
     monkeypatch.setattr(model_module, "build_encoder",
-                        lambda cfg, image_size=None: PartMaskEncoder())
+                        lambda cfg, image_size=None: make_encoder())
     cfg = learning_config(root, str(tmp_path / "run"))
     torch.manual_seed(0)
     trainer = Trainer(cfg, run_dir=str(tmp_path / "run"), verbose=False)
@@ -116,8 +122,12 @@ def train_and_score(root, tmp_path, monkeypatch):
         trainer.close()
     test = build_dataset(cfg.data, "test", skip_bad_images=False)
     res = evaluate(model_predictor(trainer.model, torch.device("cpu")), test,
-                   cfg.model.num_parts, protocols=["kp_nmi_with_bg"], batch_size=32)
-    return res["kp_nmi_with_bg"]["value"]
+                   cfg.model.num_parts, protocols=list(protocols), batch_size=32)
+    return res, cfg
+
+
+def train_and_score(root, tmp_path, monkeypatch):
+    return train_and_evaluate(root, tmp_path, monkeypatch)[0]["kp_nmi_with_bg"]["value"]
 
 
 def test_partformer_recovers_parts_from_part_features(coded_root, tmp_path, monkeypatch):
