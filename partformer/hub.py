@@ -194,10 +194,15 @@ def export_weights(checkpoint: str, out_dir: str, name: str, description: str = 
     cfg, state, _ = read_model_file(checkpoint)
     os.makedirs(out_dir, exist_ok=True)
     index_path = os.path.join(out_dir, INDEX_FILE)
-    index = {}
+    index, header = {}, ""
     if os.path.isfile(index_path):
         with open(index_path) as f:
-            index = yaml.safe_load(f) or {}
+            text = f.read()
+        index = yaml.safe_load(text) or {}
+        for line in text.splitlines(keepends=True):   # the comment block on top is kept
+            if not line.startswith("#"):
+                break
+            header += line
     if name in index and not overwrite:
         raise WeightsError(f"{index_path} already lists {name!r}; pass overwrite=True "
                            "(--overwrite) to replace it")
@@ -209,5 +214,6 @@ def export_weights(checkpoint: str, out_dir: str, name: str, description: str = 
                    "sha256": sha256_file(weights),
                    "description": description or f"exported from {os.path.abspath(checkpoint)}"}
     with atomic_open(index_path, "w") as f:
+        f.write(header)
         yaml.safe_dump(index, f, sort_keys=True)
     return _read_index(out_dir)[name]

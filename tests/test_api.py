@@ -178,6 +178,11 @@ def test_load_run_dir_safetensors_and_registered_names(ckpt, tmp_path, monkeypat
         partformer.load("tiny_k5")
     with pytest.raises(WeightsError, match="already lists 'tiny_k4'"):
         export_weights(path, str(folder), "tiny_k4")
+    # overwriting keeps the index's comment block on top (the shipped index documents its format)
+    index = folder / "index.yaml"
+    index.write_text("# shipped weights\n#   <name>: ...\n" + index.read_text())
+    export_weights(path, str(folder), "tiny_k4", overwrite=True)
+    assert index.read_text().startswith("# shipped weights\n#   <name>: ...\ntiny_k4:")
     with open(entry.file, "ab") as f:
         f.write(b"x")
     with pytest.raises(WeightsError, match="does not match the sha256"):
