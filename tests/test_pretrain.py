@@ -432,6 +432,25 @@ def test_nested_crops_are_centred_inside_the_first_and_stay_in_the_source():
     assert ((free[:, 0, 2] - first[:, 0, 2]).abs() > first[:, 0, 0].abs()).float().mean() > 0.5
 
 
+def test_logged_means_after_a_resume_divide_by_the_steps_actually_run(root, tmp_path):
+    """Resumed at step 3 with log_every 4, the row logged at step 4 averages one step, not four
+    (it used to divide by log_every: the EMA momentum read ~0.25 instead of ~0.99)."""
+    import json
+    from partformer.pretrain.trainer import Pretrainer
+    extra = ["train.log_every=4", "pretrain.checkpoint_every=1", "pretrain.probe_every=0"]
+    run = str(tmp_path / "r")
+    first = Pretrainer(pretrain_config(root, run, extra), run, verbose=False)
+    first.fit(until=3)
+    first.close()
+    resumed = Pretrainer(pretrain_config(root, run, extra), run, resume=run, verbose=False)
+    resumed.fit()
+    resumed.close()
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if '"pretrain/ema"' in line]
+    assert [r["step"] for r in rows] == [4]
+    assert 0.99 <= rows[0]["pretrain/ema"] <= 1.0
+
+
 def test_cell_labels_take_the_majority_and_ignore_padding():
     from partformer.pretrain.probe import cell_labels
     m = torch.zeros(4, 4, dtype=torch.long)

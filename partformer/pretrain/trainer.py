@@ -336,21 +336,21 @@ class Pretrainer:
                        dynamic_ncols=True)
         t0, n0 = time.time(), self.step
         running: Dict[str, float] = {}
+        count = 0          # steps in `running`: fewer than log_every right after a resume
         if self.step == 0 and p.probe_every > 0:
             self._probe_and_select()
         for stats in self._steps(stop):
             for k, v in stats.items():
                 running[k] = running.get(k, 0.0) + v
+            count += 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}")
             if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
-                n = cfg.train.log_every if self.step % cfg.train.log_every == 0 else \
-                    self.step % cfg.train.log_every
-                row = {f"pretrain/{k}": v / n for k, v in running.items()}
+                row = {f"pretrain/{k}": v / count for k, v in running.items()}
                 row["pretrain/sec_per_step"] = (time.time() - t0) / max(1, self.step - n0)
                 self.logger.log(row, self.step)
-                running = {}
+                running, count = {}, 0
                 if not show and D.is_main_process() and self.verbose:
                     print(f"step {self.step}/{self.total_steps} " + " ".join(
                         f"{k.split('/')[-1]}={v:.4g}" for k, v in row.items()), flush=True)
