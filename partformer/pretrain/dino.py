@@ -143,11 +143,11 @@ class DenseDinoLoss(_Centred):
 
     def target_probs(self, teacher_maps: Sequence[torch.Tensor], teacher_temp: float
                      ) -> List[torch.Tensor]:
-        """Per-cell target distributions ``[B, P, h, w]`` of each teacher map."""
+        """Per-cell target distributions ``[B, P, h, w]`` of each teacher map (the float logits
+        of ``_centred_maps``)."""
         if self.targets in ("center", "image_center"):
-            return [self.teacher_probs(t, teacher_temp, dim=1).detach()
-                    for t in self._centred_maps(teacher_maps)]
-        flat = torch.cat([t.float().permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+            return [self.teacher_probs(t, teacher_temp, dim=1).detach() for t in teacher_maps]
+        flat = torch.cat([t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
                           for t in teacher_maps])                               # [N, P]
         q = sinkhorn(flat.detach(), self.sinkhorn_eps, self.sinkhorn_iters)
         out, start = [], 0
@@ -165,6 +165,7 @@ class DenseDinoLoss(_Centred):
 
     def forward(self, student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor],
                 grids: Dict, valids: Dict, teacher_temp: float) -> torch.Tensor:
+        teacher_maps = self._centred_maps(teacher_maps)
         probs = self.target_probs(teacher_maps, teacher_temp)
         losses: List[torch.Tensor] = []
         for (i, j), grid in grids.items():
@@ -176,8 +177,7 @@ class DenseDinoLoss(_Centred):
             logp = F.log_softmax(student_maps[i].float() / self.student_temp, dim=1)
             ce = -(target * logp).sum(dim=1)                                     # [B, h, w]
             losses.append(ce[valid].mean())
-        self.update_center(torch.cat([t.flatten(2) for t in self._centred_maps(teacher_maps)],
-                                     dim=2), dim=1)
+        self.update_center(torch.cat([t.flatten(2) for t in teacher_maps], dim=2), dim=1)
         if not losses:
             return student_maps[0].sum() * 0.0
         return torch.stack(losses).mean()
