@@ -28,8 +28,10 @@ def expected_errors() -> tuple:
     from partformer.data.io import BadImageError, DatasetError
     from partformer.engine.checkpoint import CheckpointError
     from partformer.engine.trainer import NonFiniteLossError
+    from partformer.losses.perceptual import VGGWeightsError
     return (cfglib.ConfigError, DatasetError, BadImageError, FileNotFoundError, CheckpointError,
-            ConversionError, NonFiniteLossError, NotADirectoryError, PermissionError)
+            ConversionError, NonFiniteLossError, NotADirectoryError, PermissionError,
+            VGGWeightsError)
 
 
 def one_line(e: BaseException) -> str:

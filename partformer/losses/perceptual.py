@@ -61,25 +61,61 @@ def build_vgg19_features(num_layers: int = 30) -> nn.Sequential:
     return nn.Sequential(*layers[:num_layers])
 
 
+# torchvision names its weight files <name>-<first 8 hex digits of the file's sha256>.pth; that
+# prefix is the only digest it publishes, and it is checked on every load (cached files included)
+IMAGENET_VGG19_SHA256_PREFIX = "dcbb9e9d"
+
+
 def _imagenet_cache_path() -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(IMAGENET_VGG19_URL))
 
 
-def _load_imagenet_state_dict() -> Dict[str, torch.Tensor]:
-    """torchvision's ImageNet VGG19 weights from the torch hub cache (downloading if online)."""
-    try:
-        # Looks in <torch hub dir>/checkpoints first; downloads only when the file is not there.
-        return torch.hub.load_state_dict_from_url(IMAGENET_VGG19_URL, progress=False, map_location="cpu")
-    except Exception as e:  # offline (URLError, socket errors), corrupt cache, ...
-        raise VGGWeightsError(
-            "The perceptual loss needs ImageNet-pretrained VGG19 weights (torchvision IMAGENET1K_V1), "
-            f"which could not be loaded: {type(e).__name__}: {e}\n"
-            "Fix it with one of:\n"
+def _offline_help() -> str:
+    return ("Fix it with one of:\n"
             f"  * download {IMAGENET_VGG19_URL} on a machine with internet access and put it at "
-            f"{_imagenet_cache_path()} (the torch hub cache; set TORCH_HOME to move it), or pass the "
-            "file explicitly with `loss.vgg_weights=/path/to/vgg19-dcbb9e9d.pth`;\n"
-            "  * or train with a pixel reconstruction loss instead: `loss.recon=l1` (or `mse`)."
-        ) from e
+            f"{_imagenet_cache_path()} (the torch hub cache; set TORCH_HOME to move it), or pass "
+            "the file explicitly with `loss.vgg_weights=/path/to/vgg19-dcbb9e9d.pth`;\n"
+            "  * or train with a pixel reconstruction loss instead: `loss.recon=l1` (or `mse`).")
+
+
+def _download_imagenet_weights(path: str) -> None:
+    """Fetch torchvision's file into the hub cache (temporary file + rename, hash-checked by
+    torch while downloading)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.partial-{os.getpid()}"
+    try:
+        torch.hub.download_url_to_file(IMAGENET_VGG19_URL, tmp,
+                                       hash_prefix=IMAGENET_VGG19_SHA256_PREFIX, progress=False)
+        os.replace(tmp, path)
+    except Exception as e:  # offline (URLError, socket errors), hash mismatch, full disk, ...
+        raise VGGWeightsError(
+            "The perceptual loss needs ImageNet-pretrained VGG19 weights (torchvision "
+            f"IMAGENET1K_V1); {_imagenet_cache_path()} does not exist and downloading it failed "
+            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}).\n" + _offline_help()
+        ) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load_imagenet_state_dict() -> Dict[str, torch.Tensor]:
+    """torchvision's ImageNet VGG19 weights from the torch hub cache (downloaded if missing and
+    online). The cached file is never unpickled as code: its SHA-256 must start with torchvision's
+    published prefix and it is read with ``torch.load(weights_only=True)`` (``torch.hub``'s own
+    loader checks no hash for a cached file and, in torch 2.14, unpickles it with
+    ``weights_only=False``)."""
+    from partformer.fileio import sha256_file
+
+    path = _imagenet_cache_path()
+    if not os.path.isfile(path):
+        _download_imagenet_weights(path)
+    digest = sha256_file(path)
+    if not digest.startswith(IMAGENET_VGG19_SHA256_PREFIX):
+        raise VGGWeightsError(
+            f"{path} is not torchvision's VGG19 file: its SHA-256 starts with {digest[:8]}, "
+            f"torchvision's with {IMAGENET_VGG19_SHA256_PREFIX} (a truncated download or a "
+            "replaced file; it was not read). Delete it to download it again.\n" + _offline_help())
+    return _load_local_state_dict(path)
 
 
 def _load_local_state_dict(path: str) -> Dict[str, torch.Tensor]:
