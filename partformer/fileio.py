@@ -1,12 +1,14 @@
 """Atomic file writes: every checkpoint, image, label map, JSON and config file the package writes
-goes through :func:`atomic_open`, so that a crash or Ctrl-C never leaves a truncated file."""
+goes through :func:`atomic_open`, so that a crash or Ctrl-C never leaves a truncated file; and
+:func:`json_safe`, strict JSON values."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import tempfile
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 
 def _current_umask() -> int:
@@ -49,3 +51,19 @@ def sha256_file(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (``inf``, ``-inf``, ``nan``, also numpy / torch scalars)
+    replaced by ``None``, recursively through dicts, lists and tuples: strict JSON, which W&B
+    requires of summaries and artifact metadata (a run without validation has ``best_value =
+    -inf``)."""
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

@@ -149,3 +149,20 @@ def test_eval_wandb_logs_an_evaluation_run(root, tmp_path, wandb_offline, monkey
     assert row[0]["test/partformer/masks_table/nrows"] == 2
     assert glob.glob(os.path.join(run["dir"], "files", "media", "images", "mask", "test",
                                   "partformer", "*.mask.png"))
+
+
+def test_run_without_validation_split_writes_only_finite_numbers(root, tmp_path, wandb_offline):
+    """Issue 16.21: with no validation split ``best_value`` stays -inf; W&B refuses non-finite
+    numbers in artifact metadata and the run crashed after training. Summaries, metadata and the
+    run's JSON files hold null instead."""
+    run_dir = str(tmp_path / "run")
+    assert train_main(["--config", tiny_yaml(root), "--run-dir", run_dir, "train.max_steps=2",
+                       "data.val_split=null", "--no-baselines"]) == 0
+    run = finished_run(run_dir)
+    assert run["exit_code"] == 0
+    assert run["summary"]["best_value"] is None and run["summary"]["steps"] == 2
+    models = [a for a in run["artifacts"] if a.type == "model"]
+    assert len(models) == 1 and models[0].name == "run-last"
+    assert json.loads(models[0].metadata)["best_value"] is None
+    summary = json.load(open(os.path.join(run_dir, "train_summary.json")))
+    assert summary["best_value"] is None and summary["best_epoch"] == -1

@@ -313,7 +313,7 @@ def format_table(columns: Dict[str, Dict[str, Dict[str, Any]]], title: str = "")
 
 
 def write_json(path: str, payload: Dict[str, Any]) -> None:
-    """Write ``payload`` as indented JSON, atomically."""
-    from partformer.fileio import atomic_open
+    """Write ``payload`` as indented strict JSON (non-finite numbers as ``null``), atomically."""
+    from partformer.fileio import atomic_open, json_safe
     with atomic_open(path, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=False)
+        json.dump(json_safe(payload), f, indent=2, sort_keys=False, allow_nan=False)

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from partformer.engine import distributed as D
-from partformer.fileio import atomic_open
+from partformer.fileio import atomic_open, json_safe
 
 # exit codes recorded in W&B (and returned by the CLIs): a run that failed or was interrupted is
 # not shown as finished
@@ -73,7 +73,7 @@ class ExperimentLogger:
         if not self.active:
             return
         row = {"step": int(step), "time": time.time(), **{k: _plain(v) for k, v in scalars.items()}}
-        self._file.write(json.dumps(row) + "\n")
+        self._file.write(json.dumps(row, allow_nan=False) + "\n")
         self._file.flush()
         self.rows += 1
         if self.wandb is not None:
@@ -148,7 +148,7 @@ class ExperimentLogger:
             return
         import wandb
         art = wandb.Artifact(_artifact_name(name), type=kind,
-                             metadata={k: _plain(v) for k, v in (metadata or {}).items()})
+                             metadata=_plain(dict(metadata or {})))
         art.add_file(path, name=os.path.basename(path))
         self.wandb.log_artifact(art)
 
@@ -215,6 +215,6 @@ def _truncate_rows(path: str, keep: Optional[int]) -> int:
 
 
 def _plain(v: Any) -> Any:
-    if hasattr(v, "item"):
-        return v.item()
-    return v
+    """A Python value of ``v`` (tensor / numpy scalars unwrapped) that strict JSON can hold:
+    non-finite numbers become ``None`` (W&B refuses them in summaries and metadata)."""
+    return json_safe(v)
