@@ -2,6 +2,8 @@
 import math
 import urllib.error
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -327,18 +329,32 @@ def test_imagenet_weights_unavailable_gives_instructions(monkeypatch, tmp_path):
     assert "vgg19-dcbb9e9d.pth" in msg and str(tmp_path) in msg
 
 
-def test_imagenet_weights_go_through_the_hub_cache(monkeypatch, torchvision_vgg_features):
-    calls = []
+def test_imagenet_weights_are_downloaded_into_the_hub_cache_once(monkeypatch, tmp_path,
+                                                                torchvision_vgg_features):
+    """'imagenet': torchvision's URL is fetched into <TORCH_HOME>/hub/checkpoints with its hash
+    prefix, once; later builds read the cached file (hash-checked, weights only)."""
+    import shutil
+
+    from partformer.fileio import sha256_file
+    from partformer.losses import perceptual
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    source = tmp_path / "served.pth"
     state = torchvision_vgg_features.state_dict()
+    torch.save({f"features.{k}": v for k, v in state.items()}, source)
+    monkeypatch.setattr(perceptual, "IMAGENET_VGG19_SHA256_PREFIX", sha256_file(source)[:8])
+    calls = []
 
-    def cached(url, **kwargs):
-        calls.append(url)
-        return {f"features.{k}": v for k, v in state.items()}
+    def download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, hash_prefix))
+        shutil.copy(source, dst)
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", cached)
-    loss = VGGPerceptualLoss(weights="imagenet")
-    assert calls == ["https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"]
-    assert torch.equal(loss.slices[0][0].weight, state["0.weight"])
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    for _ in range(2):
+        loss = VGGPerceptualLoss(weights="imagenet")
+        assert torch.equal(loss.slices[0][0].weight, state["0.weight"])
+    assert calls == [("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+                      sha256_file(source)[:8])]
+    assert os.path.isfile(tmp_path / "torch_home" / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth")
 
 
 # ---------------------------------------------------------------------------- reconstruction
