@@ -85,6 +85,15 @@ def _load(args) -> cfglib.Config:
     return cfglib.load_config(args.config, args.overrides)
 
 
+def _add_run_dir_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", default=None,
+                   help="run directory (default: a new runs/<name>-<time>); one that already "
+                        "holds a run needs --resume or --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a --run-dir that holds one, removing its checkpoints, "
+                        "metrics.jsonl, summaries and mask images first")
+
+
 def _run_dir(args) -> Optional[str]:
     """``--run-dir``, else the directory of ``--resume`` (a run directory or its last.pt)."""
     if args.run_dir is None and args.resume:
@@ -123,7 +132,7 @@ def train_main(argv: List[str]) -> int:
     _add_common(p)
     p.add_argument("--resume", default=None,
                    help="run directory or its last.pt: continue that run exactly where it stopped")
-    p.add_argument("--run-dir", default=None, help="run directory (default: runs/<name>-<time>)")
+    _add_run_dir_args(p)
     p.add_argument("--no-test", action="store_true", help="skip the final test-split evaluation")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the grid and k-means baselines in the final table")
@@ -134,7 +143,8 @@ def train_main(argv: List[str]) -> int:
     from partformer.engine.logger import EXIT_FAILED
     from partformer.engine.trainer import Trainer
 
-    trainer = Trainer(cfg, run_dir=_run_dir(args), resume=args.resume)
+    trainer = Trainer(cfg, run_dir=_run_dir(args), resume=args.resume,
+                      overwrite=args.overwrite)
     main = D.is_main_process()
     if main:
         print(cfglib.to_yaml(cfg))
@@ -527,7 +537,7 @@ def pretrain_main(argv: List[str]) -> int:
     _add_common(p)
     p.add_argument("--resume", default=None,
                    help="run directory or its last.pt: continue that run exactly where it stopped")
-    p.add_argument("--run-dir", default=None, help="run directory (default: runs/<name>-<time>)")
+    _add_run_dir_args(p)
     p.add_argument("--export", default=None, metavar="CHECKPOINT",
                    help="write the teacher encoder of this pretraining checkpoint (best.pt) to "
                         "--out and exit")
@@ -546,7 +556,8 @@ def pretrain_main(argv: List[str]) -> int:
         args.config = os.path.join(cfglib.CONFIG_DIR, "pretrain", "synthetic.yaml")
     cfg = _load(args)
     from partformer.pretrain.trainer import Pretrainer
-    trainer = Pretrainer(cfg, run_dir=_run_dir(args), resume=args.resume)
+    trainer = Pretrainer(cfg, run_dir=_run_dir(args), resume=args.resume,
+                         overwrite=args.overwrite)
     main = D.is_main_process()
     if main:
         print(cfglib.to_yaml(cfg))

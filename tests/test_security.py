@@ -2,9 +2,15 @@
 
 - 14: no weights file is ever unpickled as code (the VGG19 of the perceptual loss in the torch hub
   cache included), and the cached VGG19 must carry torchvision's published hash prefix;
+- 15: a run directory that holds a run is never written over without --resume / --overwrite,
+  and two runs started in the same second get different default directories;
+- 17: a stop signal that lands just after the optimiser update (and at the other points where
+  counters and weights change together) still gives a checkpoint whose step and weights agree;
+- 20 (part): temporaries of a checkpoint write killed by SIGKILL are removed when a run starts.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import urllib.error
@@ -12,6 +18,8 @@ import urllib.error
 import pytest
 import torch
 
+from partformer.cli import pretrain_main, train_main
+from partformer.engine.checkpoint import load_checkpoint
 from partformer.losses import perceptual
 from partformer.losses.perceptual import VGGPerceptualLoss, VGGWeightsError
 
@@ -85,3 +93,112 @@ def test_offline_vgg19_is_one_message_without_chained_tracebacks(torch_home, mon
     assert not os.path.exists(perceptual._imagenet_cache_path())   # no partial file left
     from partformer.cli import expected_errors
     assert isinstance(e.value, expected_errors())
+
+
+# ------------------------------------------------------------------------------ 15: run dirs
+from tests.tiny import shared_root, tiny_yaml  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return shared_root(tmp_path_factory)
+
+
+def _err(capsys) -> str:
+    return capsys.readouterr().err
+
+
+def test_run_dir_holding_a_run_is_refused_and_kept(root, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert train_main(["--config", tiny_yaml(root), "--run-dir", run, "train.max_steps=3",
+                       "--no-test"]) == 0
+    before = {n: open(os.path.join(run, n), "rb").read()
+              for n in ("best.pt", "last.pt", "metrics.jsonl", "config.yaml")}
+    capsys.readouterr()
+    assert train_main(["--config", tiny_yaml(root), "--run-dir", run, "train.max_steps=1",
+                       "--no-test"]) == 2
+    err = _err(capsys)
+    assert "already holds a run" in err and f"--resume {run}" in err and "--overwrite" in err
+    for n, data in before.items():                 # nothing of the finished run was touched
+        assert open(os.path.join(run, n), "rb").read() == data, n
+    # experiment.run_dir is an explicit run directory as well
+    assert train_main(["--config", tiny_yaml(root), f"experiment.run_dir={run}",
+                       "train.max_steps=1", "--no-test"]) == 2
+    # --overwrite: a new run, with nothing of the old one left (one step, its metrics only)
+    assert train_main(["--config", tiny_yaml(root), "--run-dir", run, "train.max_steps=1",
+                       "--no-test", "--overwrite"]) == 0
+    assert load_checkpoint(os.path.join(run, "last.pt"))["step"] == 1
+    rows = [json.loads(ln) for ln in open(os.path.join(run, "metrics.jsonl"))]
+    assert max(r["step"] for r in rows) == 1
+
+
+def test_pretraining_refuses_a_run_dir_holding_a_run(tmp_path, capsys):
+    run = tmp_path / "pre"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"a finished run")
+    assert pretrain_main(["--run-dir", str(run), "train.max_steps=1"]) == 2
+    assert "already holds a run" in _err(capsys)
+    assert (run / "last.pt").read_bytes() == b"a finished run"
+
+
+def test_two_runs_started_in_the_same_second_get_two_directories(tmp_path, monkeypatch):
+    from partformer.engine import rundir
+    monkeypatch.setattr(rundir.time, "strftime", lambda fmt: "20261206-101010")
+    a = rundir.claim_run_dir(None, str(tmp_path), "exp")
+    b = rundir.claim_run_dir(None, str(tmp_path), "exp")
+    assert a != b and os.path.isdir(a) and os.path.isdir(b)
+    assert os.path.basename(b) == "exp-20261206-101010-2"
+
+
+def test_temporaries_of_a_killed_checkpoint_write_are_removed_on_start(root, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".tmp-abc123.pt").write_bytes(b"half a checkpoint")
+    assert train_main(["--config", tiny_yaml(root), "--run-dir", str(run), "train.max_steps=1",
+                       "--no-test"]) == 0
+    assert not [f for f in os.listdir(run) if f.startswith(".tmp-")]
+
+
+# ------------------------------------------------------------------------ 17: exact resume
+def _signal_after_update(monkeypatch, at_step: int, sig=None):
+    """Deliver a real ``sig`` (default SIGTERM) to this process right after the optimiser has
+    applied update number ``at_step``, before the trainer counts it."""
+    import signal as _signal
+    from partformer.engine.trainer import Trainer
+    sig = _signal.SIGTERM if sig is None else sig
+    original = Trainer._build_optimisation
+
+    def build(self):
+        original(self)
+        step = self.optimizer.step
+        calls = {"n": 0}
+
+        def step_then_signal(*a, **k):
+            out = step(*a, **k)
+            calls["n"] += 1
+            if calls["n"] == at_step:
+                os.kill(os.getpid(), sig)
+            return out
+        self.optimizer.step = step_then_signal
+    monkeypatch.setattr(Trainer, "_build_optimisation", build)
+
+
+@pytest.mark.parametrize("sig_name", ["SIGTERM", "SIGINT"])
+def test_signal_right_after_the_update_saves_that_step_and_resume_is_exact(
+        root, tmp_path, monkeypatch, capsys, sig_name):
+    import signal as _signal
+    base = ["--config", tiny_yaml(root), "data.val_split=null", "--no-test"]
+    straight = str(tmp_path / "straight")
+    assert train_main(base + ["--run-dir", straight, "train.max_steps=5"]) == 0
+    run = str(tmp_path / "run")
+    with monkeypatch.context() as m:
+        _signal_after_update(m, at_step=3, sig=getattr(_signal, sig_name))
+        assert train_main(base + ["--run-dir", run, "train.max_steps=5"]) == 130
+    assert "interrupted at step 3" in capsys.readouterr().err
+    ckpt = load_checkpoint(os.path.join(run, "last.pt"))
+    assert ckpt["step"] == 3 and ckpt["scheduler"]["last_epoch"] == 3
+    assert ckpt["optimizer"]["state"][0]["step"].item() == 3    # AdamW's own count agrees
+    assert train_main(["--resume", run, "train.max_steps=5", "--no-test"]) == 0
+    a = load_checkpoint(os.path.join(straight, "last.pt"))["model"]
+    b = load_checkpoint(os.path.join(run, "last.pt"))["model"]
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []

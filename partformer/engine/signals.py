@@ -24,12 +24,45 @@ def _handlers(handler) -> Iterator[bool]:
             signal.signal(sig, previous)
 
 
+class _Critical:
+    """Whether the main thread is inside :func:`critical_section` and whether a stop signal
+    arrived there."""
+    depth = 0
+    pending = False
+
+
+def _stop_now(signum, frame) -> None:
+    """The stop-signal handler: ``KeyboardInterrupt``, or, inside a critical section, a note
+    that raises it when the section ends."""
+    if _Critical.depth > 0:
+        _Critical.pending = True
+        return
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def critical_section() -> Iterator[None]:
+    """A block that a stop signal must not cut in two: the optimiser update and the counters
+    that say it happened (a checkpoint saying step N must hold step N's weights). A signal that
+    arrives inside it raises ``KeyboardInterrupt`` right after it (nesting allowed)."""
+    _Critical.depth += 1
+    try:
+        yield
+    finally:
+        _Critical.depth -= 1
+    if _Critical.depth == 0 and _Critical.pending:
+        _Critical.pending = False
+        raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def interrupts_stop_training() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGINT both raise ``KeyboardInterrupt``, so training saves
-    ``last.pt`` and says how to resume. SIGINT is re-armed too: a job started in the background
-    of a non-interactive shell (``nohup ... &``) inherits SIGINT as ignored."""
-    with _handlers(signal.default_int_handler):
+    """Within the block, SIGTERM and SIGINT both raise ``KeyboardInterrupt`` (deferred to the end
+    of a :func:`critical_section`), so training saves ``last.pt`` and says how to resume. SIGINT
+    is re-armed too: a job started in the background of a non-interactive shell (``nohup ... &``)
+    inherits SIGINT as ignored."""
+    _Critical.pending = False
+    with _handlers(_stop_now):
         yield
 
 
@@ -43,7 +76,7 @@ def deferred_interrupts() -> Iterator[Callable[[], bool]]:
     def handler(signum, frame):
         pending["count"] += 1
         if pending["count"] > 1:
-            raise KeyboardInterrupt
+            _stop_now(signum, frame)
 
     with _handlers(handler):
         yield lambda: pending["count"] > 0

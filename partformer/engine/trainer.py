@@ -31,6 +31,8 @@ from partformer.engine.evaluator import (evaluate, first_sample, num_part_classe
                                          per_image_metrics, readable_samples)
 from partformer.engine.logger import EXIT_OK, ExperimentLogger
 from partformer.engine.precision import autocast_context, resolve_precision  # noqa: F401 (API)
+from partformer.engine.rundir import check_run_dir, open_run_dir, requested_run_dir
+from partformer.engine.signals import critical_section
 from partformer.engine.runner import model_predictor
 from partformer.losses import PartFormerCriterion
 from partformer.metrics.protocols import applicable
@@ -189,18 +191,11 @@ class RunningLosses:
         return dict(zip(self.names, (self.sums / self.count).tolist()))
 
 
-def default_run_dir(cfg) -> str:
-    if cfg.experiment.run_dir:
-        return cfg.experiment.run_dir
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return os.path.join(cfg.experiment.output_dir, f"{cfg.experiment.name}-{stamp}")
-
-
 class Trainer:
     """Build with a resolved :class:`partformer.config.Config`; call :meth:`fit`."""
 
     def __init__(self, cfg, run_dir: Optional[str] = None, resume: Optional[str] = None,
-                 verbose: bool = True):
+                 verbose: bool = True, overwrite: bool = False):
         self.cfg = cfg
         self.verbose = verbose
         self.device = D.init_distributed(cfg.train.device)
@@ -208,9 +203,9 @@ class Trainer:
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.experiment.seed)
-        if run_dir is None:
-            run_dir = default_run_dir(cfg)
-        self.run_dir = D.broadcast_object(run_dir)
+        requested = requested_run_dir(run_dir, cfg)
+        if requested:   # before anything is built: a run directory in use is refused at once
+            check_run_dir(requested, bool(resume), overwrite, "tools/train.py")
         self.amp_dtype = resolve_precision(cfg.train.precision, self.device)
         self._build_data()
         self._build_optimisation()
@@ -218,8 +213,8 @@ class Trainer:
         if resume:
             self.load_resume(resume)
         self._mark_boundary()
+        self.run_dir = open_run_dir(requested, cfg, overwrite and not resume, verbose)
         if D.is_main_process():
-            os.makedirs(self.run_dir, exist_ok=True)
             cfglib.save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
         self.logger = ExperimentLogger(self.run_dir, cfg.logging.wandb, cfglib.to_dict(cfg),
                                        os.path.basename(self.run_dir), resume_id=self.wandb_id,
@@ -511,12 +506,14 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.requires_grad], self.cfg.train.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.step += 1
-        self._mark_boundary()
+        # a stop signal waits until the update and the counters that record it are both done
+        with critical_section():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step += 1
+            self._mark_boundary()
         return True
 
     def _skip_nonfinite_step(self) -> None:
@@ -555,10 +552,11 @@ class Trainer:
         ``last.pt`` is written."""
         D.broadcast_buffers(self.model)   # every rank validates rank 0's (saved) model
         epoch_finished = self.micro_in_epoch >= self.micro_per_epoch
-        if epoch_finished:
-            self.epoch += 1
-            self.micro_in_epoch = 0
-        self._mark_boundary()
+        with critical_section():
+            if epoch_finished:
+                self.epoch += 1
+                self.micro_in_epoch = 0
+            self._mark_boundary()
         if self.val_set is not None and (
                 done or (epoch_finished and self.epoch % self.cfg.train.val_every == 0)):
             self.validate()
@@ -606,8 +604,9 @@ class Trainer:
             print(f"[val] epoch {self.epoch} step {self.step}: " + ", ".join(
                 f"{k}={v['value']:.2f}" for k, v in res.items()))
         if value > self.best_value:
-            self.best_value, self.best_epoch = value, self.epoch
-            self.save("best")
+            with critical_section():   # best_value and best.pt change together
+                self.best_value, self.best_epoch = value, self.epoch
+                self.save("best")
         return res
 
     def _log_val_masks(self) -> None:

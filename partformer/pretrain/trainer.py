@@ -24,8 +24,9 @@ from partformer.engine import distributed as D
 from partformer.engine.checkpoint import (CheckpointError, load_checkpoint,
                                           load_state_dict_strict, resume_checkpoint, save_on_main)
 from partformer.engine.logger import ExperimentLogger
-from partformer.engine.signals import deferred_interrupts
-from partformer.engine.trainer import (TrainingInterrupted, default_run_dir, resolve_precision,
+from partformer.engine.rundir import check_run_dir, open_run_dir, requested_run_dir
+from partformer.engine.signals import critical_section, deferred_interrupts
+from partformer.engine.trainer import (TrainingInterrupted, resolve_precision,
                                        seed_everything)
 from partformer.models.encoder import build_encoder
 from partformer.models.model import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -74,7 +75,7 @@ def _param_groups(model: nn.Module):
 
 class Pretrainer:
     def __init__(self, cfg, run_dir: Optional[str] = None, resume: Optional[str] = None,
-                 verbose: bool = True):
+                 verbose: bool = True, overwrite: bool = False):
         p = cfg.pretrain
         self.cfg, self.verbose = cfg, verbose
         self.device = D.init_distributed(cfg.train.device)
@@ -82,7 +83,9 @@ class Pretrainer:
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.experiment.seed)
-        self.run_dir = D.broadcast_object(run_dir or default_run_dir(cfg))
+        requested = requested_run_dir(run_dir, cfg)
+        if requested:   # before anything is built: a run directory in use is refused at once
+            check_run_dir(requested, bool(resume), overwrite, "tools/pretrain.py")
         self.amp_dtype = resolve_precision(cfg.train.precision, self.device)
         if cfg.train.batch_size % self.world:
             raise cfglib.ConfigError(f"train.batch_size={cfg.train.batch_size} (the global batch) "
@@ -128,8 +131,8 @@ class Pretrainer:
         self._metrics_rows: Optional[int] = None
         if resume:
             self.load_resume(resume)
+        self.run_dir = open_run_dir(requested, cfg, overwrite and not resume, verbose)
         if D.is_main_process():
-            os.makedirs(self.run_dir, exist_ok=True)
             cfglib.save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
         self.logger = ExperimentLogger(self.run_dir, cfg.logging.wandb, cfglib.to_dict(cfg),
                                        os.path.basename(self.run_dir), resume_id=self.wandb_id,
@@ -243,6 +246,13 @@ class Pretrainer:
         return idx[self.rank::self.world]
 
     def train_step(self) -> Dict[str, float]:
+        """One optimiser step. A stop signal waits for its end: the forward pass already changes
+        the BatchNorm statistics of student and teacher, so a step cut short could not be
+        replayed exactly."""
+        with critical_section():
+            return self._train_step()
+
+    def _train_step(self) -> Dict[str, float]:
         cfg, p = self.cfg, self.cfg.pretrain
         shared, local = self._generators(self.step)
         idx = self.batch_indices(self.step, shared)
