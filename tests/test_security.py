@@ -202,3 +202,71 @@ def test_signal_right_after_the_update_saves_that_step_and_resume_is_exact(
     a = load_checkpoint(os.path.join(straight, "last.pt"))["model"]
     b = load_checkpoint(os.path.join(run, "last.pt"))["model"]
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+# -------------------------------------------------------------------- 18: path traversal
+from partformer.data.io import DatasetError, relative_path  # noqa: E402
+
+
+@pytest.mark.parametrize("rel", ["../outside.jpg", "a/../../outside.jpg", "/etc/passwd",
+                                 "..", "C:/Windows/x.jpg", "a\\..\\..\\x.jpg"])
+def test_relative_path_refuses_paths_that_leave_the_folder(rel):
+    with pytest.raises(DatasetError, match="images.txt, line 3"):
+        relative_path(rel, "images.txt, line 3")
+
+
+@pytest.mark.parametrize("rel", ["001.Albatross/a.jpg", "a/../b.jpg", "./x/y.jpg", "x..y/z.jpg"])
+def test_relative_path_keeps_paths_inside(rel):
+    assert relative_path(rel, "f") == rel
+
+
+def _cub_with_line(tmp_path, line_no: int, rel: str) -> str:
+    from tests.cub_tree import write_tiny_cub
+    write_tiny_cub(str(tmp_path), n_images=6)
+    root = os.path.join(str(tmp_path), "CUB_200_2011")
+    path = os.path.join(root, "images.txt")
+    lines = open(path).read().splitlines()
+    iid = lines[line_no - 1].split()[0]
+    lines[line_no - 1] = f"{iid} {rel}"
+    open(path, "w").write("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("rel", ["../../outside.jpg", "/etc/passwd"])
+def test_cub_images_txt_cannot_leave_data_root(tmp_path, rel, monkeypatch):
+    """The probe: an images.txt line with '../' or an absolute path was followed (/etc/passwd was
+    opened, a file outside the root was trained on). Now the dataset refuses to build."""
+    from partformer import config as cfglib
+    from partformer.data import build_dataset
+    root = _cub_with_line(tmp_path, 2, rel)
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: (opened.append(str(f)),
+                                                             real_open(f, *a, **k))[1])
+    cfg = cfglib.load_config(None, ["data.name=cub", f"data.root={root}", "data.image_size=32"])
+    with pytest.raises(DatasetError) as e:
+        build_dataset(cfg.data, "train")
+    assert f"{os.path.join(root, 'images.txt')}, line 2" in str(e.value)
+    assert rel in str(e.value)
+    assert not [f for f in opened if "passwd" in f or "outside" in f]
+
+
+def test_celeba_deepfashion_and_partimagenet_lists_cannot_leave_the_root(tmp_path):
+    import json as _json
+
+    from partformer.data.celeba import read_name_list
+    from partformer.data.deepfashion import read_split_list
+    from partformer.data.partimagenet import load_coco
+    lst = tmp_path / "list.txt"
+    lst.write_text("000001.jpg\n../../etc/passwd\n")
+    with pytest.raises(DatasetError, match=r"list.txt, line 2"):
+        read_name_list(str(lst))
+    js = tmp_path / "split.json"
+    js.write_text(_json.dumps({"images": [{"file_name": "img/a.jpg"}, {"file_name": "/etc/x"}]}))
+    with pytest.raises(DatasetError, match=r"split.json, entry 1"):
+        read_split_list(str(js))
+    coco = tmp_path / "train.json"
+    coco.write_text(_json.dumps({"images": [{"id": 7, "file_name": "../x.JPEG"}],
+                                 "annotations": []}))
+    with pytest.raises(DatasetError, match=r"train.json, images\[0\] \(id 7\)"):
+        load_coco(str(coco))

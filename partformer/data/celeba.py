@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from partformer.data import register_dataset
 from partformer.data.cub import KeypointTable
 from partformer.data.io import (BadImageError, DATASETS_README, check_index, decode_or_skip,
-                                load_image, require_file, write_splits)
+                                load_image, relative_path, require_file, write_splits)
 from partformer.data.transforms import apply_resize, check_resize_mode, to_tensor_image
 
 __all__ = ["CelebAWildDataset", "LANDMARK_NAMES", "PUBLISHED_COUNTS", "prepare_celeba_splits",
@@ -152,7 +152,8 @@ def read_partition(path: str) -> Dict[str, int]:
 def read_name_list(path: str, layout_hint: str = LAYOUT) -> List[str]:
     """A list of image names, one per line (first token; blank lines skipped)."""
     require_file(path, layout_hint)
-    return [ln.split()[0] for ln in _lines(path) if ln.strip()]
+    return [relative_path(ln.split()[0], f"{path}, line {i}")
+            for i, ln in enumerate(_lines(path), 1) if ln.strip()]
 
 
 def face_box_fraction_ok(box_wh: np.ndarray, image_wh: np.ndarray) -> np.ndarray:

@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import Dataset
 
 from partformer.data import register_dataset
-from partformer.data.io import check_index, decode_or_skip, load_image, load_mask, read_table, require_file
+from partformer.data.io import (check_index, decode_or_skip, load_image, load_mask, read_table,
+                                relative_path, require_file)
 from partformer.data.transforms import apply_resize, check_resize_mode, to_tensor_image
 
 __all__ = ["CUBDataset", "KeypointTable", "CUB_LAYOUT", "SPLITS", "default_val_ids"]
@@ -174,7 +175,10 @@ class CUBDataset(Dataset):
 
     def _read_annotations(self) -> Dict[str, Any]:
         images_txt = self._file("images.txt")
-        ids, paths = read_table(images_txt, 2, (int, str), names=("image_id", "path"))
+        (ids, paths), lines = read_table(images_txt, 2, (int, str), names=("image_id", "path"),
+                                         return_line_numbers=True)
+        for rel, line in zip(paths, lines):
+            relative_path(rel, f"{images_txt}, line {line}")
         if len(ids) == 0:
             raise ValueError(f"{images_txt} lists no images")
         order = np.argsort(ids, kind="stable")

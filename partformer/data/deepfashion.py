@@ -43,7 +43,8 @@ import torch
 from torch.utils.data import Dataset
 
 from partformer.data import register_dataset
-from partformer.data.io import DATASETS_README, check_index, decode_or_skip, load_image
+from partformer.data.io import (DATASETS_README, check_index, decode_or_skip, load_image,
+                                relative_path)
 from partformer.data.transforms import apply_resize, check_resize_mode, to_tensor_image
 
 __all__ = ["DeepFashionDataset", "PALETTE", "PART_NAMES", "colour_mask_to_labels",
@@ -141,7 +142,7 @@ def read_split_list(path: str) -> List[str]:
         name = e.get("file_name") if isinstance(e, dict) else e
         if not isinstance(name, str) or not name:
             raise ValueError(f"{path}: entry {k} has no file name: {e!r}")
-        out.append(name)
+        out.append(relative_path(name, f"{path}, entry {k}"))
     if len(set(out)) != len(out):
         raise ValueError(f"{path}: image paths are repeated")
     return out

@@ -39,6 +39,28 @@ class DatasetError(ValueError):
     names the config keys, the file and line, and the fix."""
 
 
+def relative_path(rel: str, where: str) -> str:
+    """A path read from an annotation file, checked to stay inside the folder it is relative to:
+    not absolute, no drive letter, and no ``..`` that climbs out of it (a list file must never make
+    a loader open ``/etc/passwd`` or train on files outside ``data.root``). ``where`` names the
+    file and line (``".../images.txt, line 12"``) for the error. Returns ``rel`` unchanged."""
+    posix = rel.replace("\\", "/")
+    parts = [p for p in posix.split("/") if p not in ("", ".")]
+    depth = 0
+    for p in parts:
+        depth += -1 if p == ".." else 1
+        if depth < 0:
+            break
+    if posix.startswith("/") or os.path.isabs(rel) or (len(posix) > 1 and posix[1] == ":") \
+            or depth < 0 or not parts:
+        raise DatasetError(
+            f"{where}: the path {rel!r} is {'absolute' if posix.startswith('/') or ':' in posix[:2] else 'outside the dataset folder'}; "
+            "annotation files may only name files inside the dataset folder by a relative path "
+            "without '..' that leaves it (e.g. 001.Black_footed_Albatross/img_0001.jpg). Fix that "
+            "line, or re-download the annotation file")
+    return rel
+
+
 def require_file(path: PathLike, layout_hint: str = "") -> str:
     """Return ``path`` as a string if it is an existing file, else raise ``FileNotFoundError``.
 

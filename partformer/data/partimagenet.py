@@ -48,7 +48,7 @@ from torch.utils.data import Dataset
 
 from partformer.data import register_dataset
 from partformer.data.io import (DATASETS_README, check_index, decode_or_skip, load_image, load_mask,
-                                require_file, write_splits)
+                                relative_path, require_file, write_splits)
 from partformer.data.transforms import apply_resize, check_resize_mode, to_tensor_image
 
 __all__ = ["PartImageNetDataset", "NUM_PART_CATEGORIES", "rasterize_polygon", "rasterize_parts",
@@ -239,6 +239,10 @@ def load_coco(path: str) -> dict:
         if not isinstance(data, dict) or key not in data:
             raise ValueError(f"{path}: expected a COCO JSON object with 'images' and "
                              f"'annotations' lists, key {key!r} missing")
+    for k, im in enumerate(data["images"]):
+        if not isinstance(im, dict) or not isinstance(im.get("file_name"), str):
+            raise ValueError(f"{path}: images[{k}] has no 'file_name' string")
+        relative_path(im["file_name"], f"{path}, images[{k}] (id {im.get('id')})")
     return data
 
 
