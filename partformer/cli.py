@@ -28,10 +28,11 @@ def expected_errors() -> tuple:
     from partformer.data.io import BadImageError, DatasetError
     from partformer.engine.checkpoint import CheckpointError
     from partformer.engine.trainer import NonFiniteLossError
+    from partformer.infer import OutputFolderError
     from partformer.losses.perceptual import VGGWeightsError
     return (cfglib.ConfigError, DatasetError, BadImageError, FileNotFoundError, CheckpointError,
             ConversionError, NonFiniteLossError, NotADirectoryError, PermissionError,
-            VGGWeightsError)
+            VGGWeightsError, OutputFolderError)
 
 
 def one_line(e: BaseException) -> str:
@@ -426,15 +427,27 @@ def infer_main(argv: List[str]) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_intermixed_args(argv)
     if not 0.0 <= args.alpha <= 1.0:
-        raise cfglib.ConfigError(f"--alpha must be in [0, 1], got {args.alpha}")
+        p.error(f"--alpha must be in [0, 1], got {args.alpha}")
+    for flag in ("every", "batch_size"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     from partformer.infer import print_summary, run_inference
     from partformer.predictor import load
     predictor = load(args.model, args.device, config=args.config, batch_size=args.batch_size,
                      resize=args.resize)
     print(f"{predictor}", file=sys.stderr)
-    summary = run_inference(predictor, args.inputs, args.out, overwrite=args.overwrite,
-                            alpha=args.alpha, overlays=not args.no_overlays, every=args.every,
-                            progress=not args.no_progress and sys.stderr.isatty())
+    try:
+        # Ctrl-C / SIGTERM (SIGINT re-armed for jobs started in the background) end the run
+        # between files with one line; what was written stays done
+        with interrupts_stop_training():
+            summary = run_inference(predictor, args.inputs, args.out, overwrite=args.overwrite,
+                                    alpha=args.alpha, overlays=not args.no_overlays,
+                                    every=args.every,
+                                    progress=not args.no_progress and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        print(f"interrupted; the images written to {args.out} are kept. Run the same command "
+              "again to continue (done images are skipped)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print_summary(summary)
     if summary["failed"] and not (summary["written"] or summary["already_done"]):
         print("error: no input could be read", file=sys.stderr)

@@ -14,6 +14,13 @@ and, over all inputs, ``parts.json`` (``{key: record}``) and ``summary.json`` (c
 the label convention, the model). Every file is written atomically; the per-image JSON is written
 last, so an image counts as done when it exists: a re-run skips done images unless ``overwrite``.
 Unreadable files are reported (named, with the reason) and skipped.
+
+The output folder belongs to one model: ``infer_run.json`` (written first) names it and the
+fingerprint of its weights and preprocessing. A re-run continues only with the same fingerprint;
+another model's re-run is refused (``overwrite`` removes the earlier outputs first), and a
+non-empty folder that infer did not write is never used. An output folder inside an input folder
+is not read as input. Photos are processed upright: their EXIF orientation is applied (and
+recorded per image); the datasets keep ignoring it.
 """
 from __future__ import annotations
 
@@ -21,7 +28,6 @@ import glob
 import json
 import os
 import sys
-import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -29,7 +35,7 @@ import numpy as np
 
 from partformer import viz
 from partformer.data.image_folder import IMAGE_EXTENSIONS, list_images
-from partformer.data.io import BadImageError, load_image
+from partformer.data.io import BadImageError, apply_exif_orientation, exif_orientation, load_image
 from partformer.engine.evaluator import write_json
 from partformer.fileio import atomic_open
 
@@ -48,14 +54,21 @@ class Source:
     video: bool = False
 
 
-def collect_sources(inputs: Sequence[str]) -> List[Source]:
+def collect_sources(inputs: Sequence[str], exclude: Optional[str] = None) -> List[Source]:
     """Images and videos named by ``inputs``: folders (searched recursively for images and
-    videos), globs (``photos/*.jpg``; quote them) and files. Keys are unique."""
+    videos), globs (``photos/*.jpg``; quote them) and files. Keys are unique. Files below
+    ``exclude`` (the output folder, when it lies inside an input folder) are left out, so that a
+    re-run never reads its own outputs as inputs."""
     sources: List[Source] = []
     exts = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    skip = os.path.realpath(exclude) + os.sep if exclude else None
+
+    def kept(path: str) -> bool:
+        return skip is None or not os.path.realpath(path).startswith(skip)
+
     for item in inputs:
         if os.path.isdir(item):
-            rels = list_images(item, exts)
+            rels = [r for r in list_images(item, exts) if kept(os.path.join(item, r))]
             if not rels:
                 raise InputError(f"no image or video under {item} (extensions "
                                  f"{', '.join(exts)})")
@@ -63,7 +76,8 @@ def collect_sources(inputs: Sequence[str]) -> List[Source]:
         elif os.path.isfile(item):
             sources.append(_source(item, os.path.basename(item)))
         elif glob.has_magic(item):
-            paths = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            paths = sorted(p for p in glob.glob(item, recursive=True)
+                           if os.path.isfile(p) and kept(p))
             if not paths:
                 raise InputError(f"the pattern {item!r} matches no file")
             root = _glob_root(item)
@@ -131,6 +145,69 @@ def _count(sources: Sequence[Source], every: int) -> int:
     return total
 
 
+RUN_FILE = "infer_run.json"          # written first: the folder is infer's, and whose model
+OUTPUTS = ("labels", "overlays", "parts", "parts.json", "summary.json", RUN_FILE)
+
+
+class OutputFolderError(FileExistsError):
+    """``--out`` cannot be used: not infer's folder, or another model's outputs."""
+
+
+def prepare_output(out_dir: str, fingerprint: Dict[str, Any], source: str,
+                   overwrite: bool) -> None:
+    """Make ``out_dir`` this model's output folder, or refuse.
+
+    - new or empty: it becomes one (``infer_run.json`` names the model and its fingerprint);
+    - an earlier output of the same model (same fingerprint): continued, done images skipped
+      (``overwrite`` redoes them);
+    - an output of another model (or of an unknown one): refused unless ``overwrite``, which
+      removes the earlier outputs first, so that labels of two models never share a folder;
+    - anything else (a non-empty folder that infer did not write): refused, whatever
+      ``overwrite`` says, so that no file of the user's is replaced.
+    """
+    run_path = os.path.join(out_dir, RUN_FILE)
+    record = {"tool": "partformer infer", "model": source, **fingerprint}
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        previous = _read_run_file(run_path)
+        if previous is None:
+            raise OutputFolderError(
+                f"--out {out_dir} is not empty and holds no output of tools/infer.py (no "
+                f"{RUN_FILE}); nothing was written. Choose a new or empty folder, so that no file "
+                "in it is replaced")
+        same = {k: previous.get(k) for k in fingerprint} == fingerprint
+        if not same and not overwrite:
+            raise OutputFolderError(
+                f"--out {out_dir} holds the outputs of another model ({previous.get('model')!r}, "
+                f"weights sha256 {str(previous.get('weights_sha256'))[:12]}..., resize "
+                f"{previous.get('resize')!r}, image size {previous.get('image_size')}); this "
+                f"model is {source!r} (sha256 {fingerprint['weights_sha256'][:12]}...). Pass "
+                "--overwrite to replace them, or choose another --out")
+        if not same:
+            clear_outputs(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    write_json(run_path, record)
+
+
+def _read_run_file(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("tool") == "partformer infer" else None
+
+
+def clear_outputs(out_dir: str) -> None:
+    """Remove what infer wrote into ``out_dir`` (nothing else)."""
+    import shutil
+    for name in OUTPUTS:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.isfile(path):
+            os.remove(path)
+
+
 class Writer:
     """Where the outputs of one item go; ``done(key)``: all of them exist."""
 
@@ -171,7 +248,8 @@ def run_inference(predictor, inputs: Sequence[str], out_dir: str, overwrite: boo
     returns (and writes as ``summary.json``) the counts and the failures."""
     if every < 1:
         raise ValueError(f"--every must be >= 1, got {every}")
-    sources = collect_sources(inputs)
+    sources = collect_sources(inputs, exclude=out_dir)
+    prepare_output(out_dir, predictor.fingerprint(), str(predictor.source), overwrite)
     writer = Writer(out_dir, overlays)
     K = predictor.num_parts
     done, written, failed = [], [], []
@@ -180,6 +258,7 @@ def run_inference(predictor, inputs: Sequence[str], out_dir: str, overwrite: boo
         from tqdm import tqdm
         bar = tqdm(total=_count(sources, every), desc="infer", dynamic_ncols=True)
     batch: List[Tuple[str, np.ndarray, str, Optional[int]]] = []
+    orientation_of: Dict[str, Dict[str, Any]] = {}
 
     def flush():
         preds = predictor([b[1] for b in batch])
@@ -190,7 +269,8 @@ def run_inference(predictor, inputs: Sequence[str], out_dir: str, overwrite: boo
             if overlays:
                 viz.save_png(paths["overlay"], viz.overlay(image, labels, K, alpha))
             with atomic_open(paths["parts"], "w") as f:  # last: marks the item done
-                json.dump(part_record(pred, src, frame), f, indent=1)
+                json.dump({**part_record(pred, src, frame), **orientation_of.get(key, {})}, f,
+                          indent=1)
             written.append(key)
             if bar is not None:
                 bar.update(1)
@@ -202,8 +282,15 @@ def run_inference(predictor, inputs: Sequence[str], out_dir: str, overwrite: boo
 
     def fail(src: str, error: str):
         failed.append({"file": src, "error": error})
-        warnings.warn(f"skipped {src}: {error}", stacklevel=3)
+        say(f"skipped {src}: {error}")
         tick()
+
+    def say(line: str):
+        # one plain line; through tqdm while a bar is drawn, so it does not cut into the bar
+        if bar is not None:
+            bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
 
     for src in sources:
         if src.video:
@@ -211,7 +298,10 @@ def run_inference(predictor, inputs: Sequence[str], out_dir: str, overwrite: boo
         elif writer.done(src.key) and not overwrite:
             frames = iter([(src.key, None, "done")])
         else:
-            image, error = decode(src.path)
+            image, error, orientation = decode(src.path)
+            if image is not None:
+                orientation_of[src.key] = {"exif_orientation": orientation,
+                                           "exif_orientation_applied": orientation != 1}
             frames = iter([(src.key, image, error)])
         for key, image, error in frames:
             if error == "done" or (image is not None and writer.done(key) and not overwrite):
@@ -242,12 +332,17 @@ def run_inference(predictor, inputs: Sequence[str], out_dir: str, overwrite: boo
     return summary
 
 
-def decode(path: str) -> Tuple[Optional[np.ndarray], str]:
-    """``(rgb, "")`` or ``(None, reason)`` for a missing / undecodable file (handled alike)."""
+def decode(path: str) -> Tuple[Optional[np.ndarray], str, int]:
+    """``(rgb, "", orientation)`` or ``(None, reason, 1)`` for a missing / undecodable file
+    (handled alike). Your photos are shown upright by every viewer: their EXIF orientation is
+    applied (``orientation``, 1 = none; the datasets ignore it, as their annotations are on the
+    stored grid), and the label PNG and overlay are on that upright grid."""
     try:
-        return load_image(path), ""
+        image = load_image(path)
     except (BadImageError, FileNotFoundError) as e:
-        return None, str(e)
+        return None, str(e), 1
+    orientation = exif_orientation(path)
+    return apply_exif_orientation(image, orientation), "", orientation
 
 
 def print_summary(summary: Dict[str, Any], file=None) -> None:

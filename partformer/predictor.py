@@ -182,6 +182,20 @@ class Predictor:
         return (f"Predictor(K={self.num_parts}, resize={self.resize!r}, "
                 f"image_size={self.image_size}, device={self.device}, source={self.source!r})")
 
+    def fingerprint(self) -> dict:
+        """What decides this predictor's outputs: a SHA-256 of the model's weights (names, dtypes,
+        shapes, values) and the preprocessing and precision settings. ``tools/infer.py`` records it
+        in its output folder and continues a folder only with the same fingerprint."""
+        import hashlib
+        h = hashlib.sha256()
+        for name, t in sorted(self.model.state_dict().items()):
+            t = t.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return {"weights_sha256": h.hexdigest(), "num_parts": self.num_parts,
+                "resize": self.resize, "image_size": self.image_size,
+                "precision": str(self.amp_dtype or "fp32")}
+
     @property
     def part_names(self) -> List[str]:
         """``part 0`` .. ``part K-1``, then ``background`` (label / channel order)."""

@@ -267,6 +267,35 @@ def load_image(path: PathLike) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, ::-1])  # BGR -> RGB
 
 
+def exif_orientation(path: PathLike) -> int:
+    """The EXIF orientation tag of an image file (1 = as stored; 1 too without EXIF or when the
+    file cannot be read by PIL)."""
+    try:
+        from PIL import Image
+
+        with Image.open(os.fspath(path)) as im:
+            value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - no readable EXIF means "as stored"
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_exif_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """``image [H, W, C]`` as a viewer shows it for EXIF ``orientation`` 1-8 (e.g. 6: the stored
+    pixels turned 90 degrees clockwise), the same geometry as ``PIL.ImageOps.exif_transpose``."""
+    ops = {1: lambda a: a,
+           2: lambda a: a[:, ::-1],
+           3: lambda a: a[::-1, ::-1],
+           4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2),
+           6: lambda a: np.rot90(a, k=-1),
+           7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+           8: lambda a: np.rot90(a, k=1)}
+    if orientation not in ops:
+        raise ValueError(f"EXIF orientation must be 1..8, got {orientation}")
+    return np.ascontiguousarray(ops[orientation](image))
+
+
 def _load_with_pil(path: str) -> Optional[np.ndarray]:
     try:
         from PIL import Image
