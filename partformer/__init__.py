@@ -1,4 +1,5 @@
-"""partformer: unsupervised part discovery (PartFormer, Xia et al., TPAMI 2024).
+"""partformer: unsupervised part discovery; PartFormer (Xia et al., TPAMI 2024) and the methods
+it is compared with, under the published protocols.
 
 Public API (README "Use it from Python")::
 
@@ -8,26 +9,27 @@ Public API (README "Use it from Python")::
     out = predictor("photo.jpg")                       # .maps [K+1, H, W] (background last),
                                                        # .labels [H, W] (K = background)
     cfg = partformer.load_config("configs/cub_k4.yaml", ["model.num_parts=8"])
-    model = partformer.build_model(cfg.model, image_size=cfg.data.image_size)
+    model = partformer.build_model(cfg)                # the model of cfg.method.name
 
 The names are imported on first use, so ``import partformer`` stays light (no torch / timm).
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__", "load", "build_model", "load_config", "Predictor", "Prediction",
-           "available_weights"]
+           "available_weights", "method_names"]
 
 _LAZY = {
     "load": ("partformer.predictor", "load"),
     "Predictor": ("partformer.predictor", "Predictor"),
     "Prediction": ("partformer.predictor", "Prediction"),
-    "build_model": ("partformer.models", "build_model"),
+    "build_model": ("partformer.methods", "build_model"),
     "load_config": ("partformer.config", "load_config"),
-    "available_weights": ("partformer.hub", "available_weights"),
+    "available_weights": ("partformer.weights", "available_weights"),
+    "method_names": ("partformer.methods", "method_names"),
 }
 
 
-_SUBMODULES = ("viz", "hub", "config", "predictor")
+_SUBMODULES = ("viz", "hub", "config", "predictor", "methods", "weights")
 
 
 def __getattr__(name):

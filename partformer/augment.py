@@ -145,10 +145,11 @@ class PairedAugmentation(nn.Module):
         self.trans_std, self.trans_max = float(trans_std), float(trans_max)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "PairedAugmentation":
-        """Build from an ``AugmentConfig`` dataclass, a mapping with the same keys, or None."""
+    def from_config(cls, cfg: Any, prefix: str = "partformer.augment") -> "PairedAugmentation":
+        """Build from an ``AugmentConfig`` dataclass (PartFormer's ``partformer.augment``), a
+        mapping with the same keys, or None; ``prefix`` names the section in errors."""
         from partformer.config import section_kwargs
-        return cls(**section_kwargs(cfg, cls, "augment"))
+        return cls(**section_kwargs(cfg, cls, prefix))
 
     def sample_params(self, batch_size: int, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
         """Random parameters on the CPU: ``flip`` [B] bool, and per view i in {1, 2}: ``angle{i}`` [B]

@@ -24,12 +24,12 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 def expected_errors() -> tuple:
     """Exception types that are the user's to fix (one message, no traceback)."""
-    from partformer.convert import ConversionError
     from partformer.data.io import BadImageError, DatasetError
     from partformer.engine.checkpoint import CheckpointError
     from partformer.engine.trainer import NonFiniteLossError
     from partformer.infer import OutputFolderError
     from partformer.losses.perceptual import VGGWeightsError
+    from partformer.methods.foreign import ConversionError
     return (cfglib.ConfigError, DatasetError, BadImageError, FileNotFoundError, CheckpointError,
             ConversionError, NonFiniteLossError, NotADirectoryError, PermissionError,
             VGGWeightsError, OutputFolderError)
@@ -66,24 +66,82 @@ def _add_common(p: argparse.ArgumentParser, config: bool = True) -> None:
         cfglib.add_config_args(p)
     p.add_argument("--debug", action="store_true",
                    help="show the full traceback of an error (also PARTFORMER_DEBUG=1)")
+    from partformer import __version__
+    p.add_argument("--version", action="version", version=f"partformer {__version__}")
+
+
+MODEL_HELP = ("the model: a checkpoint (runs/<run>/best.pt), a run directory, a .safetensors file "
+              "(with --config), a method's authors' released checkpoint, or the name of shipped "
+              "weights (e.g. synthetic_k4)")
+
+
+def _add_model_arg(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--model", "--checkpoint", dest="model", required=required, default=None,
+                   help=MODEL_HELP)
+
+
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1 (default: the config's train.device, auto = CUDA when "
+                        "available)")
 
 
 def _load(args) -> cfglib.Config:
     from partformer.engine.checkpoint import resume_file
-    from partformer.engine.runner import config_from_checkpoint
+    from partformer.hub import config_from_checkpoint
     if args.config is None and getattr(args, "resume", None):
         return config_from_checkpoint(resume_file(args.resume), args.overrides,
                                       resolve_data_root=True)
-    ckpt = getattr(args, "checkpoint", None)
-    if ckpt:
-        if args.config is None:
-            return config_from_checkpoint(ckpt, args.overrides, resolve_data_root=True)
-        # the architecture comes from the checkpoint; --config supplies data and evaluation
-        stored = cfglib.to_dict(config_from_checkpoint(ckpt))
-        return cfglib.load_config(args.config, args.overrides,
-                                  sections={"model": stored["model"]},
-                                  sections_origin=f"checkpoint {ckpt}")
-    return cfglib.load_config(args.config, args.overrides)
+    return cfglib.load_config(args.config, _device_overrides(args))
+
+
+def _device_overrides(args) -> List[str]:
+    extra = [f"train.device={args.device}"] if getattr(args, "device", None) else []
+    return list(args.overrides or []) + extra
+
+
+def _load_model(args):
+    """``(config, state, source)`` for ``--model``: the model's own config (its relative
+    data.root resolved where it was trained) plus the overrides; with ``--config``, the
+    architecture (``model``, ``method`` and the method's section) from the model and everything
+    else (data, evaluation) from ``--config``."""
+    from partformer.hub import locate, read_model_file
+    path, entry_config = locate(args.model)
+    overrides = _device_overrides(args)
+    if args.config is None:
+        return read_model_file(path, entry_config, overrides=overrides, resolve_data_root=True)
+    stored, state, source = read_model_file(path, entry_config)
+    tree = cfglib.to_dict(stored, "train")
+    arch = {k: tree[k] for k in ("model", "method", stored.method.name) if k in tree}
+    cfg = cfglib.load_config(args.config, overrides, sections=arch,
+                             sections_origin=f"the model {args.model}")
+    return cfg, state, source
+
+
+def _run_of(model: Optional[str]) -> Optional[str]:
+    """The training run directory ``model`` belongs to (a run's checkpoint or the run directory
+    itself), or None (shipped or registered weights, files elsewhere in the package)."""
+    from partformer.weights import weights_dirs
+    if not model or not os.path.exists(model):
+        return None
+    folder = os.path.abspath(model if os.path.isdir(model) else os.path.dirname(model))
+    for d in weights_dirs():
+        d = os.path.abspath(d)
+        if os.path.commonpath([folder, d]) == d:
+            return None
+    return folder
+
+
+def _output_dir(args, cfg, what: str) -> str:
+    """Where a tool writes by default: into the model's run (``<run>/<what>``), else
+    ``<experiment.output_dir>/<what>-<model name>`` below the current directory; never into the
+    installed package (shipped weights)."""
+    run = _run_of(args.model)
+    if run is not None:
+        return os.path.join(run, what)
+    stem = os.path.splitext(os.path.basename(args.model.rstrip("/")))[0] if args.model \
+        else cfg.data.name
+    return os.path.join(cfg.experiment.output_dir, f"{what}-{stem}")
 
 
 def _add_run_dir_args(p: argparse.ArgumentParser) -> None:
@@ -173,20 +231,20 @@ def _final_test(args, cfg, trainer, summary) -> int:
     loses the finished training: the checkpoints and ``train_summary.json`` are written, and the
     message says how to rerun the evaluation."""
     from partformer.engine.checkpoint import load_checkpoint, load_state_dict_strict
-    from partformer.engine.runner import build_baseline, evaluate_methods, model_predictor
+    from partformer.engine.evaluator import evaluate_methods, fitted_predictor, method_predictor
+    from partformer.methods import method_names
 
     best = os.path.join(trainer.run_dir, "best.pt")
     D.barrier()
     chosen = best if os.path.isfile(best) else os.path.join(trainer.run_dir, "last.pt")
-    rerun = f"python tools/eval.py --checkpoint {chosen} [key=value overrides]"
+    rerun = f"python tools/eval.py --model {chosen} [key=value overrides]"
     try:
         load_state_dict_strict(trainer.model, load_checkpoint(chosen)["model"], source=chosen)
-        predictors = {"partformer": model_predictor(trainer.model, trainer.device,
-                                                    trainer.amp_dtype)}
-        if not args.no_baselines:
-            predictors["grid"] = build_baseline("grid", cfg, trainer.device, None)
-            predictors["kmeans"] = build_baseline("kmeans", cfg, trainer.device,
-                                                  trainer.train_set)
+        predictors = {cfg.method.name: method_predictor(trainer.method, trainer.model,
+                                                        trainer.device, trainer.amp_dtype)}
+        if not args.no_baselines:   # the training-free references, in the same table
+            for name in method_names(trainable=False):
+                predictors[name] = fitted_predictor(cfg, name, trainer.device, trainer.train_set)
         results = evaluate_methods(cfg, predictors, out_dir=trainer.run_dir,
                                    progress=_progress(cfg),
                                    extra={"checkpoint": os.path.basename(chosen),
@@ -213,50 +271,61 @@ def _final_test(args, cfg, trainer, summary) -> int:
 # ------------------------------------------------------------------------------------ eval
 @cli_entry
 def eval_main(argv: List[str]) -> int:
+    from partformer.methods import method_names
     p = argparse.ArgumentParser(
-        description="Evaluate a PartFormer checkpoint or a training-free baseline under every "
+        description="Evaluate a model (of any method) or a training-free reference under every "
                     "protocol that applies to the dataset; prints a table and writes JSON.")
     _add_common(p)
-    p.add_argument("--checkpoint", default=None,
-                   help="our checkpoint (best.pt / last.pt) or a converted official one")
-    p.add_argument("--method", default=None, choices=["partformer", "grid", "kmeans"],
-                   help="default: partformer with --checkpoint, else both baselines")
+    _add_model_arg(p, required=False)
+    p.add_argument("--method", default=None, choices=method_names(),
+                   help="a training-free reference to evaluate (fitted on the training split: "
+                        f"{', '.join(method_names(trainable=False))}); default: the --model, "
+                        "else every reference. A trained method needs --model")
     p.add_argument("--split", default=None, help="dataset split (default: data.test_split)")
     p.add_argument("--out", default=None,
-                   help="directory for results_<split>.json and config.yaml (default: "
-                        "<checkpoint dir>/eval, or runs/eval-<dataset>)")
+                   help="output FOLDER for results_<split>.json and config.yaml (default: "
+                        "<run dir>/eval for a run's checkpoint, else runs/eval-<name>)")
+    _add_device_arg(p)
     p.add_argument("--wandb", action="store_true",
                    help="log an evaluation run to W&B (logging.wandb): results as summary and "
                         "table, part masks of logging.wandb.num_images images with per-image "
                         "metrics")
     args = p.parse_intermixed_args(argv)
-    if args.method == "partformer" and not args.checkpoint:
-        raise cfglib.ConfigError("--method partformer needs --checkpoint FILE")
-    cfg = _load(args)
+    from partformer.methods import get_method
+    reference = args.method is not None and not get_method(args.method).trainable
+    if args.method is not None and not reference and not args.model:
+        raise cfglib.ConfigError(f"--method {args.method} is trained: evaluate a model of it "
+                                 "with --model FILE (a run's best.pt, a run directory or a name)")
+    state = source = None
+    if args.model:
+        cfg, state, source = _load_model(args)
+    else:
+        cfg = _load(args)
     device = D.init_distributed(cfg.train.device)
     from partformer.data import build_dataset
+    from partformer.engine.evaluator import evaluate_methods, fitted_predictor, method_predictor
     from partformer.engine.logger import EXIT_FAILED, ExperimentLogger
-    from partformer.engine.runner import (build_baseline, evaluate_methods, load_model,
-                                          model_predictor)
     from partformer.engine.precision import resolve_precision
+    from partformer.hub import model_from_state
+    from partformer.methods import build_method
     logger = None
     exit_code = EXIT_FAILED
     try:
-        methods = [args.method] if args.method else (
-            ["partformer"] if args.checkpoint else ["grid", "kmeans"])
         predictors = {}
-        for m in methods:
-            if m == "partformer":
-                model = load_model(cfg, args.checkpoint, device)
-                predictors[m] = model_predictor(model, device,
-                                                resolve_precision(cfg.train.precision, device))
-            else:
-                fit_set = build_dataset(cfg.data, cfg.data.train_split) if m == "kmeans" else None
-                predictors[m] = build_baseline(m, cfg, device, fit_set)
-        # beside the checkpoint, in eval/, so the training run's own results_test.json is kept
-        out = args.out or (os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
-                           if args.checkpoint
-                           else os.path.join(cfg.experiment.output_dir, f"eval-{cfg.data.name}"))
+        if args.model and not reference:
+            if args.method and args.method != cfg.method.name:
+                raise cfglib.ConfigError(f"--method {args.method}: {args.model} is a "
+                                         f"{cfg.method.name} model")
+            model = model_from_state(cfg, state, source, device)
+            predictors[cfg.method.name] = method_predictor(
+                build_method(cfg), model, device, resolve_precision(cfg.train.precision, device))
+        else:
+            names = [args.method] if args.method else method_names(trainable=False)
+            fit_set = build_dataset(cfg.data, cfg.data.train_split)
+            for name in names:
+                predictors[name] = fitted_predictor(cfg, name, device, fit_set)
+        # beside a run's checkpoint, in eval/, so the training run's own results_test.json is kept
+        out = args.out or _output_dir(args, cfg, "eval")
         if D.is_main_process():
             print(cfglib.to_yaml(cfg))
         if args.wandb:
@@ -265,7 +334,7 @@ def eval_main(argv: List[str]) -> int:
         split = args.split or cfg.data.test_split
         results = evaluate_methods(cfg, predictors, split=split, out_dir=out,
                                    progress=_progress(cfg),
-                                   extra={"checkpoint": args.checkpoint})
+                                   extra={"checkpoint": args.model, "model": source})
         if D.is_main_process():  # beside the results: what produced them
             cfglib.save_config(cfg, os.path.join(out, "config.yaml"))
         if logger is not None:
@@ -327,7 +396,8 @@ def visualize_main(argv: List[str]) -> int:
                     "| overlay | one heat map per part, with a legend; parts: for each part, the "
                     "crops of the split where it is most confident.")
     _add_common(p)
-    p.add_argument("--checkpoint", required=True, help="our checkpoint or a converted one")
+    _add_model_arg(p, required=True)
+    _add_device_arg(p)
     p.add_argument("--view", choices=("grid", "contact", "parts"), default="grid")
     p.add_argument("--split", default=None, help="dataset split (default: data.val_split or test)")
     p.add_argument("--num", type=int, default=8,
@@ -336,13 +406,14 @@ def visualize_main(argv: List[str]) -> int:
                    help="parts view: search only the first N images of the split")
     p.add_argument("--alpha", type=float, default=0.55, help="overlay opacity in [0, 1]")
     p.add_argument("--out", default=None,
-                   help="PNG path (default: <checkpoint dir>/<view>_<split>.png)")
+                   help="output PNG FILE (default: <run dir>/<view>_<split>.png for a run's "
+                        "checkpoint, else runs/visualize-<name>/<view>_<split>.png)")
     p.add_argument("--colors", type=int, default=None,
                    help="write an 8-bit palette PNG of at most this many colours (2-256): several "
                         "times smaller, for figures committed to a repository")
     p.add_argument("--wandb", action="store_true", help="also log the image with logging.wandb")
     args = p.parse_intermixed_args(argv)
-    cfg = _load(args)
+    cfg, state, source = _load_model(args)
     import numpy as np
     import torch
 
@@ -350,14 +421,17 @@ def visualize_main(argv: List[str]) -> int:
     from partformer.data import build_dataset
     from partformer.data.collate import collate
     from partformer.engine import inspect
-    from partformer.engine.evaluator import readable_samples
-    from partformer.engine.runner import load_model, model_predictor
+    from partformer.engine.evaluator import method_predictor, readable_samples
     from partformer.engine.precision import resolve_precision
+    from partformer.hub import model_from_state
+    from partformer.methods import build_method
     device = D.init_distributed(cfg.train.device)
+    folder = cfg.data.name == "image_folder"
     split = args.split or cfg.data.val_split or cfg.data.test_split
     dataset = build_dataset(cfg.data, split, skip_bad_images=True)
-    model = load_model(cfg, args.checkpoint, device)
-    predict = model_predictor(model, device, resolve_precision(cfg.train.precision, device))
+    model = model_from_state(cfg, state, source, device)
+    predict = method_predictor(build_method(cfg), model, device,
+                               resolve_precision(cfg.train.precision, device))
     if args.view == "parts":
         crops, scores = inspect.top_part_crops(
             predict, dataset, cfg.model.num_parts, top=args.num,
@@ -386,10 +460,12 @@ def visualize_main(argv: List[str]) -> int:
                                            constant_values=255) for g in grids], axis=1)
             caption = "image | parts overlay | parts | GT parts"
     name = "masks" if args.view == "grid" else args.view
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
-                                   f"{name}_{split}.png")
+    # your own images (data.name=image_folder) are named after their folder, not a split
+    where = os.path.basename(os.path.abspath(cfg.data.root)) if folder else split
+    out = args.out or os.path.join(_run_of(args.model) or _output_dir(args, cfg, "visualize"),
+                                   f"{name}_{'images_' if folder else ''}{where}.png")
     viz.save_png(out, image, colors=args.colors)
-    print(f"wrote {out} ({args.view} view, split {split})")
+    print(f"wrote {out} ({args.view} view, {'images of ' + cfg.data.root if folder else 'split ' + split})")
     if args.wandb:
         from partformer.engine.logger import ExperimentLogger
         logger = ExperimentLogger(os.path.dirname(os.path.abspath(out)), cfg.logging.wandb,
@@ -488,9 +564,47 @@ def export_weights_main(argv: List[str]) -> int:
     return 0
 
 
-def convert_official_main(argv: Optional[List[str]] = None) -> int:
-    from partformer.convert import main
-    return cli_entry(main)(argv)
+@cli_entry
+def convert_official_main(argv: List[str]) -> int:
+    from partformer.methods import get_method, method_names
+    p = argparse.ArgumentParser(
+        prog="convert_official.py",
+        description="Convert a method's authors' released checkpoint into a partformer checkpoint "
+                    "that every tool takes with --model. The method and the sizes are read from "
+                    "the file.")
+    _add_common(p, config=False)
+    p.add_argument("--method", default=None, choices=method_names(trainable=True),
+                   help="whose released file it is (default: detected from the file)")
+    p.add_argument("--dataset", default=None,
+                   help="which of the authors' models (e.g. cub, celeba): picks dataset-specific "
+                        "architecture variants and the benchmark config stored in the output "
+                        "(default: detected, checked against the file)")
+    p.add_argument("--input", required=True, help="the authors' file (e.g. model_best.pth)")
+    p.add_argument("--output", required=True, help="converted checkpoint FILE to write (.pt)")
+    p.add_argument("--config", default=None,
+                   help="benchmark config for data / eval settings (default: the shipped config "
+                        "of the dataset)")
+    p.add_argument("overrides", nargs="*", default=[],
+                   help="dotted overrides of the stored config, e.g. data.root=/data/CUB_200_2011 "
+                        "(the architecture is fixed by the file)")
+    p.add_argument("--unsafe-load", action="store_true",
+                   help="read the input with torch.load(weights_only=False); only for trusted "
+                        "files that hold non-tensor Python objects")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    args = p.parse_intermixed_args(argv)
+    if args.dataset and args.method and args.dataset not in get_method(args.method).official_datasets:
+        p.error(f"--dataset for {args.method} must be one of "
+                f"{list(get_method(args.method).official_datasets)}")
+    from partformer.hub import convert_official_file
+    src = convert_official_file(args.input, args.output, args.method, args.dataset, args.config,
+                                args.overrides, args.unsafe_load, args.overwrite)
+    extra = "".join(f", {k} {src[k]}" for k in ("epoch", "perf") if k in src)
+    details = ", ".join(f"{k} {src[k]}" for k in ("method", "dataset", "num_parts", "image_size")
+                        if k in src)
+    print(f"converted {args.input} ({src.get('format', '?')}{extra}; sha256 "
+          f"{src['sha256'][:16]}...)\n  {details}\n  wrote {args.output}\n"
+          f"evaluate with: python tools/eval.py --model {args.output}")
+    return 0
 
 
 @cli_entry

@@ -9,13 +9,14 @@ the closest valid keys; a wrong type names the expected type.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
 import typing
 from dataclasses import dataclass, field
 from collections.abc import Mapping
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -36,8 +37,14 @@ CONFIG_DIR = _config_dir()
 
 # vocabularies of config values; the modules that act on them use these tuples
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SCHEDULERS = ("multistep", "cosine", "constant")
+SCHEDULERS = ("multistep", "step", "cosine", "constant")
+OPTIMIZERS = ("adamw", "adam", "sgd")
 WANDB_MODES = ("offline", "online", "disabled")
+# the sections a run of each job uses (to_dict writes only these, plus the run's method section)
+JOB_SECTIONS = {
+    "train": ("experiment", "data", "model", "method", "train", "eval", "logging"),
+    "pretrain": ("experiment", "data", "model", "train", "logging", "pretrain"),
+}
 
 
 class ConfigError(ValueError):
@@ -45,13 +52,9 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------- schema
-# The defaults of the model, loss and train sections are the authors' CUB settings
-# (docs/METHOD.md §1.2-§1.7); configs/_base_/paper.yaml adds only what a paper run needs beyond
-# them, the dataset files set what differs per dataset.
-
-# total = recon + 0.3 concentration + 0.5 area + 0.01 ArcFace (docs/METHOD.md §1.6); the one
-# definition: LossConfig's default and PartFormerCriterion's
-LOSS_WEIGHTS: Dict[str, float] = {"recon": 1.0, "concentration": 0.3, "area": 0.5, "arcface": 0.01}
+# The shared sections: every method reads them. A method's own settings are a top-level section
+# named after it (``partformer:``, ``mpae:``, ...), typed by the config class the method registers
+# (partformer/methods/); ``method.name`` says which one a run uses.
 
 
 @dataclass
@@ -95,73 +98,32 @@ class EncoderConfig:
 
 
 @dataclass
-class PartTokenConfig:
-    in_scale: float = 0.5
-    patch_size: int = 16
-    width: int = 256
-    depth: int = 6
-    heads: int = 8
-    mlp_ratio: float = 4.0
-
-
-@dataclass
-class DecoderConfig:
-    channels: int = 64
-    num_blocks: int = 5
-    upsample_after: List[int] = field(default_factory=lambda: [2, 4])
-
-
-@dataclass
 class ModelConfig:
+    """What every method shares: K and the feature-map encoder (frozen or not, the method's
+    section says what it trains)."""
     num_parts: int = 4                # K foreground parts; background is the extra last channel
-    feature_dim: int = 64             # D
-    compress: str = "cub"             # cub | celeba | single
-    compress_hidden: List[int] = field(default_factory=lambda: [256, 128])
-    alignment: str = "dot"            # dot (x align_scale) | cosine (x learnable scale)
-    align_scale: float = 0.8
-    predict_upsample: int = 4
-    # How the two x0.5 paths are downsampled: the view fed to the part-token ViT (by
-    # partformer.in_scale) and the reconstruction target (to the decoder's output size).
-    # nearest: the authors' F.interpolate(x, scale_factor=0.5) (PyTorch's default mode; output pixel
-    # (i, j) = input pixel (2i, 2j)) | bilinear (half-pixel centres, no antialiasing). See
-    # docs/differences.md.
-    half_resample: str = "nearest"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    partformer: PartTokenConfig = field(default_factory=PartTokenConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+
+def _default_method() -> str:
+    from partformer.methods import DEFAULT_METHOD
+    return DEFAULT_METHOD
 
 
 @dataclass
-class LossConfig:
-    recon: str = "perceptual"         # perceptual | l1 | mse
-    vgg_weights: Optional[str] = "imagenet"   # imagenet | path to a local vgg19 state dict
-    vgg_channels_last: bool = True    # VGG19 convolutions in the channels-last layout (faster)
-    weights: Dict[str, float] = field(default_factory=lambda: dict(LOSS_WEIGHTS))
-    area_eps: float = 0.5
-    area_all_maps: bool = False
-    area_normalise: bool = False
-    arcface_s: float = 20.0
-    arcface_m: float = 0.5
-
-
-@dataclass
-class AugmentConfig:
-    flip_p: float = 0.5
-    rot_std: float = 15.0
-    rot_max: float = 30.0
-    scale_std: float = 0.05
-    scale_min: float = 0.95
-    scale_max: float = 1.05
-    trans_std: float = 0.05
-    trans_max: float = 0.05
+class MethodConfig:
+    name: str = field(default_factory=_default_method)  # a registered method (partformer.methods)
 
 
 @dataclass
 class SchedulerConfig:
-    name: str = "multistep"           # multistep | cosine | constant
-    milestones: List[int] = field(default_factory=lambda: [90, 95])  # epochs
-    gamma: float = 0.2
+    name: str = "multistep"           # multistep | step | cosine | constant
+    milestones: List[int] = field(default_factory=lambda: [90, 95])  # epochs (multistep)
+    step_size: int = 1                # epochs between decays (step)
+    gamma: float = 0.2                # decay factor (multistep, step)
     warmup_epochs: float = 0.0
+    # cosine: the learning rate it ends at, absolute (as DINO and timm); the base group's; every
+    # parameter group is scaled by the same factor, so a group with lr_mult m ends at m * min_lr
     min_lr: float = 0.0
 
 
@@ -170,8 +132,10 @@ class TrainConfig:
     epochs: int = 100
     max_steps: Optional[int] = None   # stop after this many optimiser steps (overrides epochs)
     batch_size: int = 32              # per process
+    optimizer: str = "adamw"          # adamw | adam | sgd (methods set their own in their configs)
     lr: float = 5e-4
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    momentum: float = 0.9             # sgd only
     weight_decay: float = 0.01
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     grad_accum: int = 1
@@ -273,12 +237,42 @@ class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    # one section per registered method, by name (the YAML has them at the top level:
+    # ``partformer:``, ``mpae:``); filled by from_dict, written back flat by to_dict
+    methods: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        # every registered method has a section (its defaults unless the tree sets it)
+        from partformer.methods import get_method, method_names
+        for name in method_names():
+            cls = get_method(name).config_class
+            if cls is not None and name not in self.methods:
+                self.methods[name] = cls()
+
+    def section(self, name: Optional[str] = None) -> Any:
+        """The config section of method ``name`` (default: the run's ``method.name``)."""
+        name = name or self.method.name
+        if name not in self.methods:
+            from partformer.methods import get_method
+            cls = get_method(name).config_class
+            if cls is None:
+                return None
+            self.methods[name] = cls()
+        return self.methods[name]
+
+    def __getattr__(self, name: str) -> Any:
+        # ``cfg.partformer``, ``cfg.mpae``: a method's section as an attribute
+        if name.startswith("_") or name == "methods" or "methods" not in self.__dict__:
+            raise AttributeError(name)
+        from partformer.methods import method_names
+        if name in method_names():
+            return self.section(name)
+        raise AttributeError(f"{type(self).__name__} has no section {name!r}")
 
 
 # --------------------------------------------------------------------------------------- loading
@@ -416,12 +410,39 @@ def apply_overrides(tree: Dict[str, Any], overrides: Optional[List[str]],
 
 
 def from_dict(tree: Dict[str, Any], origins: Optional[Dict[str, str]] = None) -> Config:
-    """Build and validate a :class:`Config` from a raw tree: types (:func:`_build`) and values
-    that cannot work (:data:`CHECKS`), each error naming the key and where it was set."""
+    """Build and validate a :class:`Config` from a raw tree: keys of older layouts moved where
+    they live now (each method's ``upgrade_config``), types (:func:`_build`), every method's
+    section, and values that cannot work (:data:`CHECKS` and the methods' own checks), each error
+    naming the key and where it was set."""
+    from partformer.methods import get_method, method_names
     origins = origins or {}
-    cfg = _build(Config, tree, "", origins)
+    tree = copy.deepcopy(tree)
+    names = method_names()
+    for name in names:
+        get_method(name).upgrade_config(tree, origins)
+    sections = {k: tree.pop(k) for k in list(tree) if k in names}
+    if "methods" in tree:
+        raise ConfigError("`methods` is not a config section: a method's settings go into a "
+                          f"top-level section named after it ({', '.join(names)})")
+    cfg = _build(Config, tree, "", origins, extra_keys=names)
+    _check_method_name(cfg, names, origins)
+    for name in names:
+        cls = get_method(name).config_class
+        if cls is not None:
+            cfg.methods[name] = _build(cls, sections.get(name) or {}, name + ".", origins)
+        elif sections.get(name):
+            raise ConfigError(f"method {name!r} has no settings; remove the `{name}:` section"
+                              f"{_where(name, origins)}")
     check_values(cfg, origins)
     return cfg
+
+
+def _check_method_name(cfg: Config, names: List[str], origins: Dict[str, str]) -> None:
+    if cfg.method.name not in names:
+        close = difflib.get_close_matches(cfg.method.name, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"config key `method.name`{_where('method.name', origins)} must be one "
+                          f"of the registered methods {names}, got {cfg.method.name!r}{hint}")
 
 
 # ------------------------------------------------------------------------------- value checks
@@ -444,6 +465,24 @@ def _one_of(choices):
     return (lambda v: v in choices), f"one of {list(choices)}"
 
 
+DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
+
+
+def check_device_name(device: str) -> bool:
+    """Whether ``device`` is a device name this package runs on (:data:`DEVICE_HELP`)."""
+    if device in ("auto", "cpu", "cuda"):
+        return True
+    return device.startswith("cuda:") and device[5:].isdigit()
+
+
+# the same helpers for the CHECKS tables of the methods' config classes
+at_least, optional_at_least, one_of = _at_least, _optional_at_least, _one_of
+
+
+def in_range(lo: float, hi: float):
+    return (lambda v: lo <= v <= hi), f"a number in [{lo:g}, {hi:g}]"
+
+
 # values that pass the type check but cannot work; rejected when the config is read (not after the
 # data has loaded): dotted key -> (test, what is expected)
 CHECKS: Dict[str, Tuple[Callable[[Any], bool], Any]] = {
@@ -451,9 +490,6 @@ CHECKS: Dict[str, Tuple[Callable[[Any], bool], Any]] = {
     "data.image_size": _at_least(1),
     "data.num_workers": _at_least(0),
     "model.num_parts": _at_least(1, " (K foreground parts; the background map is added)"),
-    "model.feature_dim": _at_least(1),
-    "model.align_scale": ((lambda v: v > 0), "a number > 0"),
-    "model.predict_upsample": _at_least(1),
     "train.epochs": _at_least(0),
     "train.max_steps": _optional_at_least(1),
     "train.batch_size": _at_least(1),
@@ -462,11 +498,15 @@ CHECKS: Dict[str, Tuple[Callable[[Any], bool], Any]] = {
     "train.grad_accum": _at_least(1),
     "train.grad_clip": _at_least(0, " (0 disables clipping)"),
     "train.precision": _one_of(PRECISIONS),
+    "train.device": (check_device_name, DEVICE_HELP),
     "train.max_nonfinite": _at_least(1),
     "train.log_every": _at_least(1),
     "train.val_every": _at_least(1),
     "train.threads": _at_least(0, " (0 keeps torch's default)"),
     "train.scheduler.name": _one_of(SCHEDULERS),
+    "train.scheduler.step_size": _at_least(1),
+    "train.scheduler.min_lr": _at_least(0),
+    "train.optimizer": _one_of(OPTIMIZERS),
     "train.scheduler.gamma": ((lambda v: v > 0), "a number > 0"),
     "train.scheduler.warmup_epochs": _at_least(0),
     "eval.batch_size": _at_least(1),
@@ -491,17 +531,32 @@ CHECKS: Dict[str, Tuple[Callable[[Any], bool], Any]] = {
 
 
 def check_values(cfg: Config, origins: Optional[Dict[str, str]] = None) -> None:
-    """Raise :class:`ConfigError` for the first value of :data:`CHECKS` that cannot work."""
+    """Raise :class:`ConfigError` for the first value that cannot work: :data:`CHECKS` of the
+    shared sections, then the ``CHECKS`` of each method's config class (keys relative to its
+    section) and its ``check(cfg)`` hook (conditions between several keys)."""
     origins = origins or {}
-    for dotted, (test, expected) in CHECKS.items():
-        obj = cfg
-        for part in dotted.split("."):
-            obj = getattr(obj, part)
-        if not test(obj):
-            expected = expected() if callable(expected) else expected
-            raise ConfigError(f"config key `{dotted}`{_where(dotted, origins)} must be {expected}, "
-                              f"got {obj!r}. Fix it in the config file or on the command line "
-                              f"({dotted}=...)")
+    tables = [("", cfg, CHECKS)]
+    tables += [(name + ".", sec, getattr(type(sec), "CHECKS", {}))
+               for name, sec in cfg.methods.items()]
+    for prefix, root, table in tables:
+        for key, (test, expected) in table.items():
+            obj = root
+            for part in key.split("."):
+                obj = getattr(obj, part)
+            if not test(obj):
+                dotted = prefix + key
+                expected = expected() if callable(expected) else expected
+                raise ConfigError(f"config key `{dotted}`{_where(dotted, origins)} must be "
+                                  f"{expected}, got {obj!r}. Fix it in the config file or on the "
+                                  f"command line ({dotted}=...)")
+    from partformer.methods import get_method
+    for name, sec in cfg.methods.items():
+        problem = getattr(sec, "check", None) and sec.check(cfg)
+        if problem:
+            key, message = problem
+            dotted = f"{name}.{key}"
+            raise ConfigError(f"config key `{dotted}`{_where(dotted, origins)}: {message}")
+    get_method(cfg.method.name)  # registered (checked by from_dict; kept for direct callers)
 
 
 def _where(dotted: str, origins: Dict[str, str]) -> str:
@@ -509,10 +564,11 @@ def _where(dotted: str, origins: Dict[str, str]) -> str:
     return f" (set in {src})" if src else ""
 
 
-def _build(cls, data: Dict[str, Any], prefix: str, origins: Dict[str, str]):
+def _build(cls, data: Dict[str, Any], prefix: str, origins: Dict[str, str],
+           extra_keys: Sequence[str] = ()):
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    names = list(fields)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "methods"}
+    names = list(fields) + list(extra_keys)
     if not isinstance(data, dict):
         raise ConfigError(f"`{prefix.rstrip('.') or 'config'}` must be a mapping, "
                           f"got {data!r}{_where(prefix.rstrip('.'), origins)}")
@@ -589,19 +645,33 @@ def _coerce(tp, value, dotted: str, origins: Dict[str, str]):
 
 
 # --------------------------------------------------------------------------------------- output
-def to_dict(cfg) -> Dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg, job: Optional[str] = "train") -> Dict[str, Any]:
+    """The config as a plain tree. For a :class:`Config`, ``job`` (``train`` | ``pretrain``)
+    keeps only the sections that job uses (:data:`JOB_SECTIONS`), a training run's own method
+    section included (``partformer:``, ``mpae:``); ``None`` keeps every section."""
+    if not isinstance(cfg, Config):
+        return dataclasses.asdict(cfg)
+    out = {f.name: dataclasses.asdict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+           if f.name != "methods"}
+    if job is not None:
+        out = {k: v for k, v in out.items() if k in JOB_SECTIONS[job]}
+    used = [cfg.method.name] if job == "train" else [] if job else sorted(cfg.methods)
+    for name in used:
+        sec = cfg.section(name)
+        if sec is not None:
+            out[name] = dataclasses.asdict(sec)
+    return out
 
 
-def to_yaml(cfg) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+def to_yaml(cfg, job: Optional[str] = "train") -> str:
+    return yaml.safe_dump(to_dict(cfg, job), sort_keys=False, default_flow_style=None)
 
 
-def save_config(cfg, path: str) -> None:
-    """Write the resolved config as YAML, atomically."""
+def save_config(cfg, path: str, job: Optional[str] = "train") -> None:
+    """Write the resolved config (the sections ``job`` uses) as YAML, atomically."""
     from partformer.fileio import atomic_open
     with atomic_open(path, "w") as f:
-        f.write(to_yaml(cfg))
+        f.write(to_yaml(cfg, job))
 
 
 def add_config_args(parser) -> None:

@@ -1,169 +1,135 @@
-"""Weights by name, and reading any model file the package knows.
+"""Reading any model file the package knows, and building the model it holds.
 
-Shipped weights live in the package folder ``partformer/weights/``, listed in its ``index.yaml``::
+Above the methods (it asks the method registry how to build and convert); below the tools. A
+"model" is named the same way in every tool and in :func:`partformer.load`:
 
-    <name>:
-      file: <name>.safetensors     # or .pt; relative to the index
-      config: <name>.yaml          # the config the model was trained with (a .pt of ours that
-                                   # carries its config may omit it)
-      sha256: <hex digest of file> # checked on every load: a truncated download is an error
-      description: one line shown by available_weights()
-      kind: model                  # model (default: partformer.load) | encoder (a feature-map
-                                   # encoder's weights, for model.encoder.weights: <name>)
+- one of our checkpoints (``best.pt`` / ``last.pt``; the resolved config is inside), or a training
+  run directory (its ``best.pt``, else ``last.pt``);
+- a ``.safetensors`` state dict with its config (a YAML file, e.g. the run's ``config.yaml``);
+- a method's authors' released checkpoint (converted in memory by that method's converter);
+- the name of shipped or registered weights (:mod:`partformer.weights`).
 
-so ``partformer.load("<name>")`` works offline. Folders named in the ``PARTFORMER_WEIGHTS_PATH``
-environment variable (``os.pathsep``-separated, each with its own ``index.yaml``) are searched
-first: a lab can share weights without reinstalling. :func:`export_weights` writes such an entry
-from a training run (``python tools/export_weights.py runs/<run>/best.pt --name NAME``).
-
-:func:`read_model_file` reads one of our checkpoints (``best.pt`` / ``last.pt``, config inside), a
-``.safetensors`` state dict with its config, or the authors' released ``model_best.pth`` /
-``checkpoint.pth`` (converted in memory with :mod:`partformer.convert`).
+Checkpoints record the method (``method.name`` in their config; older ones, from before methods
+had sections, are PartFormer's and are upgraded on reading).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
+import torch
 import yaml
 
 from partformer import config as cfglib
-from partformer.engine.checkpoint import CheckpointError, load_checkpoint
+from partformer.engine.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
 from partformer.fileio import atomic_open, sha256_file
-
-WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
-INDEX_FILE = "index.yaml"
-ENV_PATH = "PARTFORMER_WEIGHTS_PATH"
+from partformer.weights import (ENV_PATH, INDEX_FILE, WEIGHTS_DIR, WeightsEntry,  # noqa: F401
+                                WeightsError, _read_index, available_weights, resolve_weights)
 
 
-WEIGHT_KINDS = ("model", "encoder")
+# ------------------------------------------------------------------------ configs of checkpoints
+def config_from_checkpoint(path: str, overrides=None, resolve_data_root: bool = False,
+                           ckpt: Optional[Dict[str, Any]] = None) -> cfglib.Config:
+    """The resolved config stored in one of our checkpoints (plus command-line overrides),
+    upgraded to today's layout by the methods (:meth:`Method.upgrade_config`).
+
+    ``resolve_data_root`` (tools that read the dataset): a relative ``data.root`` that the command
+    line does not override is resolved where the training ran (the absolute root the trainer
+    records in the checkpoint). When that folder does not exist here, a
+    :class:`~partformer.config.ConfigError` asks for ``data.root=``, so that no tool reads, or
+    generates, a dataset in the wrong place. A checkpoint without the record (older ones,
+    converted ones) uses the folder relative to the current directory only if it exists.
+    ``ckpt``: the already loaded checkpoint, if any.
+    """
+    from partformer.methods import get_method, method_names
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    if "config" not in ckpt:
+        raise CheckpointError(f"{path} carries no config; pass --config with the training config")
+    tree = yaml.safe_load(ckpt["config"])
+    origins = {k: f"the config stored in {path}" for k in cfglib._dotted_keys(tree)}
+    for name in method_names():   # checkpoint-specific upgrades (they may read `ckpt`)
+        get_method(name).upgrade_checkpoint_config(tree, ckpt, path)
+    cfglib.apply_overrides(tree, overrides, origins)
+    if resolve_data_root and origins.get("data.root") != "command line":
+        _resolve_stored_root(tree, origins, ckpt, path)
+    return cfglib.from_dict(tree, origins)
 
 
-class WeightsError(FileNotFoundError):
-    """Weights that cannot be found or verified; the message names the file and the fix."""
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightsEntry:
-    name: str
-    file: str                      # absolute path
-    config: Optional[str]          # absolute path or a shipped config name; None: inside the file
-    sha256: Optional[str]
-    description: str = ""
-    index: str = ""                # the index.yaml that lists it
-    kind: str = "model"            # model | encoder
-
-
-def weights_dirs() -> List[str]:
-    """Folders searched for ``index.yaml``: ``$PARTFORMER_WEIGHTS_PATH`` first, then the
-    package's ``partformer/weights``."""
-    extra = [d for d in os.environ.get(ENV_PATH, "").split(os.pathsep) if d]
-    return extra + [WEIGHTS_DIR]
-
-
-def _read_index(folder: str) -> Dict[str, WeightsEntry]:
-    path = os.path.join(folder, INDEX_FILE)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        try:
-            raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise WeightsError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(raw, dict):
-        raise WeightsError(f"{path}: expected a mapping name -> {{file, config, sha256}}")
-    out = {}
-    for name, e in raw.items():
-        if not isinstance(e, dict) or "file" not in e:
-            raise WeightsError(f"{path}: entry {name!r} needs at least `file:` (and `config:`, "
-                               "`sha256:`)")
-        unknown = sorted(set(e) - {"file", "config", "sha256", "description", "kind"})
-        if unknown:
-            raise WeightsError(f"{path}: entry {name!r} has unknown keys {unknown}; known: file, "
-                               "config, sha256, description, kind")
-        kind = str(e.get("kind", "model"))
-        if kind not in WEIGHT_KINDS:
-            raise WeightsError(f"{path}: entry {name!r} has kind {kind!r}; known: "
-                               f"{', '.join(WEIGHT_KINDS)}")
-        config = e.get("config")
-        if config and os.path.isfile(os.path.join(folder, config)):
-            config = os.path.join(folder, config)
-        out[str(name)] = WeightsEntry(str(name), os.path.join(folder, e["file"]), config,
-                                      e.get("sha256"), str(e.get("description", "")), path, kind)
-    return out
-
-
-def available_weights() -> Dict[str, WeightsEntry]:
-    """Every named weights entry; a name in an earlier folder hides the same name later."""
-    found: Dict[str, WeightsEntry] = {}
-    for folder in weights_dirs():
-        for name, entry in _read_index(folder).items():
-            found.setdefault(name, entry)
-    return found
-
-
-def resolve_weights(name: str, kind: str = "model") -> WeightsEntry:
-    """The entry called ``name`` of ``kind``, its file present and its SHA-256 as listed."""
-    entries = {n: e for n, e in available_weights().items() if e.kind == kind}
-    if name not in entries:
-        import difflib
-        close = difflib.get_close_matches(name, list(entries), n=3)
-        raise WeightsError(
-            (f"no file, run directory or shipped weights called {name!r}. Shipped / registered "
-             f"names: {sorted(entries) or 'none'}" if kind == "model" else
-             f"no shipped or registered {kind} weights called {name!r}. Registered {kind} "
-             f"names: {sorted(entries) or 'none'}") + (f" (did you mean {close[0]!r}?)" if close
-                                                      else "")
-            + f". Pass a checkpoint path (runs/<run>/best.pt), or add an entry to an index.yaml "
-            f"in a folder of ${ENV_PATH} (tools/export_weights.py writes one)")
-    e = entries[name]
-    if not os.path.isfile(e.file):
-        raise WeightsError(f"weights {name!r}: {e.file} (listed in {e.index}) is missing; "
-                           "reinstall the package or fix the index entry")
-    if e.sha256 and sha256_file(e.file) != e.sha256.lower():
-        raise WeightsError(f"weights {name!r}: {e.file} does not match the sha256 listed in "
-                           f"{e.index} (truncated or replaced file); reinstall or re-export it")
-    return e
+def _resolve_stored_root(tree: Dict[str, Any], origins: Dict[str, str], ckpt: Dict[str, Any],
+                         path: str) -> None:
+    data = tree.setdefault("data", {})
+    root = data.get("root", cfglib.DataConfig().root)
+    if not isinstance(root, str) or os.path.isabs(os.path.expanduser(root)):
+        return
+    recorded = ckpt.get("data_root")
+    if recorded and os.path.isdir(recorded):
+        data["root"] = recorded
+        origins["data.root"] = f"{path} (relative root resolved where training ran)"
+        return
+    if not recorded and os.path.isdir(root):
+        import warnings
+        warnings.warn(f"{path} does not record where it was trained; its relative data.root "
+                      f"{root!r} is read from the current directory ({os.path.abspath(root)})",
+                      stacklevel=3)
+        data["root"] = os.path.abspath(root)
+        return
+    where = (f"where the training ran it was {recorded}, which does not exist here"
+             if recorded else "the checkpoint does not record where the training ran")
+    raise cfglib.ConfigError(
+        f"{path} stores the relative data.root {root!r} and {where}. Pass the dataset folder on "
+        f"the command line: data.root=/path/to/{os.path.basename(root.rstrip('/')) or 'dataset'} "
+        "(it is not guessed from the current directory, so that no dataset is read from, or "
+        "generated into, the wrong place)")
 
 
 # ---------------------------------------------------------------------------------- model files
-def _looks_official(ckpt: Dict[str, Any]) -> bool:
-    from partformer.convert import POS_EMBED_KEY
-    sd = ckpt.get("state_dict", ckpt)
-    keys = [k[len("module."):] if k.startswith("module.") else k for k in sd]
-    return POS_EMBED_KEY in keys or any(k.startswith("backbone1.") for k in keys)
+def _official_method(ckpt: Dict[str, Any]) -> Optional[str]:
+    """The method whose authors' file ``ckpt`` is, if any."""
+    from partformer.methods import get_method, method_names
+    found = [n for n in method_names() if get_method(n).detect_official(ckpt)]
+    return found[0] if found else None
 
 
 def read_model_file(path: str, config: Optional[str] = None,
-                    official_dataset: Optional[str] = None, overrides: Sequence[str] = ()
+                    official_dataset: Optional[str] = None, overrides: Sequence[str] = (),
+                    method: Optional[str] = None, resolve_data_root: bool = False,
                     ) -> Tuple[cfglib.Config, Dict[str, Any], str]:
     """``(config, state_dict, description)`` of a model file.
 
     ``config``: a YAML file (or shipped config name); needed for a ``.safetensors`` file, else the
-    config stored in the checkpoint is used (an explicit one wins). ``official_dataset`` (``cub`` /
-    ``celeba``): how to read the authors' files (default: detected from the file).
+    config stored in the checkpoint is used (an explicit one wins). ``official_dataset``: which of
+    the authors' models a released file is (default: detected from the file); ``method``: whose
+    authors' file it is (default: detected). ``resolve_data_root``: see
+    :func:`config_from_checkpoint`.
     """
+    from partformer.methods import get_method
     ckpt = load_checkpoint(path)
     if "model" in ckpt and "config" in ckpt and config is None:
-        from partformer.engine.runner import config_from_checkpoint
-        cfg = config_from_checkpoint(path, list(overrides), ckpt=ckpt)
-        return cfg, ckpt["model"], path
+        cfg = config_from_checkpoint(path, list(overrides), resolve_data_root, ckpt=ckpt)
+        return cfg, _upgraded_state(cfg, ckpt["model"]), path
     if "model" in ckpt:  # .safetensors, or one of ours with an explicit config
         if config is None:
             raise CheckpointError(f"{path} holds weights but no config; pass config=<the YAML the "
                                   "model was trained with> (e.g. the run's config.yaml)")
-        return cfglib.load_config(config, list(overrides)), ckpt["model"], path
-    if _looks_official(ckpt):
-        from partformer.convert import convert_checkpoint
-        conv = convert_checkpoint(path, official_dataset, base_config=config)
+        cfg = cfglib.load_config(config, list(overrides))
+        return cfg, _upgraded_state(cfg, ckpt["model"]), path
+    name = method or _official_method(ckpt)
+    if name is not None:
+        conv = get_method(name).convert_official(path, official_dataset, base_config=config)
         tree = yaml.safe_load(conv["config"])
         cfglib.apply_overrides(tree, list(overrides), {})
-        return cfglib.from_dict(tree), conv["model"], f"{path} (the authors' file, converted)"
+        return cfglib.from_dict(tree), conv["model"], f"{path} (the authors' {name} file, converted)"
+    from partformer.methods import method_names
     raise CheckpointError(
-        f"{path} is neither one of our checkpoints (keys `model` + `config`) nor an official "
-        f"PartFormer file (top-level keys: {sorted(map(str, ckpt))[:8]}); use a run's best.pt / "
-        "last.pt, a .safetensors file with config=, or the authors' model_best.pth")
+        f"{path} is neither one of our checkpoints (keys `model` + `config`) nor a released file "
+        f"of the authors of a registered method ({', '.join(method_names(trainable=True))}; "
+        f"top-level keys: {sorted(map(str, ckpt))[:8]}); use a run's best.pt / last.pt, a "
+        ".safetensors file with a config, or the authors' released checkpoint")
+
+
+def _upgraded_state(cfg, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    from partformer.methods import get_method
+    return get_method(cfg.method.name).upgrade_state(dict(state), cfg)
 
 
 def locate(path_or_name: str) -> Tuple[str, Optional[str]]:
@@ -180,6 +146,54 @@ def locate(path_or_name: str) -> Tuple[str, Optional[str]]:
         return p, None
     e = resolve_weights(path_or_name)
     return e.file, e.config
+
+
+def model_from_state(cfg, state: Dict[str, torch.Tensor], source: str,
+                     device: torch.device) -> torch.nn.Module:
+    """The model of ``cfg``'s method with ``state`` loaded strictly, on ``device``, eval mode.
+    Every weight comes from ``state``: building fetches no pretrained weights."""
+    from partformer.methods import build_method
+    model = build_method(cfg).build_model(pretrained=False)
+    load_state_dict_strict(model, state, source=source)
+    return model.to(device).eval()
+
+
+def load_model(path_or_name: str, device: torch.device, config: Optional[str] = None,
+               overrides: Sequence[str] = (), official_dataset: Optional[str] = None,
+               ) -> Tuple[cfglib.Config, torch.nn.Module, str]:
+    """``(config, model in eval mode on device, description)`` of any model name (the module
+    docstring)."""
+    path, entry_config = locate(path_or_name)
+    cfg, state, source = read_model_file(path, config or entry_config, official_dataset,
+                                         overrides)
+    return cfg, model_from_state(cfg, state, source, device), source
+
+
+def convert_official_file(input_path: str, output_path: str, method: Optional[str] = None,
+                          dataset: Optional[str] = None, base_config: Optional[str] = None,
+                          overrides: Sequence[str] = (), unsafe_load: bool = False,
+                          overwrite: bool = False) -> Dict[str, Any]:
+    """Convert a method's authors' released file into one of our checkpoints at ``output_path``
+    (atomically; the converted model is rebuilt and loaded strictly first). ``method``: whose
+    file it is (default: detected). Returns the checkpoint's ``source`` (plus ``output``)."""
+    from partformer.engine.checkpoint import atomic_torch_save
+    from partformer.methods import get_method, method_names
+    from partformer.methods.foreign import ConversionError, load_official
+    if os.path.exists(output_path) and not overwrite:
+        raise ConversionError(f"{output_path} exists; pass --overwrite to replace it")
+    if os.path.abspath(output_path) == os.path.abspath(input_path):
+        raise ConversionError("--output must differ from --input")
+    if method is None:
+        sd, _ = load_official(input_path, unsafe=unsafe_load)
+        method = _official_method(sd)
+        if method is None:
+            raise ConversionError(
+                f"{input_path} is not a released checkpoint of any registered method's authors "
+                f"({', '.join(method_names(trainable=True))}); pass --method if it is")
+    ckpt = get_method(method).convert_official(input_path, dataset, base_config, list(overrides),
+                                               unsafe_load)
+    atomic_torch_save(ckpt, output_path)
+    return dict(ckpt["source"], output=output_path)
 
 
 # ---------------------------------------------------------------------------------- exporting

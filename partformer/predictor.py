@@ -140,7 +140,7 @@ class Predictor:
     docstring). Build with :func:`partformer.load`, or directly from a model and its config.
 
     Args:
-        model: a ``PartFormerModel`` (anything with ``predict(images [B,3,S,S] in [0,1])``).
+        model: the model of the config's method (its ``predict`` gives the part maps).
         cfg: its :class:`partformer.config.Config` (``data.resize``, ``data.image_size``,
             ``model.num_parts``, ``train.precision``).
         device: where the model runs (default: CUDA when available, else CPU).
@@ -155,9 +155,10 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, cfg, device: Union[None, str, torch.device] = None,
                  batch_size: int = 8, resize: Optional[str] = None,
                  precision: Optional[str] = None, source: str = ""):
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = _device(device)
         self.model = model.to(self.device).eval()
+        from partformer.methods import build_method
+        self.method = build_method(cfg)
         self.cfg = cfg
         self.num_parts = int(cfg.model.num_parts)
         self.image_size = int(cfg.data.image_size)
@@ -208,7 +209,10 @@ class Predictor:
         on the predictor's device)."""
         x = images.to(self.device, non_blocking=True)
         with autocast_context(self.device, self.amp_dtype):
-            maps = self.model.predict(x, output_size=tuple(x.shape[-2:]))
+            maps = self.method.predict(self.model, {"image": x})
+        if tuple(maps.shape[-2:]) != tuple(x.shape[-2:]):
+            maps = F.interpolate(maps.float(), size=tuple(x.shape[-2:]), mode="bilinear",
+                                 align_corners=False)
         return maps.float()
 
     def __call__(self, images, batch_size: Optional[int] = None
@@ -251,23 +255,25 @@ def load(path_or_name: str, device: Union[None, str, torch.device] = None, *,
          config: Optional[str] = None, batch_size: int = 8, resize: Optional[str] = None,
          precision: Optional[str] = None, official_dataset: Optional[str] = None,
          overrides: Sequence[str] = ()) -> Predictor:
-    """A :class:`Predictor` for a model file, a training run or shipped weights.
+    """A :class:`Predictor` for a model file, a training run or shipped weights, of any method.
 
     ``path_or_name``: one of our checkpoints (``runs/<run>/best.pt``; its config is inside), a run
-    directory (its ``best.pt``, else ``last.pt``), a ``.safetensors`` file (with ``config=``), the
-    authors' released ``model_best.pth`` / ``checkpoint.pth`` (converted on the fly;
-    ``official_dataset='cub'|'celeba'`` if it cannot be detected), or the name of shipped /
-    registered weights (partformer.hub; no network needed). ``device``: default CUDA when
-    available. ``overrides``: dotted config overrides (e.g. ``data.image_size=320``).
+    directory (its ``best.pt``, else ``last.pt``), a ``.safetensors`` file (with ``config=``), a
+    method's authors' released checkpoint (converted on the fly; ``official_dataset`` if it
+    cannot be detected), or the name of shipped / registered weights (partformer.weights; no
+    network needed). ``device``: default CUDA when available. ``overrides``: dotted config
+    overrides (e.g. ``data.image_size=320``).
     """
-    from partformer.engine.runner import model_from_state
-    from partformer.hub import locate, read_model_file
-
-    path, entry_config = locate(path_or_name)
-    cfg, state, source = read_model_file(path, config or entry_config, official_dataset,
-                                         overrides)
-    dev = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
-    model = model_from_state(cfg, state, source, dev)
+    from partformer.hub import load_model
+    dev = _device(device)
+    cfg, model, _ = load_model(path_or_name, dev, config=config, overrides=overrides,
+                               official_dataset=official_dataset)
     return Predictor(model, cfg, dev, batch_size=batch_size, resize=resize, precision=precision,
                      source=str(path_or_name))
+
+
+def _device(device: Union[None, str, torch.device]) -> torch.device:
+    """``device`` as a torch device (default: CUDA when available); a CUDA device on a machine
+    without CUDA is a :class:`~partformer.config.ConfigError` (one line, exit 2 in the tools)."""
+    from partformer.engine.distributed import resolve_device
+    return resolve_device(device)

@@ -13,8 +13,7 @@ Measured 2026-12-02: intact 62.42, no_exchange 58.60, recon_sign 56.53."""
 import torch
 import pytest
 from tests.test_learning import coded_root, train_and_score  # noqa: F401
-from partformer.models.model import PartFormerModel
-from partformer.losses.criterion import PartFormerCriterion
+from partformer.methods.partformer import PartFormerCriterion, PartFormerModel
 
 ORIG = PartFormerModel.forward
 

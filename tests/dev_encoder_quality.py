@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from partformer.baselines.kmeans import KMeansBaseline
+from partformer.models.kmeans import KMeansModel
 from partformer.data import build_dataset
 from partformer.engine.evaluator import evaluate
 from partformer.pretrain.probe import linear_probe
@@ -75,8 +75,8 @@ def test_quality(offset, noise, coded_root, tmp_path, monkeypatch):
                                  lambda: OffsetPartEncoder(offset, noise), protocols)
     test = build_dataset(cfg.data, "test", skip_bad_images=False)
     encoder = OffsetPartEncoder(offset, noise)
-    km_model = KMeansBaseline(NUM_GT_PARTS, encoder).fit(build_dataset(cfg.data, "train"))
-    km = evaluate(km_model, test, NUM_GT_PARTS, protocols=protocols, batch_size=32)
+    km_model = KMeansModel(NUM_GT_PARTS, encoder).fit(build_dataset(cfg.data, "train"))
+    km = evaluate(lambda b: km_model.predict(b["image"]), test, NUM_GT_PARTS, protocols=protocols, batch_size=32)
     lin = linear_probe(km_model.features, test, NUM_GT_PARTS)
     print(f"\nRESULT offset {offset} noise {noise}: linear probe {lin['linear_bal_acc']:.1f} | "
           f"PartFormer kp/px NMI {pf['kp_nmi_with_bg']['value']:.2f} / "

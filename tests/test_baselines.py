@@ -1,4 +1,4 @@
-"""Tests of the training-free baselines (partformer/baselines): the oracle-box grid and k-means on
+"""Tests of the training-free references (partformer/methods/grid, kmeans): the oracle-box grid and k-means on
 frozen encoder features (with a hand-made fake encoder, no network)."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import itertools
 import pytest
 import torch
 
-from partformer.baselines import BASELINES, GridBaseline, KMeansBaseline
-from partformer.baselines.grid import grid_part_maps, grid_shape
-from partformer.baselines.kmeans import kmeans_torch
+from partformer.methods import get_method
+from partformer.methods.grid import Grid, GridModel, grid_part_maps, grid_shape
+from partformer.models.kmeans import KMeansModel, kmeans_torch
 
 
 
@@ -57,16 +57,25 @@ def test_grid_maps_per_image_boxes():
     assert (labels[1, 4:, 4:] == 0).all() and (labels[1, :4, :] == 1).all()
 
 
+def _grid_method(num_parts=4):
+    from partformer import config as cfglib
+    cfg = cfglib.load_config(None, [f"model.num_parts={num_parts}"])
+    return Grid(cfg)
+
+
 def test_grid_baseline_callable():
-    g = BASELINES["grid"](4).fit(None)
-    assert isinstance(g, GridBaseline)
+    assert get_method("grid") is Grid and not Grid.trainable
+    method = _grid_method()
+    model = method.build_model()
+    assert isinstance(model, GridModel) and not list(model.parameters())
+    method.fit(model, None, torch.device("cpu"))                 # nothing to fit
     batch = {"image": torch.zeros(2, 3, 16, 12), "bbox": torch.tensor([[0.0, 0.0, 12.0, 16.0]] * 2)}
-    maps = g(batch)
+    maps = method.predict(model, batch)
     assert maps.shape == (2, 5, 16, 12)
     assert (maps[:, 4] == 0).all()                    # the box covers the whole image
     assert (maps.argmax(1)[:, 0, 0] == 0).all() and (maps.argmax(1)[:, -1, -1] == 3).all()
     with pytest.raises(ValueError, match="bbox"):
-        g({"image": torch.zeros(1, 3, 8, 8)})
+        method.predict(model, {"image": torch.zeros(1, 3, 8, 8)})
 
 
 # ------------------------------------------------------------------------------ k-means
@@ -105,6 +114,8 @@ class FakeEncoder(torch.nn.Module):
     split into four horizontal bands e1..e4 of 1, 2, 4 and 7 rows (the 7-row band is larger than
     the border, so background must be chosen by border coverage, not by size)."""
 
+    embed_dim = 5
+
     def __init__(self):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(1))   # so .to(device) has something to move
@@ -127,12 +138,12 @@ def fake_dataset(n=3, size=32):
 
 
 def test_kmeans_baseline_border_cluster_last():
-    km = BASELINES["kmeans"](4, FakeEncoder(), device="cpu", seed=0)
-    assert isinstance(km, KMeansBaseline)
-    with pytest.raises(RuntimeError, match="fit"):
-        km({"image": torch.zeros(1, 3, 32, 32)})
+    assert not get_method("kmeans").trainable
+    km = KMeansModel(4, FakeEncoder(), seed=0)
+    with pytest.raises(RuntimeError, match="fitted"):
+        km.predict(torch.zeros(1, 3, 32, 32))
     km.fit(fake_dataset(), batch_size=2)
-    maps = km({"image": torch.rand(2, 3, 32, 32)})
+    maps = km.predict(torch.rand(2, 3, 32, 32))
     assert maps.shape == (2, 5, 16, 16)
     labels = maps.argmax(1)
     # border -> background (last channel)
@@ -162,11 +173,22 @@ def test_kmeans_baseline_images_of_different_sizes():
 
     data = [{"image": torch.rand(3, 32, 32)}, {"image": torch.rand(3, 24, 40)},
             {"image": torch.rand(3, 48, 20)}]
-    km = KMeansBaseline(4, Banded(), seed=0).fit(data, batch_size=1)
+    km = KMeansModel(4, Banded(), seed=0).fit(data, batch_size=1)
     for h, w in ((24, 40), (48, 20)):
-        labels = km({"image": torch.rand(1, 3, h, w)}).argmax(1)[0]
+        labels = km.predict(torch.rand(1, 3, h, w)).argmax(1)[0]
         assert (labels[0] == 4).all() and (labels[-1] == 4).all()
         assert (labels[:, 0] == 4).all() and (labels[:, -1] == 4).all()
         fg = labels[1:-1, 1:-1]
         assert (fg < 4).all() and len(fg.unique()) == 4
         assert (fg == fg[:1]).all()          # one label per column band
+
+
+def test_fitted_kmeans_centres_are_saved_and_load_strictly():
+    """The k-means reference's centres are a buffer of its model: a state dict round trip
+    predicts the same maps (what a checkpoint of the reference holds)."""
+    from partformer.engine.checkpoint import load_state_dict_strict
+    km = KMeansModel(4, FakeEncoder(), seed=0).fit(fake_dataset(), batch_size=2)
+    other = KMeansModel(4, FakeEncoder(), seed=0)
+    load_state_dict_strict(other, km.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(other.predict(x), km.predict(x))

@@ -151,7 +151,7 @@ def test_config_errors_exit_with_message(trained, tmp_path, capsys):
                                str(tmp_path / "o"), "model.num_partz=3"], capsys)
     assert "model.num_partz" in err and "command line" in err
     err = error_of(eval_main, ["--config", config, "--method", "partformer"], capsys)
-    assert "--checkpoint" in err
+    assert "--model" in err
     # --debug: the traceback instead of the message
     from partformer.config import ConfigError
     with pytest.raises(ConfigError, match="train.bach_size"):
@@ -184,7 +184,7 @@ def test_visualize_writes_mask_grid_matching_predictions(trained, tmp_path):
     from partformer.cli import visualize_main
     from partformer.config import load_config
     from partformer.data import build_dataset
-    from partformer.engine.runner import load_model
+    from partformer.hub import load_model
 
     _, cfg_path, run = trained
     out = str(tmp_path / "grid.png")
@@ -195,7 +195,7 @@ def test_visualize_writes_mask_grid_matching_predictions(trained, tmp_path):
     ds = build_dataset(cfg.data, "val")
     S = cfg.data.image_size
     assert grid.shape[0] == 4 * S  # image, overlay, parts, GT parts
-    model = load_model(cfg, os.path.join(run, "best.pt"), torch.device("cpu"))
+    _, model, _ = load_model(os.path.join(run, "best.pt"), torch.device("cpu"))
     with torch.no_grad():
         maps = model.predict(ds[0]["image"][None])
     maps = torch.nn.functional.interpolate(maps, size=(S, S), mode="bilinear", align_corners=False)

@@ -11,6 +11,7 @@ import yaml
 
 from partformer import config as cfglib
 from partformer.config import Config, ConfigError, from_dict, load_config, save_config, to_yaml
+from partformer.methods import method_names as cfglib_method_names
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
@@ -99,7 +100,7 @@ def test_dotted_overrides_types(tmp_path):
         "data.val_split=null",
         "logging.progress=false",
         "model.encoder.kwargs={depth: 2, embed_dim: 48}",
-        "loss.weights.arcface=1e-2",             # one entry of a Dict[str, float]
+        "partformer.loss.weights.arcface=1e-2",  # one entry of a Dict[str, float]
         "experiment.name=a=b",                   # only the first `=` splits
     ])
     assert cfg.train.lr == pytest.approx(1e-3) and isinstance(cfg.train.lr, float)
@@ -110,16 +111,16 @@ def test_dotted_overrides_types(tmp_path):
     assert cfg.data.val_split is None
     assert cfg.logging.progress is False
     assert cfg.model.encoder.kwargs == {"depth": 2, "embed_dim": 48}
-    assert cfg.loss.weights["arcface"] == pytest.approx(0.01)
-    assert cfg.loss.weights["recon"] == 1.0   # the other entries of the dict are kept
+    assert cfg.partformer.loss.weights["arcface"] == pytest.approx(0.01)
+    assert cfg.partformer.loss.weights["recon"] == 1.0   # the other entries of the dict are kept
     assert cfg.experiment.name == "a=b"
 
 
 def test_override_wins_over_file_and_bases(tmp_path):
-    write(tmp_path / "p.yaml", {"model": {"num_parts": 4, "feature_dim": 32}})
+    write(tmp_path / "p.yaml", {"model": {"num_parts": 4}, "partformer": {"feature_dim": 32}})
     child = write(tmp_path / "c.yaml", {"_base_": "p.yaml", "model": {"num_parts": 6}})
     cfg = load_config(child, ["model.num_parts=16"])
-    assert cfg.model.num_parts == 16 and cfg.model.feature_dim == 32
+    assert cfg.model.num_parts == 16 and cfg.partformer.feature_dim == 32
 
 
 def test_override_without_equals():
@@ -166,7 +167,8 @@ def test_unknown_override_key_names_command_line():
     ("train.max_steps=ten", "train.max_steps", "int"),        # Optional[int]
     ("train.scheduler.milestones=5", "train.scheduler.milestones", "List"),
     ("train.scheduler.milestones=[1, x]", "train.scheduler.milestones[1]", "int"),
-    ("loss.weights=3", "loss.weights", "Dict"),
+    ("partformer.loss.weights=3", "partformer.loss.weights", "Dict"),
+    ("kmeans.fit_images=many", "kmeans.fit_images", "int"),
 ])
 def test_wrong_type_names_expected_type(override, key, expected):
     with pytest.raises(ConfigError) as e:
@@ -197,10 +199,12 @@ def test_every_shipped_config_loads_and_round_trips(path):
     again = from_dict(yaml.safe_load(to_yaml(cfg)))
     assert again == cfg
     # values the engine checks at run time are valid names
-    assert cfg.model.compress in ("cub", "celeba", "single")
-    assert cfg.train.scheduler.name in ("multistep", "cosine", "constant")
+    assert cfg.method.name in cfglib_method_names()
+    assert cfg.train.scheduler.name in ("multistep", "step", "cosine", "constant")
     assert cfg.train.precision in ("auto", "fp32", "bf16", "fp16")
-    assert cfg.loss.recon in ("perceptual", "l1", "mse")
+    if cfg.method.name == "partformer":
+        assert cfg.partformer.compress in ("cub", "celeba", "single")
+        assert cfg.partformer.loss.recon in ("perceptual", "l1", "mse")
     assert cfg.data.val_split != cfg.data.test_split   # model selection never on test
 
 
@@ -221,18 +225,21 @@ def test_paper_configs(name, k, dataset, test_split):
     assert cfg.experiment.name == name
     assert cfg.data.image_size == 256 and cfg.data.resize == "whole"
     assert cfg.model.encoder.name == "vit_small_patch8_224.dino"
-    assert cfg.model.encoder.frozen is True and cfg.model.feature_dim == 64
+    assert cfg.method.name == "partformer"
+    assert cfg.model.encoder.frozen is True and cfg.partformer.feature_dim == 64
     assert cfg.train.lr == pytest.approx(5e-4) and cfg.train.batch_size == 32
     assert cfg.train.betas == [0.9, 0.95]
     assert cfg.train.scheduler.name == "multistep" and cfg.train.scheduler.gamma == 0.2
-    assert cfg.loss.recon == "perceptual"
-    assert cfg.loss.weights == {"recon": 1.0, "concentration": 0.3, "area": 0.5, "arcface": 0.01}
+    assert cfg.train.optimizer == "adamw" and cfg.train.weight_decay == 0.01
+    loss = cfg.partformer.loss
+    assert loss.recon == "perceptual"
+    assert loss.weights == {"recon": 1.0, "concentration": 0.3, "area": 0.5, "arcface": 0.01}
     if dataset == "cub":
         assert cfg.train.epochs == 100 and cfg.train.scheduler.milestones == [90, 95]
-        assert cfg.loss.area_eps == 0.5 and cfg.model.compress == "cub"
+        assert loss.area_eps == 0.5 and cfg.partformer.compress == "cub"
     else:
         assert cfg.train.epochs == 15 and cfg.train.scheduler.milestones == [10, 13]
-        assert cfg.loss.area_eps == 2.0 and cfg.model.compress == "celeba"
+        assert loss.area_eps == 2.0 and cfg.partformer.compress == "celeba"
         assert cfg.data.regressor_split == "mafl_train"
 
 
@@ -245,7 +252,7 @@ def test_default_config_is_used_without_path():
 def test_save_config_round_trip(tmp_path):
     cfg = load_config(None, ["train.lr=1e-5", "train.betas=[0.5, 0.999]", "model.num_parts=6",
                              "data.options={generator: {num_train: 10}}", "train.max_steps=7",
-                             "loss.vgg_weights=null", "logging.wandb.tags=[a, b]"])
+                             "partformer.loss.vgg_weights=null", "logging.wandb.tags=[a, b]"])
     path = str(tmp_path / "config.yaml")
     save_config(cfg, path)
     assert not os.path.exists(path + ".tmp")
@@ -257,11 +264,69 @@ def test_save_config_round_trip(tmp_path):
     assert from_dict(yaml.safe_load(text)) == cfg
     assert again.train.lr == pytest.approx(1e-5) and again.data.options == {
         "generator": {"num_train": 10}}
-    # every schema field is written (a saved config documents the whole run)
+    # every section a training run uses is written, in full (a saved config documents the whole
+    # run), and only those: the run's method section, not the other methods' or pretraining's
     tree = yaml.safe_load(text)
-    for f in dataclasses.fields(Config):
-        assert f.name in tree
+    assert set(tree) == set(cfglib.JOB_SECTIONS["train"]) | {cfg.method.name}
+    assert tree["partformer"]["loss"]["vgg_weights"] is None
 
 
 def test_from_dict_defaults_equal_schema():
     assert from_dict({}) == Config()
+
+
+# ------------------------------------------------------------------------------ methods
+def test_each_method_has_its_own_section_and_method_name_picks_one(tmp_path):
+    """Settings of several methods can sit in one file; ``method.name`` says which one a run
+    uses, and only that section is written with the run."""
+    path = write(tmp_path / "both.yaml", {"partformer": {"feature_dim": 32},
+                                          "kmeans": {"fit_images": 50}})
+    cfg = load_config(path)
+    assert cfg.method.name == "partformer" and cfg.partformer.feature_dim == 32
+    assert cfg.kmeans.fit_images == 50 and cfg.section("kmeans") is cfg.kmeans
+    assert cfg.section() is cfg.partformer
+    km = load_config(path, ["method.name=kmeans"])
+    tree = yaml.safe_load(to_yaml(km))
+    assert tree["method"] == {"name": "kmeans"} and tree["kmeans"]["fit_images"] == 50
+    assert "partformer" not in tree and "pretrain" not in tree
+    pre = yaml.safe_load(to_yaml(cfg, "pretrain"))
+    assert "pretrain" in pre and "partformer" not in pre and "method" not in pre
+
+
+def test_unknown_method_and_method_section_typos_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"`method.name`.*partformr.*did you mean 'partformer'"):
+        load_config(None, ["method.name=partformr"])
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["partformer.feature_dims=8"])
+    assert "`partformer.feature_dims`" in str(e.value) and "partformer.feature_dim" in str(e.value)
+    with pytest.raises(ConfigError, match="`partfromer`"):
+        load_config(None, ["partfromer.feature_dim=8"])
+    with pytest.raises(ConfigError, match=r"`partformer.vit.heads`.*divide.*width=128"):
+        load_config(None, ["partformer.vit.heads=3"])        # issue 16.19: at config time
+    with pytest.raises(ConfigError, match=r"`partformer.augment.flip_p`.*\[0, 1\]"):
+        load_config(None, ["partformer.augment.flip_p=2.0"])
+    with pytest.raises(ConfigError, match="`methods` is not a config section"):
+        from_dict({"methods": {}})
+
+
+def test_the_layout_before_methods_had_sections_still_loads(tmp_path):
+    """Version 0.1.0 kept PartFormer's settings in ``model.*`` (``model.partformer`` for the part
+    ViT), ``loss`` and ``augment``. Files, stored checkpoint configs and command lines in that
+    layout load into today's sections, with the same values."""
+    from tests.tiny import legacy_tree
+    cfg = load_config(os.path.join(REPO, "configs", "cub_k4.yaml"),
+                      ["partformer.loss.area_eps=0.7", "partformer.vit.depth=3"])
+    old = legacy_tree(cfg)
+    assert "partformer" not in old and old["model"]["partformer"]["depth"] == 3
+    assert old["loss"]["area_eps"] == 0.7 and "feature_dim" in old["model"]
+    assert from_dict(old) == cfg
+    path = write(tmp_path / "old.yaml", old)
+    assert load_config(path) == cfg
+    # old-style overrides still work, and a stored old key is overridden by today's key
+    assert load_config(None, ["loss.recon=l1"]).partformer.loss.recon == "l1"
+    assert load_config(None, ["model.feature_dim=8"]).partformer.feature_dim == 8
+    # the same key set in both layouts by files is ambiguous
+    both = write(tmp_path / "both.yaml", {"model": {"feature_dim": 8},
+                                          "partformer": {"feature_dim": 16}})
+    with pytest.raises(ConfigError, match="both set"):
+        load_config(both)

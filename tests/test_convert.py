@@ -1,4 +1,5 @@
-"""Converter of the authors' checkpoints (partformer/convert.py, tools/convert_official.py).
+"""Converter of the authors' checkpoints (partformer/methods/partformer/convert.py, reading in
+partformer/methods/foreign.py, tools/convert_official.py).
 
 The core check is parity: a random-weight state dict with exactly the authors' parameter names and
 shapes (CUB and CelebA layouts, written out below from their model's key list) is saved in both of
@@ -26,8 +27,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from partformer import convert as conv
-from partformer.convert import ConversionError
+import types
+
+from partformer.cli import convert_official_main
+from partformer.hub import convert_official_file
+from partformer.methods import foreign
+from partformer.methods.foreign import ConversionError
+from partformer.methods.partformer import convert as _pf_convert
+
+# the converter's pieces under one name (the PartFormer key mapping, the shared safe reader, the
+# generic writer and its CLI)
+conv = types.SimpleNamespace(**{k: getattr(_pf_convert, k) for k in dir(_pf_convert)
+                                if not k.startswith("__")})
+conv.load_official = foreign.load_official
+conv.main = convert_official_main
+conv.convert_file = lambda inp, out, dataset, **kw: convert_official_file(
+    inp, out, "partformer", dataset, **kw)
 
 # ------------------------------------------------------------------ the authors' key layout
 DINO_DEPTH, DINO_DIM, DINO_HEADS, DINO_PATCH, DINO_GRID0 = 12, 384, 6, 8, 28
@@ -263,9 +278,9 @@ def sample_images(seed=0, size=256):
 # ------------------------------------------------------------------ parity (the core requirement)
 def _load_like_eval(path):
     """What tools/eval.py --checkpoint does: config from the checkpoint, strict load."""
-    from partformer.engine.runner import config_from_checkpoint, load_model
-    cfg = config_from_checkpoint(path)
-    return cfg, load_model(cfg, path, torch.device("cpu"))
+    from partformer.hub import load_model
+    cfg, model, _ = load_model(path, torch.device("cpu"))
+    return cfg, model
 
 
 @pytest.mark.parametrize("variant,form", [("cub", "model_best"), ("celeba", "checkpoint")])
@@ -275,7 +290,7 @@ def test_converted_checkpoint_matches_reference_forward(tmp_path, variant, form,
     torch.save(sd if form == "model_best" else training_checkpoint(sd), src)
     out = tmp_path / "converted" / f"partformer_{variant}_k4.pt"
     assert conv.main(["--dataset", variant, "--input", str(src), "--output", str(out)]) == 0
-    assert "evaluate with: python tools/eval.py --checkpoint" in capsys.readouterr().out
+    assert "evaluate with: python tools/eval.py --model" in capsys.readouterr().out
     del sd["Transformer.pos_embed"]  # not needed to compare below; the file still has it
 
     ckpt = torch.load(out, map_location="cpu", weights_only=True)
@@ -290,7 +305,8 @@ def test_converted_checkpoint_matches_reference_forward(tmp_path, variant, form,
     assert source["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
 
     cfg, model = _load_like_eval(str(out))
-    assert cfg.model.num_parts == 4 and cfg.model.compress == variant
+    assert cfg.model.num_parts == 4 and cfg.partformer.compress == variant
+    assert cfg.method.name == "partformer" and source["method"] == "partformer"
     assert cfg.model.encoder.pretrained is False
     assert cfg.model.encoder.kwargs == {"pos_embed_interp": "dino_legacy"}
     assert cfg.data.image_size == 256
@@ -325,7 +341,7 @@ def test_converted_checkpoint_matches_reference_forward(tmp_path, variant, form,
 
 # ------------------------------------------------------------------ cheap checks on meta tensors
 def _meta_target(variant, num_parts=4):
-    from partformer.models import PartFormerModel
+    from partformer.methods.partformer import PartFormerModel
     with torch.device("meta"):
         model = PartFormerModel(num_parts=num_parts, image_size=256, compress=variant,
                                 encoder=dict(name="vit_small_patch8_224.dino", pretrained=False,
@@ -532,18 +548,20 @@ def test_cli_reports_errors(tmp_path, capsys):
     rc = conv.main(["--dataset", "cub", "--input", str(garbage),
                     "--output", str(tmp_path / "out.pt")])
     assert rc == 2
-    assert "conversion failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "garbage.pth" in err and "Traceback" not in err
     assert not (tmp_path / "out.pt").exists()
-    with pytest.raises(ConversionError, match="model section is fixed"):
-        conv.official_config("cub", 4, overrides=["model.num_parts=8"])
+    for key in ("model.num_parts=8", "partformer.feature_dim=32", "method.name=grid"):
+        with pytest.raises(ConversionError, match="architecture is fixed"):
+            conv.official_config("cub", 4, overrides=[key])
 
 
 def test_row_first_sincos_layout_needs_a_config_field():
     import dataclasses
-    from partformer.config import PartTokenConfig
+    from partformer.methods.partformer.config import PartTokenConfig
     if "sincos_layout" in {f.name for f in dataclasses.fields(PartTokenConfig)}:
         cfg = conv.official_config("cub", 4, sincos_layout="yx")
-        assert cfg.model.partformer.sincos_layout == "yx"
+        assert cfg.partformer.vit.sincos_layout == "yx"
     else:
         with pytest.raises(ConversionError, match="add `sincos_layout"):
             conv.official_config("cub", 4, sincos_layout="yx")
@@ -552,6 +570,6 @@ def test_row_first_sincos_layout_needs_a_config_field():
 def test_official_config_is_complete():
     cfg = conv.official_config("celeba", 4, overrides=["data.root=/data/celeba"])
     assert cfg.data.root == "/data/celeba" and cfg.data.name == "celeba_wild"
-    assert cfg.model.compress == "celeba" and cfg.model.encoder.weights is None
-    assert cfg.model.partformer.heads == 8 and cfg.model.align_scale == 0.8
+    assert cfg.partformer.compress == "celeba" and cfg.model.encoder.weights is None
+    assert cfg.partformer.vit.heads == 8 and cfg.partformer.align_scale == 0.8
     assert cfg.experiment.name == "official_celeba_k4"

@@ -103,12 +103,12 @@ def _evaluate(model, root):
     """Every protocol of the tiny test split (regressors fitted on the train split)."""
     from partformer.data import build_dataset
     from partformer.engine.evaluator import evaluate
-    from partformer.engine.runner import model_predictor
+    from tests.tiny import predictor_of
     from tests.tiny import tiny_config
     cfg = tiny_config(root)
     test = build_dataset(cfg.data, "test")
     train = build_dataset(cfg.data, "train")
-    res = evaluate(model_predictor(model, torch.device("cpu")), test, cfg.model.num_parts,
+    res = evaluate(predictor_of(cfg, model), test, cfg.model.num_parts,
                    regressor_dataset=train, batch_size=EVAL_BATCH, max_images=EVAL_MAX_IMAGES)
     return {k: {"value": v["value"], "count": v["count"]} for k, v in res.items()}
 
@@ -182,10 +182,10 @@ def test_two_processes_train_and_evaluate(tmp_path_factory):
 
 def _check_against_single_process(root, run, got):
     from partformer.engine.checkpoint import load_checkpoint, load_state_dict_strict
-    from partformer.models import build_model
+    from partformer.methods import build_model
     from tests.tiny import tiny_config
     cfg = tiny_config(root, TRAIN)
-    model = build_model(cfg.model, image_size=cfg.data.image_size)
+    model = build_model(cfg)
     load_state_dict_strict(model, load_checkpoint(os.path.join(run, "last.pt"))["model"])
     ref = _evaluate(model, root)
     assert set(ref) == set(got["results"]) and "kp_error_huang" in ref and "fg_iou" in ref
@@ -198,10 +198,10 @@ def _check_against_single_process(root, run, got):
     # best.pt's weights score in a single process
     from partformer.data import build_dataset
     from partformer.engine.evaluator import evaluate
-    from partformer.engine.runner import model_predictor
+    from tests.tiny import predictor_of
     best = load_checkpoint(os.path.join(run, "best.pt"))
     load_state_dict_strict(model, best["model"])
-    val = evaluate(model_predictor(model, torch.device("cpu")), build_dataset(cfg.data, "val"),
+    val = evaluate(predictor_of(cfg, model), build_dataset(cfg.data, "val"),
                    cfg.model.num_parts, protocols=[cfg.train.select_metric],
                    batch_size=cfg.eval.batch_size)
     assert val[cfg.train.select_metric]["value"] == pytest.approx(best["best_value"], abs=1e-9)

@@ -17,10 +17,11 @@ from partformer import config as cfglib
 from partformer.engine.checkpoint import (CheckpointError, all_finite, atomic_torch_save,
                                           load_checkpoint, load_state_dict_strict)
 from partformer.engine.evaluator import evaluate
-from partformer.engine.runner import config_from_checkpoint, model_predictor
-from partformer.engine.trainer import NonFiniteLossError, Trainer, lr_lambda_factory
+from partformer.engine.optim import lr_factor
+from partformer.engine.trainer import NonFiniteLossError, Trainer
+from partformer.hub import config_from_checkpoint
 
-from tests.tiny import shared_root, tiny_config
+from tests.tiny import predictor_of, shared_root, tiny_config
 
 
 NO_AUG = ["augment.flip_p=0", "augment.rot_std=0", "augment.scale_std=0", "augment.trans_std=0"]
@@ -139,7 +140,7 @@ def test_grad_accumulation_matches_big_batch(root, tmp_path):
     statistics would differ between micro-batches; no augmentation, whose draws depend on the
     micro-batch)."""
     def one_step(bs, accum, run):
-        tr = make(root, run, ["model.compress=single", f"train.batch_size={bs}",
+        tr = make(root, run, ["partformer.compress=single", f"train.batch_size={bs}",
                               f"train.grad_accum={accum}", "train.max_steps=1",
                               "data.val_split=null"] + NO_AUG)
         grads = {}
@@ -173,15 +174,18 @@ def test_grad_accumulation_matches_big_batch(root, tmp_path):
 
 def test_lr_schedules():
     from partformer.config import SchedulerConfig
-    ms = lr_lambda_factory(SchedulerConfig(name="multistep", milestones=[2, 3], gamma=0.1), 10, 50)
+    ms = lr_factor(SchedulerConfig(name="multistep", milestones=[2, 3], gamma=0.1), 1.0, 10, 50)
     assert [ms(s) for s in (0, 19, 20, 29, 30, 49)] == pytest.approx(
         [1, 1, 0.1, 0.1, 0.01, 0.01])
-    wu = lr_lambda_factory(SchedulerConfig(name="constant", warmup_epochs=0.5), 10, 50)
+    st = lr_factor(SchedulerConfig(name="step", step_size=2, gamma=0.5), 1.0, 10, 100)
+    assert [st(s) for s in (0, 19, 20, 39, 40)] == pytest.approx([1, 1, 0.5, 0.5, 0.25])
+    wu = lr_factor(SchedulerConfig(name="constant", warmup_epochs=0.5), 1.0, 10, 50)
     assert [wu(s) for s in (0, 4, 5, 40)] == pytest.approx([0.2, 1.0, 1.0, 1.0])
-    cos = lr_lambda_factory(SchedulerConfig(name="cosine", min_lr=0.1), 10, 50)
+    # min_lr is an absolute learning rate (DINO, timm): lr 0.5, min_lr 0.05 -> factor 0.1
+    cos = lr_factor(SchedulerConfig(name="cosine", min_lr=0.05), 0.5, 10, 50)
     assert cos(0) == pytest.approx(1.0) and cos(25) == pytest.approx(0.55)
     assert cos(50) == pytest.approx(0.1)
-    bad = lr_lambda_factory(SchedulerConfig(name="linear"), 10, 50)
+    bad = lr_factor(SchedulerConfig(name="linear"), 1.0, 10, 50)
     with pytest.raises(ValueError, match="scheduler.name"):
         bad(0)
 
@@ -207,7 +211,7 @@ def test_checkpoint_files(root, tmp_path):
     # best.pt holds the weights that scored best_value on the validation split
     model = tr.model
     load_state_dict_strict(model, best["model"])
-    res = evaluate(model_predictor(model, torch.device("cpu")), tr.val_set, 4,
+    res = evaluate(predictor_of(tr.cfg, model), tr.val_set, 4,
                    protocols=["kp_nmi_with_bg"], batch_size=16)
     assert res["kp_nmi_with_bg"]["value"] == pytest.approx(best_value, abs=1e-9)
     # the saved configs round-trip to the run's config
@@ -333,13 +337,13 @@ def nan_at(tr, bad_micro, record=None, where="loss"):
     BatchNorm running statistics it updates) turns NaN."""
     orig = tr.train_step_losses
 
-    def patched(images, micro_index):
+    def patched(batch, micro_index):
         if record is not None:
             record[micro_index] = snapshot(tr.model)
         bad = bad_micro is None or micro_index in bad_micro
         if bad and where == "input":
-            images = images * float("nan")
-        losses = orig(images, micro_index)
+            batch = dict(batch, image=batch["image"] * float("nan"))
+        losses = orig(batch, micro_index)
         if bad and where == "loss":
             losses = dict(losses, total=losses["total"] * float("nan"))
         return losses

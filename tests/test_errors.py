@@ -71,8 +71,9 @@ def test_num_parts_zero_is_rejected_before_any_data_is_read(root, tmp_path, caps
     assert "got 0" in err and "model.num_parts=..." in err
     assert not fresh.exists() and not (tmp_path / "r").exists()
     err = fails(eval_main, ["--config", tiny_yaml(root), "--method", "grid",
-                            "train.scheduler.name=step"], capsys)
-    assert "`train.scheduler.name`" in err and "['multistep', 'cosine', 'constant']" in err
+                            "train.scheduler.name=steps"], capsys)
+    assert "`train.scheduler.name`" in err and \
+        "['multistep', 'step', 'cosine', 'constant']" in err
 
 
 def test_malformed_images_txt_line_names_the_line(root, tmp_path, capsys):
@@ -142,7 +143,7 @@ def test_failing_final_evaluation_keeps_the_training(root, tmp_path, capsys):
                        "--no-baselines"]) == 2
     err = capsys.readouterr().err
     assert "the final evaluation failed" in err and bad in err and "Traceback" not in err
-    assert f"python tools/eval.py --checkpoint {os.path.join(run, 'best.pt')}" in err
+    assert f"python tools/eval.py --model {os.path.join(run, 'best.pt')}" in err
     assert "eval.skip_bad_images=true" in err
     for name in ("best.pt", "last.pt", "train_summary.json", "metrics.jsonl", "config.yaml"):
         assert os.path.isfile(os.path.join(run, name)), name

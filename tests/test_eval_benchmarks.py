@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from partformer.config import load_config
-from partformer.engine.runner import evaluate_methods
+from partformer.engine.evaluator import evaluate_methods
 from tests.fake_benchmarks import (write_celeba_tree, write_deepfashion_tree,
                                    write_partimagenet_ood_tree)
 

@@ -34,12 +34,11 @@ import yaml
 from partformer import config as cfglib
 from partformer.data import build_dataset
 from partformer.engine.evaluator import evaluate
-from partformer.engine.runner import model_predictor
 from partformer.engine.trainer import Trainer
-from partformer.models import model as model_module
-from partformer.models.model import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from partformer.methods.partformer import model as model_module
+from partformer.models.encoder import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from tests.tiny import tiny_dict
+from tests.tiny import predictor_of, tiny_dict
 
 LEVEL = 40          # grey level per part id in the coded images
 NUM_GT_PARTS = 5    # head, body, wing, tail, leg
@@ -96,10 +95,11 @@ def coded_root(tmp_path_factory):
 def learning_config(root, run_dir):
     d = tiny_dict(root)
     d["data"].update(image_size=SIZE, val_split=None, options={"generator": dict(GENERATOR)})
-    d["model"].update(num_parts=NUM_GT_PARTS, feature_dim=16, compress_hidden=[32, 32])
-    d["model"]["partformer"] = {"in_scale": 0.5, "patch_size": 4, "width": 32, "depth": 2,
-                                "heads": 2, "mlp_ratio": 2.0}
-    d["model"]["decoder"] = {"channels": 8, "num_blocks": 3, "upsample_after": [1]}
+    d["model"].update(num_parts=NUM_GT_PARTS)
+    d["partformer"].update(feature_dim=16, compress_hidden=[32, 32])
+    d["partformer"]["vit"] = {"in_scale": 0.5, "patch_size": 4, "width": 32, "depth": 2,
+                              "heads": 2, "mlp_ratio": 2.0}
+    d["partformer"]["decoder"] = {"channels": 8, "num_blocks": 3, "upsample_after": [1]}
     d["train"].update(epochs=30, max_steps=240, batch_size=24, lr=3e-3, threads=2)
     d["experiment"]["run_dir"] = run_dir
     path = os.path.join(os.path.dirname(run_dir), "learning.yaml")
@@ -121,7 +121,7 @@ def train_and_evaluate(root, tmp_path, monkeypatch, make_encoder=PartMaskEncoder
     finally:
         trainer.close()
     test = build_dataset(cfg.data, "test", skip_bad_images=False)
-    res = evaluate(model_predictor(trainer.model, torch.device("cpu")), test,
+    res = evaluate(predictor_of(trainer.cfg, trainer.model), test,
                    cfg.model.num_parts, protocols=list(protocols), batch_size=32)
     return res, cfg
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from partformer.methods.partformer import DEFAULT_LOSS_WEIGHTS, PartFormerCriterion
 from partformer.losses import (
-    DEFAULT_LOSS_WEIGHTS, PartFormerCriterion, VGG19_LAYER_WEIGHTS, VGG19_SLICES, VGGPerceptualLoss,
+    VGG19_LAYER_WEIGHTS, VGG19_SLICES, VGGPerceptualLoss,
     VGGWeightsError, arcface_logits, arcface_loss, area_loss, concentration_loss, perceptual_loss,
     pixel_reconstruction_loss,
 )
@@ -457,6 +458,6 @@ def test_criterion_from_config_and_errors():
 
 
 def test_criterion_from_project_config():
-    config = pytest.importorskip("partformer.config")
-    crit = PartFormerCriterion.from_config(config.LossConfig(recon="l1"), num_parts=4)
+    from partformer.methods.partformer.config import LossConfig
+    crit = PartFormerCriterion.from_config(LossConfig(recon="l1"), num_parts=4)
     assert crit.loss_weights == DEFAULT_LOSS_WEIGHTS

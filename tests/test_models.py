@@ -13,8 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from partformer.models import (CompressHead, FeatureMapEncoder, PartFormerModel, PartTokenViT,
-                               QuickGELU, ReconstructionDecoder, build_model, sincos_pos_embed_2d)
+from partformer.methods.partformer import PartFormerModel
+from partformer.models import (CompressHead, FeatureMapEncoder, PartTokenViT, QuickGELU,
+                               ReconstructionDecoder, sincos_pos_embed_2d)
 from partformer.models.partformer_vit import FusedSelfAttention
 
 torch.set_num_threads(1)
@@ -32,7 +33,7 @@ TINY_PF = dict(patch_size=8, width=32, depth=1, heads=2)
 def tiny_model(num_parts=4, image_size=64, encoder=None, **kw) -> PartFormerModel:
     torch.manual_seed(0)
     args = dict(num_parts=num_parts, image_size=image_size, encoder=dict(encoder or ENC_P16),
-                compress_hidden=(32, 16), feature_dim=16, partformer=dict(TINY_PF),
+                compress_hidden=(32, 16), feature_dim=16, vit=dict(TINY_PF),
                 decoder=dict(channels=16))
     args.update(kw)
     return PartFormerModel(**args)
@@ -81,7 +82,7 @@ def test_register_tokens_dropped():
 
 
 def test_targets_are_normalised_resized_views():
-    """Default (model.half_resample=nearest): the target at the decoder's output size is the
+    """Default (partformer.half_resample=nearest): the target at the decoder's output size is the
     normalised view sampled at the top-left pixel of every 2x2 / 4x4 block; bilinear on request."""
     model = tiny_model()                         # patch 16 at 64 px: 4x4 map, 16x16 target (x0.25)
     v1, v2 = views()
@@ -97,7 +98,7 @@ def test_targets_are_normalised_resized_views():
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     torch.testing.assert_close(model.normalize(v1), (v1 - mean) / std)
-    with pytest.raises(ValueError, match="model.half_resample"):
+    with pytest.raises(ValueError, match="partformer.half_resample"):
         tiny_model(half_resample="area")
 
 
@@ -541,76 +542,42 @@ def test_local_weights_errors(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- build_model
-@dataclasses.dataclass
-class _Enc:
-    name: str = "vit_tiny_patch16_224"
-    pretrained: bool = False
-    weights: Optional[str] = None
-    frozen: bool = True
-    layer: Optional[int] = None
-    kwargs: Dict[str, Any] = dataclasses.field(
-        default_factory=lambda: dict(depth=1, embed_dim=32, num_heads=2))
+TINY_OVERRIDES = ["data.image_size=64", "model.encoder.name=vit_tiny_patch16_224",
+                  "model.encoder.pretrained=false",
+                  "model.encoder.kwargs={depth: 1, embed_dim: 32, num_heads: 2}",
+                  "model.num_parts=3", "partformer.compress=celeba",
+                  "partformer.compress_hidden=[32, 16]", "partformer.feature_dim=16",
+                  "partformer.vit={patch_size: 8, width: 32, depth: 1, heads: 2}",
+                  "partformer.decoder.channels=8"]
 
 
-@dataclasses.dataclass
-class _Model:
-    num_parts: int = 3
-    feature_dim: int = 16
-    compress: str = "celeba"
-    compress_hidden: List[int] = dataclasses.field(default_factory=lambda: [32, 16])
-    alignment: str = "dot"
-    align_scale: float = 0.8
-    predict_upsample: int = 4
-    encoder: _Enc = dataclasses.field(default_factory=_Enc)
-    partformer: Dict[str, Any] = dataclasses.field(default_factory=lambda: dict(TINY_PF))
-    decoder: Dict[str, Any] = dataclasses.field(
-        default_factory=lambda: dict(channels=8, num_blocks=5, upsample_after=[2, 4]))
-
-
-def test_build_model_from_dataclass_dict_and_full_config():
-    m = build_model(_Model(), image_size=64)
+def test_build_model_from_the_project_config():
+    """partformer.build_model(cfg): the model of cfg.method.name, sized by the config."""
+    from partformer import build_model as public_build_model
+    from partformer import config
+    from partformer.methods import build_model
+    tree = config.apply_overrides({}, TINY_OVERRIDES, {})    # the schema defaults + overrides
+    cfg = config.from_dict(tree)
+    assert public_build_model is build_model
+    m = build_model(cfg)
+    assert isinstance(m, PartFormerModel)
     assert m.num_parts == 3 and m.image_size == 64 and m.compress.variant == "celeba"
     assert m.encoder.model.pos_embed.shape[1] == 1 + 16          # built at img_size 64
     out = m(*views(1, 64))
-    assert out["assign12"].shape == (1, 4, 4, 4)
-    d = dataclasses.asdict(_Model())
-    d["image_size"] = 64
-    assert build_model(d).num_parts == 3
-
-    @dataclasses.dataclass
-    class _Data:
-        image_size: int = 96
-
-    @dataclasses.dataclass
-    class _Full:
-        model: _Model = dataclasses.field(default_factory=_Model)
-        data: _Data = dataclasses.field(default_factory=_Data)
-
-    assert build_model(_Full()).image_size == 96
-    # one strict way from a config section to a constructor: an unknown key is an error
-    with pytest.raises(ValueError, match=r"model\.bogus"):
-        build_model(dict(d, bogus=1))
-    with pytest.raises(ValueError, match=r"model\.partformer\.resample .*model\.half_resample"):
-        build_model(dict(d, partformer=dict(TINY_PF, resample="nearest")))
-    with pytest.raises(ValueError, match=r"model\.decoder\.in_dim .*model\.feature_dim"):
-        build_model(dict(d, decoder=dict(channels=8, in_dim=16)))
-    with pytest.raises(ValueError, match=r"model\.decoder\.chanels"):
-        build_model(dict(d, decoder=dict(chanels=8)))
+    assert out["assign12"].shape == (1, 4, 4, 4) and out["recon1"].shape == (1, 3, 16, 16)
 
 
-def test_build_model_from_project_config():
-    config = pytest.importorskip("partformer.config")
-    cfg = config.Config()
-    cfg.data.image_size = 64
-    cfg.model.encoder = config.EncoderConfig(name="vit_tiny_patch16_224", pretrained=False,
-                                             kwargs=dict(depth=1, embed_dim=32, num_heads=2))
-    cfg.model.partformer = config.PartTokenConfig(patch_size=8, width=32, depth=1, heads=2)
-    cfg.model.compress_hidden = [32, 16]
-    cfg.model.feature_dim = 16
-    cfg.model.decoder.channels = 8
-    m = build_model(cfg)
-    assert m.image_size == 64 and m.num_parts == cfg.model.num_parts
-    assert m(*views(1, 64))["recon1"].shape == (1, 3, 16, 16)
+def test_the_model_constructor_takes_sections_strictly():
+    """One strict way from a config section to a constructor: an unknown key, or one the model
+    sets itself, is an error naming it and where it comes from."""
+    kw = dict(num_parts=3, image_size=64, encoder=dict(ENC_P16), compress_hidden=(32, 16),
+              feature_dim=16, decoder=dict(channels=8))
+    with pytest.raises(ValueError, match=r"partformer\.vit\.resample .*partformer\.half_resample"):
+        PartFormerModel(vit=dict(TINY_PF, resample="nearest"), **kw)
+    with pytest.raises(ValueError, match=r"partformer\.decoder\.in_dim .*partformer\.feature_dim"):
+        PartFormerModel(vit=dict(TINY_PF), **{**kw, "decoder": dict(channels=8, in_dim=16)})
+    with pytest.raises(ValueError, match=r"partformer\.decoder\.chanels"):
+        PartFormerModel(vit=dict(TINY_PF), **{**kw, "decoder": dict(chanels=8)})
 
 
 # ------------------------------------------------------------------ official checkpoint compatibility

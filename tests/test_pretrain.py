@@ -12,7 +12,8 @@ from partformer import config as cfglib
 from partformer.engine.checkpoint import load_checkpoint
 from partformer.models.encoder import FeatureMapEncoder, fuse_feature_levels
 from partformer.pretrain import crops as C
-from partformer.pretrain.dino import DenseDinoLoss, DinoLoss, ProjectionHead, cosine_schedule
+from partformer.engine.optim import cosine as cosine_schedule
+from partformer.pretrain.dino import DenseDinoLoss, DinoLoss, ProjectionHead
 
 from .tiny import shared_root, tiny_dict
 

@@ -23,7 +23,8 @@ import torch.nn as nn
 
 from partformer import config as cfglib
 from partformer.engine.evaluator import evaluate
-from partformer.models import PartFormerModel
+from partformer.methods.partformer import PartFormerModel
+from partformer.methods.partformer.config import PartFormerConfig
 
 torch.set_num_threads(1)
 
@@ -33,7 +34,7 @@ def tiny_model(**kw) -> PartFormerModel:
     args = dict(num_parts=4, image_size=64,
                 encoder=dict(name="vit_tiny_patch16_224", depth=1, embed_dim=32, num_heads=2),
                 compress_hidden=(48, 24), feature_dim=16,
-                partformer=dict(patch_size=8, width=32, depth=1, heads=2), decoder=dict(channels=16))
+                vit=dict(patch_size=8, width=32, depth=1, heads=2), decoder=dict(channels=16))
     args.update(kw)
     return PartFormerModel(**args)
 
@@ -84,16 +85,16 @@ def test_every_shipped_config_and_conversion_use_nearest():
     """The authors' two x0.5 paths are nearest (CUB_Model.py / CelebA_Model.py ``forward``:
     ``F.interpolate(input, scale_factor=0.5)``, no mode). Every config in configs/ and the
     config stored by the converter must say so; the schema default is nearest too."""
-    assert cfglib.ModelConfig().half_resample == "nearest"
+    assert PartFormerConfig().half_resample == "nearest"
     paths = sorted(glob.glob(os.path.join(cfglib.CONFIG_DIR, "*.yaml")))
     assert len(paths) >= 10
     for path in paths:
-        assert cfglib.load_config(path).model.half_resample == "nearest", path
-    from partformer.convert import official_config
+        assert cfglib.load_config(path).partformer.half_resample == "nearest", path
+    from partformer.methods.partformer.convert import official_config
     for dataset in ("cub", "celeba"):
-        assert official_config(dataset, 4).model.half_resample == "nearest"
+        assert official_config(dataset, 4).partformer.half_resample == "nearest"
     with pytest.raises(cfglib.ConfigError, match="half_resample"):
-        cfglib.load_config(paths[0], ["model.half_resample=7"])
+        cfglib.load_config(paths[0], ["partformer.half_resample=7"])
 
 
 def test_paper_configs_use_the_authors_dino_grid_resize_and_no_extras():
@@ -203,26 +204,30 @@ def test_checkpoints_from_before_half_resample_keep_their_resampling(tmp_path):
 
     import yaml
 
-    from partformer.engine.runner import config_from_checkpoint
+    from partformer.hub import config_from_checkpoint
+    from tests.tiny import legacy_tree
 
-    tree = cfglib.to_dict(cfglib.load_config(os.path.join(cfglib.CONFIG_DIR, "cub_k4.yaml")))
+    # the layout of the checkpoints of version 0.1.0 (before methods had config sections)
+    tree = legacy_tree(cfglib.load_config(os.path.join(cfglib.CONFIG_DIR, "cub_k4.yaml")))
     del tree["model"]["half_resample"]
     old = tmp_path / "old.pt"
     torch.save({"model": {}, "config": yaml.safe_dump(tree)}, old)
-    with pytest.warns(UserWarning, match="predates model.half_resample"):
-        assert config_from_checkpoint(str(old)).model.half_resample == "bilinear"
-    with pytest.warns(UserWarning):
-        cfg = config_from_checkpoint(str(old), ["model.half_resample=nearest"])
-    assert cfg.model.half_resample == "nearest"
-    official = tmp_path / "official.pt"
-    torch.save({"model": {}, "config": yaml.safe_dump(tree),
-                "source": {"converter": "partformer.convert", "dataset": "cub"}}, official)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert config_from_checkpoint(str(official)).model.half_resample == "nearest"
+    with pytest.warns(UserWarning, match="predates partformer.half_resample"):
+        assert config_from_checkpoint(str(old)).partformer.half_resample == "bilinear"
+    for override in ("model.half_resample=nearest", "partformer.half_resample=nearest"):
+        with pytest.warns(UserWarning):
+            cfg = config_from_checkpoint(str(old), [override])
+        assert cfg.partformer.half_resample == "nearest", override
+    for converter in ("partformer.convert", "partformer.methods.partformer.convert"):
+        official = tmp_path / "official.pt"
+        torch.save({"model": {}, "config": yaml.safe_dump(tree),
+                    "source": {"converter": converter, "dataset": "cub"}}, official)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert config_from_checkpoint(str(official)).partformer.half_resample == "nearest"
     tree["model"]["half_resample"] = "nearest"
     new = tmp_path / "new.pt"
     torch.save({"model": {}, "config": yaml.safe_dump(tree)}, new)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert config_from_checkpoint(str(new)).model.half_resample == "nearest"
+        assert config_from_checkpoint(str(new)).partformer.half_resample == "nearest"

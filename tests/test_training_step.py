@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from partformer.augment import PairedAugmentation
-from partformer.engine.trainer import RunningLosses, training_losses
-from partformer.losses import PartFormerCriterion
+from partformer.engine.trainer import RunningLosses, TrainStep, device_batch, training_losses
+from partformer.methods.partformer import PartFormerCriterion, PartFormerObjective
 
 from tests.test_models import tiny_model, views
 
@@ -27,15 +27,17 @@ def test_uint8_batch_gives_the_losses_of_the_float_batch():
     """The image cache hands the step uint8 batches; converted on the device they must give the
     very losses of the decoded float batch (x / 255 in float32 either way)."""
     model = tiny_model().train()
-    crit = PartFormerCriterion(4, recon="mse")
-    aug = PairedAugmentation()
+    step = TrainStep(model, PartFormerObjective(PairedAugmentation(),
+                                                PartFormerCriterion(4, recon="mse")))
     u8 = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8,
                        generator=torch.Generator().manual_seed(0))
     as_float = u8.to(torch.float32) / 255.0
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    a = training_losses(model, crit, aug, u8, torch.Generator().manual_seed(3))
+    cpu = torch.device("cpu")
+    a = training_losses(step, device_batch({"image": u8}, (), cpu), torch.Generator().manual_seed(3))
     model.load_state_dict(state)                       # BatchNorm statistics moved: restore
-    b = training_losses(model, crit, aug, as_float, torch.Generator().manual_seed(3))
+    b = training_losses(step, device_batch({"image": as_float}, (), cpu),
+                        torch.Generator().manual_seed(3))
     for k in a:
         assert torch.equal(a[k], b[k]), k
 

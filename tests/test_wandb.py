@@ -17,10 +17,10 @@ import torch
 from partformer import config as cfglib
 from partformer.cli import eval_main, train_main
 from partformer.data import build_dataset
-from partformer.engine.runner import load_model, model_predictor
+from partformer.hub import model_from_state
 from partformer import viz
 
-from tests.tiny import shared_root, tiny_yaml
+from tests.tiny import predictor_of, shared_root, tiny_yaml
 from tests.wandb_offline import read_run
 
 
@@ -71,9 +71,10 @@ def test_training_run_logs_masks_tables_results_and_artifact(root, tmp_path, wan
     # ground truth the dataset's part mask
     cfg = cfglib.load_config(os.path.join(run_dir, "config.yaml"))
     val = build_dataset(cfg.data, "val")
-    model = load_model(cfg, os.path.join(run_dir, "best.pt"), torch.device("cpu"))
+    model = model_from_state(cfg, torch.load(os.path.join(run_dir, "best.pt"))["model"], "best.pt",
+                             torch.device("cpu"))
     batch = {k: v[None] for k, v in val[0].items() if torch.is_tensor(v)}
-    maps = viz.maps_to_size(model_predictor(model, torch.device("cpu"))(batch), (32, 32))
+    maps = viz.maps_to_size(predictor_of(cfg, model)(batch), (32, 32))
     logged = cv2.imread(os.path.join(run["dir"], "files", masks[0]["prediction"]["path"]),
                         cv2.IMREAD_UNCHANGED)
     assert np.array_equal(logged, maps.argmax(1)[0].numpy())

@@ -27,15 +27,19 @@ def tiny_dict(root: str) -> Dict[str, Any]:
                  "num_workers": 0, "regressor_split": "train",
                  "options": {"generator": dict(GENERATOR)}},
         "model": {
-            "num_parts": 4, "feature_dim": 16, "compress": "cub", "compress_hidden": [32, 32],
+            "num_parts": 4,
             "encoder": {"name": "vit_tiny_patch16_224", "pretrained": False, "frozen": False,
                         "kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1,
                                    "num_heads": 2}},
-            "partformer": {"in_scale": 1.0, "patch_size": 8, "width": 32, "depth": 1,
-                           "heads": 2, "mlp_ratio": 2.0},
-            "decoder": {"channels": 8, "num_blocks": 2, "upsample_after": [1]},
         },
-        "loss": {"recon": "mse", "vgg_weights": None},
+        "method": {"name": "partformer"},
+        "partformer": {
+            "feature_dim": 16, "compress": "cub", "compress_hidden": [32, 32],
+            "vit": {"in_scale": 1.0, "patch_size": 8, "width": 32, "depth": 1,
+                    "heads": 2, "mlp_ratio": 2.0},
+            "decoder": {"channels": 8, "num_blocks": 2, "upsample_after": [1]},
+            "loss": {"recon": "mse", "vgg_weights": None},
+        },
         "train": {"epochs": 2, "batch_size": 8, "lr": 1.0e-3,
                   "scheduler": {"name": "constant"}, "precision": "fp32", "device": "cpu",
                   "log_every": 1},
@@ -89,11 +93,11 @@ def tiny_checkpoint(tmp: str, overrides: Optional[List[str]] = None, seed: int =
     import torch
 
     from partformer.engine.checkpoint import atomic_torch_save
-    from partformer.models import build_model
+    from partformer.methods import build_model
 
     cfg = tiny_config(tmp, overrides)
     torch.manual_seed(seed)
-    model = build_model(cfg.model, image_size=cfg.data.image_size).eval()
+    model = build_model(cfg).eval()
     path = os.path.join(os.fspath(tmp), "run", "best.pt")
     atomic_torch_save({"model": model.state_dict(), "config": cfglib.to_yaml(cfg)}, path)
     return path, cfg, model
@@ -127,3 +131,26 @@ def interrupt_tool(tool: str, args: List[str], run_dir: str, sig: int,
     last = err.strip().splitlines()[-1]
     assert last.startswith("interrupted at step ") and f"--resume {run_dir}" in last, last
     return int(last.split()[3])
+
+
+def predictor_of(cfg, model, device: str = "cpu"):
+    """The evaluator's ``batch -> maps`` predictor of ``model`` (of ``cfg``'s method)."""
+    import torch
+
+    from partformer.engine.evaluator import method_predictor
+    from partformer.methods import build_method
+    return method_predictor(build_method(cfg), model, torch.device(device))
+
+
+def legacy_tree(cfg) -> Dict[str, Any]:
+    """``cfg`` (a PartFormer config) as the config tree of a version 0.1.0 checkpoint: before
+    methods had sections, PartFormer's settings were ``model.<key>`` (``model.partformer`` for the
+    part-token ViT) and the top-level ``loss`` and ``augment`` sections; no ``method``."""
+    tree = cfglib.to_dict(cfg)
+    pf = tree.pop("partformer")
+    tree.pop("method")
+    tree["loss"] = pf.pop("loss")
+    tree["augment"] = pf.pop("augment")
+    pf["partformer"] = pf.pop("vit")
+    tree["model"].update(pf)
+    return tree

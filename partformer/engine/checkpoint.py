@@ -7,10 +7,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 import torch
 
 from partformer.fileio import atomic_open
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read or does not match the model; the message says why."""
+from partformer.statedict import CheckpointError, key_diff, load_state_dict_strict  # noqa: F401
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
@@ -45,38 +42,6 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj
-
-
-def key_diff(expected: Iterable[str], found: Iterable[str], limit: int = 20) -> str:
-    expected, found = set(expected), set(found)
-    missing = sorted(expected - found)
-    unexpected = sorted(found - expected)
-    lines = []
-    if missing:
-        lines.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:limit])
-                     + (" ..." if len(missing) > limit else ""))
-    if unexpected:
-        lines.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:limit])
-                     + (" ..." if len(unexpected) > limit else ""))
-    return "\n".join(lines)
-
-
-def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor],
-                           source: str = "checkpoint") -> None:
-    """``load_state_dict(strict=True)`` with a readable list of missing / unexpected keys and of
-    shape mismatches, instead of torch's wall of text (and never ``strict=False``)."""
-    own = module.state_dict()
-    diff = key_diff(own.keys(), state.keys())
-    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-              for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if diff or shapes:
-        msg = f"{source} does not match the model.\n" + diff
-        if shapes:
-            msg += f"\nshape mismatches ({len(shapes)}): " + "; ".join(shapes[:10])
-        msg += ("\nCheck that the config (model.num_parts, encoder, image size) is the one the "
-                "checkpoint was trained with; the run directory's config.yaml has it.")
-        raise CheckpointError(msg)
-    module.load_state_dict(state, strict=True)
 
 
 def all_finite(module: torch.nn.Module) -> bool:

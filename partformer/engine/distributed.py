@@ -29,8 +29,33 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+def resolve_device(device=None) -> torch.device:
+    """``device`` (a name, a ``torch.device`` or None = auto) as a torch device. A name that is
+    not a device, or CUDA on a machine without it, is a ConfigError (one line, exit 2)."""
+    from partformer.config import DEVICE_HELP, ConfigError, check_device_name
+    if isinstance(device, torch.device):
+        device = str(device)
+    device = device or "auto"
+    if not check_device_name(device):
+        raise ConfigError(f"device {device!r} is not supported; use {DEVICE_HELP}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} was asked for, but CUDA is not available on this "
+                              "machine (torch.cuda.is_available() is False); use cpu or auto")
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s) (cuda:0..."
+                              f"{torch.cuda.device_count() - 1})")
+    return torch.device(device)
+
+
 def init_distributed(device: str = "auto") -> torch.device:
-    """Initialise the process group when launched by torchrun; return this process's device."""
+    """Initialise the process group when launched by torchrun; return this process's device
+    (checked: :func:`resolve_device`)."""
+    resolve_device(device)
     want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not is_distributed():

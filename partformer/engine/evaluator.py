@@ -317,3 +317,82 @@ def write_json(path: str, payload: Dict[str, Any]) -> None:
     from partformer.fileio import atomic_open, json_safe
     with atomic_open(path, "w") as f:
         json.dump(json_safe(payload), f, indent=2, sort_keys=False, allow_nan=False)
+
+
+# ------------------------------------------------------------------------------ methods -> table
+def method_predictor(method, model: torch.nn.Module, device: torch.device,
+                     amp_dtype: Optional[torch.dtype] = None) -> Predictor:
+    """``batch -> part maps [B, K+1, h, w]`` of ``method``'s ``model`` (put in eval mode) on
+    ``device``, under ``amp_dtype`` autocast (None: fp32): the predictor of validation,
+    evaluation and the tools. Only the images move to the device; the method may read other keys
+    of the batch (the grid reference reads the GT boxes)."""
+    from partformer.engine.precision import autocast_context
+    model.eval()
+
+    def predict(batch: Dict[str, Any]) -> torch.Tensor:
+        b = dict(batch)
+        b["image"] = batch["image"].to(device)
+        with autocast_context(device, amp_dtype):
+            return method.predict(model, b)
+    return predict
+
+
+def fitted_predictor(cfg, name: str, device: torch.device, fit_dataset) -> Predictor:
+    """The predictor of the training-free method ``name`` (the grid and k-means references),
+    fitted on ``fit_dataset`` (the training split). References run in fp32, as they always did."""
+    from partformer.methods import build_method
+    method = build_method(cfg, name)
+    model = method.build_model().to(device)
+    method.fit(model, fit_dataset, device)
+    return method_predictor(method, model, device, None)
+
+
+def evaluate_methods(cfg, predictors: Dict[str, Any], split: Optional[str] = None,
+                     out_dir: Optional[str] = None, progress: bool = False,
+                     extra: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
+    """Evaluate every predictor on ``split`` (default: the test split); print one table and write
+    ``<out_dir>/results_<split>.json`` (rank 0)."""
+    import os
+    import time
+
+    from partformer.data import build_dataset
+    from partformer.methods import get_method, method_names
+    split = split or cfg.data.test_split
+    skip = cfg.eval.skip_bad_images
+    dataset = build_dataset(cfg.data, split, skip_bad_images=skip)
+    reg_split = cfg.data.regressor_split  # keypoint/landmark regressors are fitted on it
+    regressor = build_dataset(cfg.data, reg_split, skip_bad_images=skip) if reg_split else None
+    results = {}
+    timings = {}
+    info: Dict[str, Any] = {}
+    for name, predict in predictors.items():
+        t0 = time.time()
+        results[name] = evaluate(predict, dataset, cfg.model.num_parts, resize=cfg.data.resize,
+                                 protocols=cfg.eval.protocols or None, regressor_dataset=regressor,
+                                 batch_size=cfg.eval.batch_size, num_workers=cfg.eval.num_workers,
+                                 progress=progress, max_images=cfg.eval.max_images,
+                                 centroid_convention=cfg.eval.centroid_convention,
+                                 keypoint_lookup=cfg.eval.keypoint_lookup, info=info)
+        timings[name] = time.time() - t0
+    num_images = len(dataset)
+    if cfg.eval.max_images is not None:
+        num_images = min(num_images, cfg.eval.max_images)
+    known = set(method_names())
+    supervision = {n: get_method(n).supervision for n in predictors if n in known}
+    if D.is_main_process():
+        title = (f"{cfg.data.name} / {split} split ({num_images} images), K = "
+                 f"{cfg.model.num_parts}, S = {cfg.data.image_size}, resize = {cfg.data.resize}")
+        print(format_table(results, title))
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+            payload = {"dataset": cfg.data.name, "root": cfg.data.root, "split": split,
+                       "num_images": num_images, "max_images": cfg.eval.max_images,
+                       "num_parts": cfg.model.num_parts,
+                       "image_size": cfg.data.image_size, "resize": cfg.data.resize,
+                       "regressor_split": reg_split, "protocol_version": P.PROTOCOL_VERSION,
+                       "supervision": supervision,
+                       "skipped_files": info.get("skipped_files", []),
+                       "regressor_skipped_files": info.get("regressor_skipped_files", []),
+                       "eval_seconds": timings, "results": results, **(extra or {})}
+            write_json(os.path.join(out_dir, f"results_{split}.json"), payload)
+    return results

@@ -2,7 +2,7 @@
 consistency view ("what is part 3?") of ``tools/visualize.py --view contact|parts``.
 
 A *predictor* is the evaluator's ``predict(batch) -> part maps [B, K+1, h, w]`` (e.g.
-:func:`partformer.engine.runner.model_predictor`); images come from the dataset (already resized as
+:func:`partformer.engine.evaluator.method_predictor`); images come from the dataset (already resized as
 the config says), so the views show what evaluation sees.
 """
 from __future__ import annotations

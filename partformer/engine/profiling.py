@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from partformer import config as cfglib
 from partformer.data.io import DatasetError
 
 PARTS = ("train", "eval", "data")
@@ -157,7 +158,7 @@ def _count_cpu_attention_flops() -> None:
 
 
 def _training_setup(cfg, device: torch.device):
-    """``(model, criterion, augment, optimizer)`` as the trainer builds them, seeded."""
+    """``(method, model, step, optimizer)`` as the trainer builds them, seeded."""
     from partformer.engine.trainer import build_training
 
     torch.manual_seed(cfg.experiment.seed)
@@ -167,27 +168,28 @@ def _training_setup(cfg, device: torch.device):
 def measure_training(cfg, device: torch.device, setup=None,
                      amp_dtype: Optional[torch.dtype] = None, reps: int = 5, warmup: int = 1,
                      flops: bool = True) -> Dict[str, Any]:
-    """(a) the training step and (b) its floor, alternately, ``warmup + reps`` times each.
-    ``setup``: ``(model, criterion, augment, optimizer)`` (default: built from ``cfg``)."""
+    """(a) the training step and (b) its floor (the method's frozen part of the step: its
+    encoder over what a step feeds it), alternately, ``warmup + reps`` times each. ``setup``:
+    ``(method, model, step, optimizer)`` (default: built from ``cfg``)."""
     from partformer.engine.precision import autocast_context
     from partformer.engine.trainer import training_losses
 
-    model, criterion, augment, optimizer = setup or _training_setup(cfg, device)
-    model.train()
+    method, model, step_module, optimizer = setup or _training_setup(cfg, device)
+    step_module.train()
     S, B = cfg.data.image_size, cfg.train.batch_size
     gen = torch.Generator().manual_seed(cfg.experiment.seed)
     images = torch.rand(B, 3, S, S, generator=gen).to(device)
-    view1, view2, _, _ = augment(images, generator=gen)
+    batch = {"image": images, **_random_batch_keys(method, B, device, gen)}
 
     def step() -> None:
-        losses = training_losses(model, criterion, augment, images, gen, amp_dtype)
+        losses = training_losses(step_module, batch, gen, amp_dtype)
         losses["total"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     def floor() -> None:
         with torch.inference_mode(), autocast_context(device, amp_dtype):
-            model.encode(model.normalize(torch.cat([view1, view2])))
+            method.floor(model, images)
 
     out: Dict[str, Any] = {}
     if flops:
@@ -222,6 +224,19 @@ def measure_training(cfg, device: torch.device, setup=None,
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
     })
     out.update(_peak_memory_mib(device))
+    return out
+
+
+def _random_batch_keys(method, batch_size: int, device: torch.device,
+                       generator: torch.Generator) -> Dict[str, torch.Tensor]:
+    """Stand-ins for what a method's step reads besides the images (class labels)."""
+    out = {}
+    for key in method.batch_keys:
+        if key == "label":
+            out[key] = torch.randint(0, 2, (batch_size,), generator=generator).to(device)
+        else:
+            raise ValueError(f"the speed harness has no stand-in for the batch key {key!r} of "
+                             f"method {method.name!r}")
     return out
 
 
@@ -275,17 +290,18 @@ def measure_evaluation(cfg, device: torch.device, model: Optional[torch.nn.Modul
     """(c) ``evaluate`` on ``warmup + batches`` batches of ``train.batch_size`` images; the
     warm-up batches are excluded from the per-batch statistics. ``model``: default built from
     ``cfg``."""
-    from partformer.engine.evaluator import evaluate
-    from partformer.engine.runner import model_predictor
+    from partformer.engine.evaluator import evaluate, method_predictor
+    from partformer.methods import build_method
 
     if model is None:
-        model = _training_setup(cfg, device)[0]
+        model = _training_setup(cfg, device)[1]
     B = cfg.train.batch_size
     n = B * (warmup + batches)
     dataset, source = _eval_split(cfg, n)
     timer = StageTimer(device)
     t0 = time.perf_counter()
-    results = evaluate(model_predictor(model, device, amp_dtype), dataset, cfg.model.num_parts,
+    results = evaluate(method_predictor(build_method(cfg), model, device, amp_dtype), dataset,
+                       cfg.model.num_parts,
                        resize=cfg.data.resize, batch_size=B, num_workers=cfg.eval.num_workers,
                        max_images=n, centroid_convention=cfg.eval.centroid_convention,
                        keypoint_lookup=cfg.eval.keypoint_lookup, timer=timer)
@@ -374,9 +390,9 @@ def profile(cfg, device: torch.device, parts: Sequence[str] = PARTS,
         "config": {"name": cfg.experiment.name, "dataset": cfg.data.name,
                    "image_size": cfg.data.image_size, "batch_size": cfg.train.batch_size,
                    "num_parts": cfg.model.num_parts, "encoder": cfg.model.encoder.name,
-                   "encoder_frozen": cfg.model.encoder.frozen, "recon": cfg.loss.recon,
+                   "encoder_frozen": cfg.model.encoder.frozen, "method": cfg.method.name,
+                   "method_config": cfglib.to_dict(cfg.section()) if cfg.section() else None,
                    "precision": str(amp_dtype or "fp32"), "compile": cfg.train.compile,
-                   "vgg_channels_last": cfg.loss.vgg_channels_last,
                    "data_num_workers": cfg.data.num_workers, "data_cache": cfg.data.cache,
                    "eval_num_workers": cfg.eval.num_workers},
         "settings": {"reps": reps, "warmup": warmup, "eval_batches": eval_batches,
@@ -386,7 +402,7 @@ def profile(cfg, device: torch.device, parts: Sequence[str] = PARTS,
     if "train" in parts:
         res["train"] = measure_training(cfg, device, setup, amp_dtype, reps, warmup, flops)
     if "eval" in parts:
-        res["eval"] = measure_evaluation(cfg, device, setup[0], amp_dtype, eval_batches, warmup)
+        res["eval"] = measure_evaluation(cfg, device, setup[1], amp_dtype, eval_batches, warmup)
     if "data" in parts:
         res["data"] = measure_data(cfg, device, data_batches)
     res["environment"]["load_average_at_end"] = \

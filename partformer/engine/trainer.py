@@ -17,26 +17,25 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
+import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from partformer import config as cfglib
-from partformer.augment import PairedAugmentation
 from partformer.data import build_dataset
 from partformer.data.collate import collate
 from partformer.data.transforms import fixed_size, images_to_float
 from partformer.engine import distributed as D
 from partformer.engine.checkpoint import (all_finite, load_state_dict_strict, resume_checkpoint,
                                           save_on_main)
-from partformer.engine.evaluator import (evaluate, first_sample, num_part_classes,
-                                         per_image_metrics, readable_samples)
+from partformer.engine.evaluator import (evaluate, first_sample, method_predictor,
+                                         num_part_classes, per_image_metrics, readable_samples)
 from partformer.engine.logger import EXIT_OK, ExperimentLogger
+from partformer.engine.optim import build_optimizer, lr_factor, seed_everything  # noqa: F401
 from partformer.engine.precision import autocast_context, resolve_precision  # noqa: F401 (API)
 from partformer.engine.rundir import check_run_dir, open_run_dir, requested_run_dir
 from partformer.engine.signals import critical_section
-from partformer.engine.runner import model_predictor
-from partformer.losses import PartFormerCriterion
+from partformer.methods import build_method
 from partformer.metrics.protocols import applicable
-from partformer.models import build_model
 
 CHECKPOINT_FORMAT = 1
 
@@ -57,51 +56,35 @@ class TrainingInterrupted(Exception):
 MAX_SKIPPED_NAMES = 100
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
+class TrainStep(nn.Module):
+    """A method's model and training objective as one module (what DDP wraps, so that the
+    gradients of every forward the objective runs are synchronised):
+    ``forward(batch, generator) -> {name: scalar, "total"}``. Checkpoints hold ``model`` only."""
 
+    def __init__(self, model: nn.Module, objective: nn.Module):
+        super().__init__()
+        self.model = model
+        self.objective = objective
 
-def lr_lambda_factory(sched, steps_per_epoch: int, total_steps: int):
-    """Learning-rate multiplier per optimiser step (a pure function of the step: resume-safe).
-    MultiStep milestones are given in epochs, as in the paper's schedules."""
-    warmup = int(round(sched.warmup_epochs * steps_per_epoch))
-    milestones = [m * steps_per_epoch for m in sched.milestones]
-
-    def fn(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if sched.name == "multistep":
-            return sched.gamma ** sum(step >= m for m in milestones)
-        if sched.name == "cosine":
-            span = max(1, total_steps - warmup)
-            t = min(1.0, (step - warmup) / span)
-            return sched.min_lr + (1 - sched.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
-        if sched.name == "constant":
-            return 1.0
-        raise cfglib.ConfigError(f"train.scheduler.name must be one of "
-                                 f"{list(cfglib.SCHEDULERS)}, got {sched.name!r}")
-
-    return fn
-
-
-def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters with the ``train`` section's lr, betas and decay."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
-                             weight_decay=cfg.train.weight_decay)
+    def forward(self, batch: Dict[str, Any], generator: Optional[torch.Generator] = None):
+        return self.objective(self.model, batch, generator)
 
 
 def build_training(cfg, device: torch.device):
-    """What a training run trains, from ``cfg``: ``(model, criterion, augment, optimizer)``, the
-    model and the loss on ``device`` and compiled with ``train.compile``. The trainer and the speed
-    harness (engine/profiling.py) build through this one function."""
-    model = build_model(cfg.model, image_size=cfg.data.image_size).to(device)
-    criterion = PartFormerCriterion.from_config(cfg.loss, cfg.model.num_parts).to(device)
-    augment = PairedAugmentation.from_config(cfg.augment)
-    compile_modules(cfg, model, criterion)
-    return model, criterion, augment, build_optimizer(cfg, model)
+    """What a training run trains, from ``cfg``: ``(method, model, step, optimizer)`` with the
+    method's model and objective on ``device`` (compiled with ``train.compile``), ``step`` their
+    :class:`TrainStep` and the optimiser over the method's parameter groups. The trainer and the
+    speed harness (engine/profiling.py) build through this one function."""
+    method = build_method(cfg)
+    if not method.trainable:
+        raise cfglib.ConfigError(
+            f"method.name={method.name} is training-free (it is fitted, not trained); evaluate it "
+            f"with: python tools/eval.py --method {method.name}")
+    model = method.build_model().to(device)
+    objective = method.build_objective().to(device)
+    compile_modules(cfg, model, objective)
+    optimizer = build_optimizer(cfg.train, method.param_groups(model))
+    return method, model, TrainStep(model, objective), optimizer
 
 
 def compile_modules(cfg, *modules: torch.nn.Module) -> None:
@@ -146,26 +129,25 @@ def worker_init(_worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
-def training_losses(model: torch.nn.Module, criterion: torch.nn.Module,
-                    augment: PairedAugmentation, images: torch.Tensor,
+def device_batch(batch: Dict[str, Any], keys, device: torch.device) -> Dict[str, Any]:
+    """What a training step sees: ``image`` as float in [0, 1] on ``device`` (uint8 batches, e.g.
+    from the image cache, are converted there) and the method's other ``keys``."""
+    out = {"image": images_to_float(batch["image"].to(device, non_blocking=True))}
+    for k in keys:
+        v = batch[k]
+        out[k] = v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+    return out
+
+
+def training_losses(step: nn.Module, batch: Dict[str, Any],
                     generator: Optional[torch.Generator] = None,
                     amp_dtype: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
-    """The forward half of a training step: paired views of ``images`` (``[B, 3, S, S]`` on the
-    device, uint8 or float in [0, 1]) in one batched warp, the model on both views, the losses.
-
-    Under ``amp_dtype`` autocast the networks (model and the perceptual loss's VGG19) run in low
-    precision; the alignment softmax and every loss term are computed in float32 (the model and
-    the criterion disable autocast there). Returns the criterion's dict of scalar tensors; nothing
-    here reads a value back to the host."""
-    images = images_to_float(images)
-    # the warp matrices are the warp's own input, not extra work; PartFormer has no loss that
-    # maps one view's pixels onto the other's (docs/METHOD.md §1.6), so they are not used here
-    v1, v2, _, _ = augment(images, generator=generator)
-    with autocast_context(images.device, amp_dtype):
-        out = model(v1, v2)
-        out = {k: (v.float() if torch.is_tensor(v) and torch.is_floating_point(v) else v)
-               for k, v in out.items()}
-        return criterion(out)
+    """The forward half of a training step: the method's objective (``step``, a
+    :class:`TrainStep` or its DDP wrapper) on ``batch`` (see :func:`device_batch`) under
+    ``amp_dtype`` autocast. The objective computes its loss terms in float32; nothing here reads a
+    value back to the host."""
+    with autocast_context(batch["image"].device, amp_dtype):
+        return step(batch, generator)
 
 
 class RunningLosses:
@@ -215,8 +197,8 @@ class Trainer:
         self._mark_boundary()
         self.run_dir = open_run_dir(requested, cfg, overwrite and not resume, verbose)
         if D.is_main_process():
-            cfglib.save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
-        self.logger = ExperimentLogger(self.run_dir, cfg.logging.wandb, cfglib.to_dict(cfg),
+            cfglib.save_config(cfg, os.path.join(self.run_dir, "config.yaml"), "train")
+        self.logger = ExperimentLogger(self.run_dir, cfg.logging.wandb, cfglib.to_dict(cfg, "train"),
                                        os.path.basename(self.run_dir), resume_id=self.wandb_id,
                                        keep_rows=self._metrics_rows)
         self.viz_batch = self._fixed_val_batch()
@@ -235,6 +217,7 @@ class Trainer:
             self.train_set = cached_dataset(cfg, self.train_set, cfg.data.train_split,
                                             verbose=self.verbose)
         self.val_set = build_dataset(cfg.data, cfg.data.val_split) if cfg.data.val_split else None
+        self._check_batch_keys()
         self._check_select_metric()
         self.sampler = D.TrainSampler(len(self.train_set), seed=cfg.experiment.seed)
         self.loader = build_train_loader(cfg, self.train_set, self.sampler, self.device)
@@ -249,17 +232,19 @@ class Trainer:
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
 
     def _build_optimisation(self) -> None:
-        """Model, loss, augmentation, optimiser, schedule, gradient scaler, DDP wrapper."""
+        """The method's model and objective, optimiser, schedule, gradient scaler, DDP wrapper."""
         cfg = self.cfg
-        self.model, self.criterion, self.augment, self.optimizer = build_training(cfg, self.device)
+        self.method, self.model, self.step_module, self.optimizer = build_training(cfg,
+                                                                                 self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda_factory(cfg.train.scheduler, self.steps_per_epoch,
-                                              self.total_steps))
+            self.optimizer, lr_factor(cfg.train.scheduler, cfg.train.lr, self.steps_per_epoch,
+                                      self.total_steps))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.ddp_model = self.model
+        self.ddp_step = self.step_module
         if self.world > 1:
-            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            self.ddp_step = torch.nn.parallel.DistributedDataParallel(
+                self.step_module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=False)
 
     def _init_state(self) -> None:
@@ -276,6 +261,18 @@ class Trainer:
         self.wandb_id = None
         self._metrics_rows: Optional[int] = None
         self._group_finite: Optional[torch.Tensor] = None
+
+    def _check_batch_keys(self) -> None:
+        """Fail before training when the dataset lacks what the method's step reads (e.g. the
+        image-level class labels of the class-supervised methods)."""
+        keys = build_method(self.cfg).batch_keys
+        sample = first_sample(self.train_set) if keys else None
+        missing = [k for k in keys if sample is not None and k not in sample]
+        if missing:
+            raise cfglib.ConfigError(
+                f"method.name={self.cfg.method.name} trains on {missing} of every image, which "
+                f"the {self.cfg.data.train_split} split of data.name={self.cfg.data.name} does not "
+                "provide; use a dataset that has them")
 
     def _check_select_metric(self) -> None:
         """Fail before training, not at the first validation, when ``train.select_metric`` is not
@@ -297,6 +294,7 @@ class Trainer:
     def state_dict(self) -> Dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
+            "method": self.method.name,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -308,7 +306,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "numpy": _numpy_state(), "python": _python_state()},
-            "config": cfglib.to_yaml(self.cfg),
+            "config": cfglib.to_yaml(self.cfg, "train"),
             # where a relative data.root pointed when training ran (tools resolve it with this)
             "data_root": os.path.abspath(self.cfg.data.root), "cwd": os.getcwd(),
             "wandb_id": getattr(self.logger, "wandb_id", None) if hasattr(self, "logger") else None,
@@ -355,9 +353,10 @@ class Trainer:
         seed = (self.cfg.experiment.seed * 1_000_003 + micro_index) * 4099 + self.rank
         return torch.Generator().manual_seed(seed % (2 ** 63))
 
-    def train_step_losses(self, images: torch.Tensor, micro_index: int) -> Dict[str, torch.Tensor]:
-        return training_losses(self.ddp_model, self.criterion, self.augment, images,
-                               self._aug_generator(micro_index), self.amp_dtype)
+    def train_step_losses(self, batch: Dict[str, Any], micro_index: int
+                          ) -> Dict[str, torch.Tensor]:
+        return training_losses(self.ddp_step, batch, self._aug_generator(micro_index),
+                               self.amp_dtype)
 
     def fit(self) -> Dict[str, Any]:
         """Train until ``train.max_steps`` / ``train.epochs``; returns the run summary.
@@ -381,7 +380,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self._group_buffers is not None:  # forward passes of an unfinished step changed them
             with torch.no_grad():
-                for b, saved in zip(self.model.buffers(), self._group_buffers):
+                for b, saved in zip(self.step_module.buffers(), self._group_buffers):
                     b.copy_(saved)
         self.epoch, self.micro_in_epoch, self.skipped_images, n = self._boundary
         del self.skipped_files[n:]
@@ -462,7 +461,7 @@ class Trainer:
         if self.micro_in_epoch % accum == 0:
             # buffers (BatchNorm running statistics) change in the forward pass; a skipped (or
             # interrupted) step restores them, so it leaves no trace
-            self._group_buffers = [b.detach().clone() for b in self.model.buffers()]
+            self._group_buffers = [b.detach().clone() for b in self.step_module.buffers()]
         if int(batch["num_skipped"]):
             self.skipped_images += int(batch["num_skipped"])
             self._skipped_names(epoch_indices, j, batch)
@@ -472,11 +471,11 @@ class Trainer:
             bar.update(1)
         if "image" not in batch:
             return None
-        images = batch["image"].to(self.device, non_blocking=True)
+        step_batch = device_batch(batch, self.method.batch_keys, self.device)
         sync = (self.micro_in_epoch % accum == 0) or self.world == 1
-        ctx = self.ddp_model.no_sync() if (not sync and self.world > 1) else nullcontext()
+        ctx = self.ddp_step.no_sync() if (not sync and self.world > 1) else nullcontext()
         with ctx:
-            losses = self.train_step_losses(images, micro_index)
+            losses = self.train_step_losses(step_batch, micro_index)
             self.scaler.scale(losses["total"] / accum).backward()
         self._note_finite(losses["total"])
         return losses
@@ -521,7 +520,7 @@ class Trainer:
         ``train.max_nonfinite`` in a row."""
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
-            for b, saved in zip(self.model.buffers(), self._group_buffers):
+            for b, saved in zip(self.step_module.buffers(), self._group_buffers):
                 b.copy_(saved)
         self.nonfinite_streak += 1
         self.nonfinite_total += 1
@@ -590,8 +589,8 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> Dict[str, Any]:
         cfg = self.cfg
-        res = evaluate(model_predictor(self.model, self.device, self.amp_dtype), self.val_set,
-                       cfg.model.num_parts, resize=cfg.data.resize,
+        res = evaluate(method_predictor(self.method, self.model, self.device, self.amp_dtype),
+                       self.val_set, cfg.model.num_parts, resize=cfg.data.resize,
                        batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers)
         self.model.train()
         scal = {f"val/{k}": v["value"] for k, v in res.items()}
@@ -614,7 +613,8 @@ class Trainer:
         overlays (prediction and GT part masks, class labels) with a table of per-image metrics."""
         from partformer import viz
         cfg, batch = self.cfg, self.viz_batch
-        maps = model_predictor(self.model, self.device, self.amp_dtype)(batch).float().cpu()
+        maps = method_predictor(self.method, self.model, self.device,
+                                self.amp_dtype)(batch).float().cpu()
         self.model.train()
         maps = viz.maps_to_size(maps, tuple(batch["image"].shape[-2:]))
         grid = viz.mask_grid(batch["image"], maps, batch.get("part_mask"),

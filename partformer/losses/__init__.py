@@ -1,15 +1,15 @@
-"""PartFormer losses: pure functions on tensors plus thin modules (docs/METHOD.md §1.6)."""
+"""Loss functions shared by the methods: pure functions on tensors plus thin modules. A method's
+own composition of them (its criterion / objective) is in its package under partformer/methods/."""
 from .arcface import arcface_logits, arcface_loss
 from .area import area_loss
 from .concentration import concentration_loss
-from .criterion import DEFAULT_LOSS_WEIGHTS, PartFormerCriterion
 from .perceptual import (VGG19_LAYER_WEIGHTS, VGG19_SLICES, VGGPerceptualLoss, VGGWeightsError,
                          build_vgg19_features, load_vgg19_features, perceptual_loss)
 from .reconstruction import PixelReconstructionLoss, pixel_reconstruction_loss
 
 __all__ = [
-    "arcface_logits", "arcface_loss", "area_loss", "concentration_loss", "DEFAULT_LOSS_WEIGHTS",
-    "PartFormerCriterion", "VGG19_LAYER_WEIGHTS", "VGG19_SLICES", "VGGPerceptualLoss", "VGGWeightsError",
+    "arcface_logits", "arcface_loss", "area_loss", "concentration_loss",
+    "VGG19_LAYER_WEIGHTS", "VGG19_SLICES", "VGGPerceptualLoss", "VGGWeightsError",
     "build_vgg19_features", "load_vgg19_features", "perceptual_loss", "PixelReconstructionLoss",
     "pixel_reconstruction_loss",
 ]

@@ -37,7 +37,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["FeatureMapEncoder", "CompressHead", "load_timm_state_dict", "read_state_dict"]
+__all__ = ["FeatureMapEncoder", "CompressHead", "load_timm_state_dict", "read_state_dict",
+           "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD"]
+
+# the normalisation of every encoder here (ImageNet statistics; images come in [0, 1])
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 POS_EMBED_INTERP = ("timm", "dino_legacy")
 # keys a checkpoint may hold that the feature encoder does not have (classifier removed by
@@ -55,7 +60,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     every key shares (``module.``, ``backbone.``), as in DINO's own checkpoints.
     """
     if not os.path.isfile(path):
-        from partformer.hub import WeightsError, resolve_weights
+        from partformer.weights import WeightsError, resolve_weights
         try:
             path = resolve_weights(path, kind="encoder").file
         except WeightsError as e:

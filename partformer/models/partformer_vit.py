@@ -32,7 +32,7 @@ __all__ = ["QuickGELU", "Mlp", "FusedSelfAttention", "ResidualAttentionBlock", "
 
 SINCOS_LAYOUTS = ("mae", "yx")
 
-# ``F.interpolate`` arguments per resampling mode of the x0.5 paths (model.half_resample).
+# ``F.interpolate`` arguments per resampling mode of the x0.5 paths (partformer.half_resample).
 # "nearest" is PyTorch's default mode, i.e. what the authors' ``F.interpolate(x, scale_factor=0.5)``
 # (CUB_Model.py / CelebA_Model.py ``forward``, no ``mode``) runs: output pixel (i, j) = input pixel
 # (floor(i / s), floor(j / s)) = (2i, 2j) for s = 0.5, for even and odd sizes alike.
@@ -176,7 +176,7 @@ class PartTokenViT(nn.Module):
     and cached on first use.
 
     ``resample``: how the view is downsampled by ``in_scale`` (:data:`RESAMPLE_MODES`; the model
-    sets it from ``model.half_resample``). Initialisation as the authors' ``VisionTransformer``
+    sets it from ``partformer.half_resample``). Initialisation as the authors' ``VisionTransformer``
     (backbone/Transformer.py ``initialize_weights``): xavier-uniform weights of every Linear (MLP,
     attention out-projection, ``proj``) and of the patch conv, zero Linear biases, part tokens
     N(0, 0.02); the attention keeps ``nn.MultiheadAttention``'s xavier in-projection with zero

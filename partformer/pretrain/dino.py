@@ -14,7 +14,6 @@ Shapes: features ``[B, C, h, w]``; head outputs ``[B, P]`` (global) or ``[B, P, 
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Sequence
 
 import torch
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from partformer.engine import distributed as D
 
 __all__ = ["ProjectionHead", "DinoLoss", "DenseDinoLoss", "DENSE_TARGETS", "sinkhorn",
-           "ema_update", "cosine_schedule"]
+           "ema_update"]
 
 
 class ProjectionHead(nn.Module):
@@ -210,11 +209,3 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """``teacher <- momentum * teacher + (1 - momentum) * student`` for every parameter."""
     for pt, ps in zip(teacher.parameters(), student.parameters()):
         pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
-
-
-def cosine_schedule(start: float, end: float, step: int, total: int) -> float:
-    """Cosine from ``start`` (step 0) to ``end`` (step ``total``)."""
-    if total <= 0:
-        return end
-    t = min(max(step / total, 0.0), 1.0)
-    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * t))

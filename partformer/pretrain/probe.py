@@ -23,7 +23,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from partformer.baselines.kmeans import KMeansBaseline
+from partformer.models.kmeans import KMeansModel
 from partformer.data import build_dataset
 from partformer.engine.evaluator import evaluate, num_part_classes
 
@@ -68,11 +68,12 @@ def _datasets(cfg, cache: Dict[str, Any]):
 def probe_encoder(encoder: torch.nn.Module, cfg, device, cache: Dict[str, Any]) -> Dict[str, float]:
     """Probe metrics (x100, the evaluator's protocol names) of ``encoder`` (put in eval mode)."""
     fit, val = _datasets(cfg, cache)
-    km = KMeansBaseline(cfg.pretrain.probe_parts, encoder, device=str(device),
-                        fit_images=len(fit), seed=cfg.experiment.seed)
+    km = KMeansModel(cfg.pretrain.probe_parts, encoder, fit_images=len(fit),
+                     seed=cfg.experiment.seed).to(device)
     km.fit(fit, batch_size=64)
-    res = evaluate(km, val, cfg.pretrain.probe_parts, resize=cfg.data.resize,
-                   protocols=PROBE_PROTOCOLS, batch_size=64)
+    res = evaluate(lambda batch: km.predict(batch["image"].to(device)), val,
+                   cfg.pretrain.probe_parts, resize=cfg.data.resize, protocols=PROBE_PROTOCOLS,
+                   batch_size=64)
     out = {k: float(v["value"]) for k, v in res.items()}
     if cfg.pretrain.probe_linear:                      # {} without part masks
         out.update(linear_probe(km.features, val, num_part_classes(val), seed=cfg.experiment.seed))

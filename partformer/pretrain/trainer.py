@@ -26,14 +26,15 @@ from partformer.engine.checkpoint import (CheckpointError, load_checkpoint,
 from partformer.engine.logger import ExperimentLogger
 from partformer.engine.rundir import check_run_dir, open_run_dir, requested_run_dir
 from partformer.engine.signals import critical_section, deferred_interrupts
-from partformer.engine.trainer import (TrainingInterrupted, resolve_precision,
-                                       seed_everything)
+from partformer.engine.optim import (build_optimizer, cosine, lr_factor, no_decay_groups,
+                                     seed_everything)
+from partformer.engine.precision import resolve_precision
+from partformer.engine.trainer import TrainingInterrupted
 from partformer.models.encoder import build_encoder
-from partformer.models.model import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from partformer.models.encoder import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from partformer.pretrain import crops as C
 from partformer.pretrain.data import build_image_bank
-from partformer.pretrain.dino import (DenseDinoLoss, DinoLoss, ProjectionHead, cosine_schedule,
-                                      ema_update)
+from partformer.pretrain.dino import DenseDinoLoss, DinoLoss, ProjectionHead, ema_update
 
 __all__ = ["PretrainNet", "Pretrainer", "OBJECTIVES", "export_encoder"]
 
@@ -62,15 +63,6 @@ class PretrainNet(nn.Module):
     def forward(self, x: torch.Tensor):
         fmap = self.backbone(x)
         return self.global_head(fmap.mean(dim=(2, 3))), self.dense_head(fmap)
-
-
-def _param_groups(model: nn.Module):
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 class Pretrainer:
@@ -104,9 +96,13 @@ class Pretrainer:
         self.dense_loss = DenseDinoLoss(p.dense_out_dim, p.student_temp, p.center_momentum,
                                         p.dense_targets, p.sinkhorn_eps,
                                         p.sinkhorn_iters).to(self.device)
-        self.optimizer = torch.optim.AdamW(_param_groups(self.student), lr=cfg.train.lr,
-                                           betas=tuple(cfg.train.betas),
-                                           weight_decay=cfg.train.weight_decay)
+        if cfg.train.scheduler.name not in ("cosine", "constant"):
+            raise cfglib.ConfigError(f"pretraining supports train.scheduler.name=cosine|constant, "
+                                     f"got {cfg.train.scheduler.name!r}")
+        # DINO's groups: no weight decay on biases and norms (engine/optim.py)
+        self.optimizer = build_optimizer(cfg.train, no_decay_groups(self.student))
+        self._lr_factor = lr_factor(cfg.train.scheduler, cfg.train.lr, self.steps_per_epoch,
+                                    self.total_steps)
         self.ddp_student = self.student
         if self.world > 1:
             if self.device.type == "cuda":  # SyncBatchNorm is GPU-only; on CPU each rank keeps
@@ -133,8 +129,9 @@ class Pretrainer:
             self.load_resume(resume)
         self.run_dir = open_run_dir(requested, cfg, overwrite and not resume, verbose)
         if D.is_main_process():
-            cfglib.save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
-        self.logger = ExperimentLogger(self.run_dir, cfg.logging.wandb, cfglib.to_dict(cfg),
+            cfglib.save_config(cfg, os.path.join(self.run_dir, "config.yaml"), "pretrain")
+        self.logger = ExperimentLogger(self.run_dir, cfg.logging.wandb,
+                                       cfglib.to_dict(cfg, "pretrain"),
                                        os.path.basename(self.run_dir), resume_id=self.wandb_id,
                                        keep_rows=self._metrics_rows, job_type="pretrain")
         self._probe_data = None
@@ -146,7 +143,7 @@ class Pretrainer:
                 "dense_loss": self.dense_loss.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "step": self.step,
                 "best_value": self.best_value, "best_step": self.best_step,
-                "history": json.dumps(self.history), "config": cfglib.to_yaml(self.cfg),
+                "history": json.dumps(self.history), "config": cfglib.to_yaml(self.cfg, "pretrain"),
                 "wandb_id": getattr(getattr(self, "logger", None), "wandb_id", None),
                 # metrics.jsonl rows written so far: a resumed run drops the rows after them
                 "metrics_rows": self.logger.rows if hasattr(self, "logger") else 0}
@@ -258,11 +255,12 @@ class Pretrainer:
         idx = self.batch_indices(self.step, shared)
         images = self.bank[idx].to(self.device).permute(0, 3, 1, 2).float().div_(255)
         lr = cfg.train.lr * self._lr_factor(self.step)
-        wd = cosine_schedule(cfg.train.weight_decay, p.weight_decay_end, self.step, self.total_steps)
+        wd = cosine(cfg.train.weight_decay, p.weight_decay_end, self.step, self.total_steps)
         for i, group in enumerate(self.optimizer.param_groups):
             group["lr"] = lr
-            if i == 0:
-                group["weight_decay"] = wd
+            # the weight-decay schedule scales the decayed group; the no-decay group stays at 0
+            # (checkpoints written before engine/optim.py have no wd_mult: group 0 decays)
+            group["weight_decay"] = wd * group.get("wd_mult", 1.0 if i == 0 else 0.0)
         self.student.train()
         self.teacher.train()
         out = self.losses(images, local)
@@ -274,7 +272,7 @@ class Pretrainer:
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.train.grad_clip)
         self.optimizer.step()
-        m = cosine_schedule(p.ema_momentum, p.ema_momentum_end, self.step, self.total_steps)
+        m = cosine(p.ema_momentum, p.ema_momentum_end, self.step, self.total_steps)
         ema_update(self.teacher, self.student, m)
         # BatchNorm statistics come from this rank's share of the batch: rank 0's are kept
         # everywhere, so that every rank holds the same student and teacher
@@ -282,19 +280,6 @@ class Pretrainer:
         D.broadcast_buffers(self.teacher)
         self.step += 1
         return {**{k: float(v.detach()) for k, v in out.items()}, "lr": lr, "wd": wd, "ema": m}
-
-    def _lr_factor(self, step: int) -> float:
-        s = self.cfg.train.scheduler
-        warm = int(round(s.warmup_epochs * self.steps_per_epoch))
-        if step < warm:
-            return (step + 1) / warm
-        if s.name == "constant":
-            return 1.0
-        if s.name != "cosine":
-            raise cfglib.ConfigError(f"pretraining supports train.scheduler.name=cosine|constant, "
-                                     f"got {s.name!r}")
-        floor = s.min_lr / self.cfg.train.lr
-        return cosine_schedule(1.0, floor, step - warm, max(1, self.total_steps - warm))
 
     # ------------------------------------------------------------------ probe
     def probe(self) -> Dict[str, float]:

@@ -8,8 +8,8 @@ The authors' files (docs/METHOD.md §4) come in two forms, both accepted:
   "perf"}`` (``module.`` from DataParallel).
 
 The result is one of our checkpoints, ``{"model": state_dict, "config": yaml, "source": {...}}``,
-which ``tools/eval.py --checkpoint`` loads without any other file: the stored config rebuilds the
-model (``partformer.models.build_model``) and the state dict loads strictly.
+which ``tools/eval.py --model`` loads without any other file: the stored config rebuilds the
+model (the PartFormer method's ``build_model``) and the state dict loads strictly.
 
 Key mapping (official -> ours), applied in order; every official key must be consumed and every one
 of our keys filled, with equal shapes, or the conversion stops with a list of what is wrong:
@@ -38,11 +38,8 @@ functional re-implementation of their forward pass.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import re
-import sys
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -50,14 +47,18 @@ import torch
 
 from partformer import config as cfglib
 from partformer.fileio import sha256_file
+from partformer.methods.foreign import ConversionError, load_official
 
 __all__ = [
     "ConversionError", "OFFICIAL_DATASETS", "load_official", "official_to_ours_key",
     "infer_num_parts", "detect_dataset", "check_pos_embed", "official_config",
-    "convert_state_dict", "convert_checkpoint", "convert_file", "main",
+    "convert_state_dict", "convert_checkpoint",
 ]
 
 OFFICIAL_DATASETS = ("cub", "celeba")
+# recorded as `source.converter` in converted checkpoints (older ones say "partformer.convert")
+CONVERTER = "partformer.methods.partformer.convert"
+CONVERTERS = (CONVERTER, "partformer.convert")
 ENCODER_NAME = "vit_small_patch8_224.dino"
 # the part-token ViT sees the view downsampled x0.5 (docs/METHOD.md §1.3)
 PARTFORMER_IN_SCALE = 0.5
@@ -89,132 +90,6 @@ _BLOCK_NAMES: List[Tuple[str, str]] = [
 ]
 _BLOCKS = ("Transformer.transformer.resblocks.", "partformer.blocks.")
 POS_EMBED_KEY = "Transformer.pos_embed"
-
-
-class ConversionError(ValueError):
-    """The file is not an official PartFormer checkpoint we can convert; the message says why."""
-
-
-# ------------------------------------------------------------------------------------ reading
-def _numpy_safe_globals() -> List[Any]:
-    """numpy scalar / dtype reconstructors: harmless, and what a ``perf`` value computed with numpy
-    pickles to. Allow-listed for ``weights_only`` loading (PyTorch's documented mechanism)."""
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        return []
-    out: List[Any] = [np.dtype]
-    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            m = __import__(mod, fromlist=["scalar"])
-            out.append(m.scalar)
-            break
-        except (ImportError, AttributeError):
-            continue
-    dtypes = getattr(np, "dtypes", None)
-    if dtypes is not None:
-        out += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
-    return out
-
-
-def _torch_load(path: str, unsafe: bool) -> Any:
-    if unsafe:
-        warnings.warn(f"--unsafe-load: reading {path} with weights_only=False, which can run "
-                      "arbitrary code from the file; do this only for files from a trusted source",
-                      stacklevel=3)
-        return torch.load(path, map_location="cpu", weights_only=False)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - classified below
-        first = e
-    msg = str(first)
-    if "Unsupported global" not in msg:
-        raise ConversionError(
-            f"cannot read {path} ({type(first).__name__}: {_first_line(msg)}). The file is "
-            "truncated, corrupt or not a torch checkpoint; download it again and compare its "
-            "size / checksum with the authors' release.") from None
-    # a non-tensor object (often a numpy scalar in `perf`): retry with numpy scalars allowed
-    safe_globals = getattr(torch.serialization, "safe_globals", None)
-    if safe_globals is not None:
-        try:
-            with safe_globals(_numpy_safe_globals()):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            msg = str(e)
-    found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", msg)
-    raise ConversionError(
-        f"{path} holds Python objects that torch.load(weights_only=True) refuses "
-        f"({', '.join(sorted(set(found))) or _first_line(msg)}); the authors' files should hold "
-        "only tensors and numbers (their training checkpoint's `perf` / `optimizer` entries are "
-        "the usual culprits). If you trust the file, rerun with --unsafe-load "
-        "(weights_only=False: the file can then run arbitrary code).") from None
-
-
-def _first_line(msg: str) -> str:
-    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
-    for ln in lines:  # torch puts the useful part after a long preamble
-        if "error" in ln.lower() and len(ln) < 300:
-            return ln
-    return (lines[0] if lines else "")[:300]
-
-
-def _plain(v: Any) -> Any:
-    """A value made YAML / weights_only friendly (numbers stay numbers, the rest becomes str)."""
-    if isinstance(v, (bool, int, float, str)) or v is None:
-        return v
-    if torch.is_tensor(v):
-        return v.item() if v.numel() == 1 else v.tolist()
-    if hasattr(v, "item") and callable(v.item):  # numpy scalar
-        try:
-            return v.item()
-        except Exception:  # noqa: BLE001
-            pass
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return str(v)
-
-
-def load_official(path: str, unsafe: bool = False,
-                  ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """Read an official file -> ``(state_dict without prefix, info)``.
-
-    ``info``: ``format`` (``model_best`` = plain state dict | ``training_checkpoint``), and for the
-    latter ``epoch`` / ``perf`` when present.
-    """
-    if not os.path.isfile(path):
-        raise ConversionError(f"input file not found: {path}")
-    obj = _torch_load(path, unsafe)
-    if not isinstance(obj, Mapping):
-        raise ConversionError(f"{path} holds a {type(obj).__name__}; expected the authors' "
-                              "state dict (model_best.pth) or training dict (checkpoint.pth)")
-    info: Dict[str, Any] = {}
-    if isinstance(obj.get("state_dict"), Mapping):
-        info["format"] = "training_checkpoint"
-        for k in ("epoch", "perf"):
-            if k in obj:
-                info[k] = _plain(obj[k])
-        sd = obj["state_dict"]
-    elif "model" in obj and "config" in obj:
-        raise ConversionError(f"{path} is already one of our checkpoints (it has `model` and "
-                              "`config`); pass it to tools/eval.py --checkpoint directly")
-    else:
-        info["format"] = "model_best"
-        sd = obj
-    bad = [k for k, v in sd.items() if not torch.is_tensor(v)]
-    if bad:
-        top = ", ".join(sorted(map(str, obj.keys()))[:10])
-        raise ConversionError(f"{path}: not a state dict of tensors (non-tensor entries: "
-                              f"{', '.join(map(str, bad[:10]))}; top-level keys: {top})")
-    keys = list(sd.keys())
-    if keys and all(k.startswith("module.") for k in keys):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-        info["prefix"] = "module."
-    elif any(k.startswith("module.") for k in keys):
-        raise ConversionError(f"{path}: some keys start with `module.` and some do not; "
-                              "expected all (DataParallel) or none")
-    return dict(sd), info
 
 
 # ---------------------------------------------------------------------------------- inspection
@@ -345,29 +220,34 @@ def official_config(dataset: str, num_parts: int, image_size: int = 256,
     blocks)."""
     if dataset not in OFFICIAL_DATASETS:
         raise ConversionError(f"dataset must be one of {OFFICIAL_DATASETS}, got {dataset!r}")
-    bad = [o for o in overrides or [] if o.split("=", 1)[0].strip().startswith("model.")]
+    fixed = ("model.", "method.", "partformer.")
+    bad = [o for o in overrides or [] if o.split("=", 1)[0].strip().startswith(fixed)]
     if bad:
-        raise ConversionError(f"overrides {bad}: the model section is fixed by the official "
-                              "checkpoint; only data.* / eval.* / experiment.* can be overridden")
+        raise ConversionError(f"overrides {bad}: the architecture is fixed by the official "
+                              "checkpoint; only data.* / eval.* / experiment.* / train.* can be "
+                              "overridden")
     path = base_config or _default_base_config(dataset, num_parts)
     try:
         cfg = cfglib.load_config(path, list(overrides or []))
     except cfglib.ConfigError as e:
         raise ConversionError(f"config error: {e}") from None
     tree = cfglib.to_dict(cfg)
-    partformer = dict(in_scale=0.5, patch_size=16, width=256, depth=6, heads=8, mlp_ratio=4.0)
+    vit = dict(in_scale=0.5, patch_size=16, width=256, depth=6, heads=8, mlp_ratio=4.0)
     if sincos_layout != "mae":
         # PartTokenViT supports it; the config schema must carry it for the model to rebuild
-        partformer["sincos_layout"] = sincos_layout
+        vit["sincos_layout"] = sincos_layout
     tree["model"] = dict(
-        num_parts=int(num_parts), feature_dim=64, compress=dataset,
-        compress_hidden=[256, 128], alignment="dot", align_scale=0.8,
-        predict_upsample=4, half_resample="nearest",   # their F.interpolate(x, scale_factor=0.5)
+        num_parts=int(num_parts),
         encoder=dict(name=ENCODER_NAME, pretrained=False, weights=None, frozen=True, layer=None,
-                     kwargs={"pos_embed_interp": "dino_legacy"}),
-        partformer=partformer,
-        decoder=dict(channels=64, num_blocks=5, upsample_after=[2, 4]),
-    )
+                     kwargs={"pos_embed_interp": "dino_legacy"}))
+    tree["method"] = {"name": "partformer"}
+    section = dict(tree.get("partformer") or {})
+    section.update(
+        feature_dim=64, compress=dataset, compress_hidden=[256, 128], alignment="dot",
+        align_scale=0.8, predict_upsample=4,
+        half_resample="nearest",   # their F.interpolate(x, scale_factor=0.5)
+        vit=vit, decoder=dict(channels=64, num_blocks=5, upsample_after=[2, 4]))
+    tree["partformer"] = section
     tree["data"]["image_size"] = int(image_size)
     tree["experiment"]["name"] = f"official_{dataset}_k{num_parts}"
     try:
@@ -376,7 +256,7 @@ def official_config(dataset: str, num_parts: int, image_size: int = 256,
         raise ConversionError(
             f"the config schema cannot express the official model ({e}). The stored "
             f"{POS_EMBED_KEY} uses the {sincos_layout!r} sin-cos layout: add `sincos_layout: str = "
-            "'mae'` to partformer.config.PartTokenConfig.") from None
+            "'mae'` to partformer.methods.partformer.config.PartTokenConfig.") from None
 
 
 # ----------------------------------------------------------------------------------- conversion
@@ -451,36 +331,15 @@ def convert_state_dict(official: Mapping[str, torch.Tensor],
     return converted, report
 
 
-def convert_file(input_path: str, output_path: str, dataset: str,
-                 base_config: Optional[str] = None, overrides: Optional[Sequence[str]] = None,
-                 unsafe_load: bool = False, overwrite: bool = False) -> Dict[str, Any]:
-    """Convert ``input_path`` (an official file) into our checkpoint at ``output_path``.
-
-    Returns the written checkpoint's ``source`` dict (plus ``output``). The config is the benchmark
-    config of ``dataset`` (or ``base_config``) with the authors' architecture and K inferred from
-    the file; the model is rebuilt from it and loaded strictly before anything is written.
-    """
-    from partformer.engine.checkpoint import atomic_torch_save
-
-    if dataset not in OFFICIAL_DATASETS:
-        raise ConversionError(f"--dataset must be one of {OFFICIAL_DATASETS}, got {dataset!r}")
-    if os.path.exists(output_path) and not overwrite:
-        raise ConversionError(f"{output_path} exists; pass --overwrite to replace it")
-    if os.path.abspath(output_path) == os.path.abspath(input_path):
-        raise ConversionError("--output must differ from --input")
-    ckpt = convert_checkpoint(input_path, dataset, base_config, overrides, unsafe_load)
-    atomic_torch_save(ckpt, output_path)
-    return dict(ckpt["source"], output=output_path)
-
-
 def convert_checkpoint(input_path: str, dataset: Optional[str] = None,
                        base_config: Optional[str] = None, overrides: Optional[Sequence[str]] = None,
                        unsafe_load: bool = False) -> Dict[str, Any]:
     """Convert an official file in memory -> our checkpoint dict ``{"model", "config", "source"}``
-    (what :func:`convert_file` writes; ``partformer.load`` uses it to read the authors' files on
-    the fly). ``dataset`` (``cub`` / ``celeba``) defaults to the one the compress head shows."""
-    from partformer.engine.checkpoint import load_state_dict_strict
-    from partformer.models import build_model
+    (what ``tools/convert_official.py`` writes; ``partformer.load`` uses it to read the authors'
+    files on the fly). ``dataset`` (``cub`` / ``celeba``) defaults to the one the compress head
+    shows."""
+    from partformer.statedict import load_state_dict_strict
+    from partformer.methods import build_method
 
     official, info = load_official(input_path, unsafe=unsafe_load)
     if dataset is None:
@@ -509,65 +368,12 @@ def convert_checkpoint(input_path: str, dataset: Optional[str] = None,
     # the model
     cfg = official_config(dataset, num_parts, image_size=image_size, base_config=base_config,
                           overrides=overrides, sincos_layout=layout)
-    model = build_model(cfg.model, image_size=cfg.data.image_size)
+    model = build_method(cfg).build_model(pretrained=False)
     state, report = convert_state_dict(official, model.state_dict(), num_parts, source=input_path)
     load_state_dict_strict(model, state, source=f"converted {input_path}")  # what eval.py does
 
     source = dict(file=os.path.basename(input_path), sha256=sha256_file(input_path),
-                  dataset=dataset,
-                  num_parts=num_parts, image_size=image_size, converter="partformer.convert",
+                  dataset=dataset, method="partformer",
+                  num_parts=num_parts, image_size=image_size, converter=CONVERTER,
                   **info, **report)
     return {"model": state, "config": cfglib.to_yaml(cfg), "source": source}
-
-
-# ------------------------------------------------------------------------------------------ CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="convert_official.py",
-        description="Convert the authors' released PartFormer checkpoint (model_best.pth or "
-                    "checkpoint.pth; CUB or CelebA) into a partformer checkpoint for "
-                    "tools/eval.py --checkpoint. K and the image size are read from the file.")
-    p.add_argument("--dataset", required=True, choices=OFFICIAL_DATASETS,
-                   help="which official model: picks the compress-head order and the benchmark "
-                        "config stored in the output (checked against the file)")
-    p.add_argument("--input", required=True, help="the authors' model_best.pth or checkpoint.pth")
-    p.add_argument("--output", required=True, help="converted checkpoint to write (.pt)")
-    p.add_argument("--config", default=None,
-                   help="benchmark config for data / eval settings (default: "
-                        "configs/<dataset>_k<K>.yaml, else configs/_base_/<dataset>.yaml)")
-    p.add_argument("overrides", nargs="*", default=[],
-                   help="dotted overrides of the stored config, e.g. data.root=/data/CUB_200_2011 "
-                        "(model.* is fixed by the file)")
-    p.add_argument("--unsafe-load", action="store_true",
-                   help="read the input with torch.load(weights_only=False); only for trusted "
-                        "files that hold non-tensor Python objects")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from partformer.engine.checkpoint import CheckpointError
-
-    args = build_parser().parse_args(argv)
-    try:
-        src = convert_file(args.input, args.output, args.dataset, base_config=args.config,
-                           overrides=args.overrides, unsafe_load=args.unsafe_load,
-                           overwrite=args.overwrite)
-    except (ConversionError, CheckpointError) as e:
-        if args.debug:
-            raise
-        print(f"conversion failed: {e}", file=sys.stderr)
-        return 2  # the exit status of every CLI's expected errors
-    extra = "".join(f", {k} {src[k]}" for k in ("epoch", "perf") if k in src)
-    print(f"converted {args.input} ({src['format']}{extra}; sha256 {src['sha256'][:16]}...)\n"
-          f"  dataset {src['dataset']}, K = {src['num_parts']}, image size {src['image_size']}, "
-          f"sin-cos layout {src['pos_embed_layout']} (max abs diff "
-          f"{src['pos_embed_max_abs_diff']:.2g})\n"
-          f"  wrote {args.output}\n"
-          f"evaluate with: python tools/eval.py --checkpoint {args.output}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -5,7 +5,7 @@ Test time (docs/METHOD.md §2): ``predict(images)`` -> soft part maps ``[B, K+1,
 background last.
 
 Both x0.5 paths, the view fed to the part-token ViT and the reconstruction target, are resampled
-with ``half_resample`` (``model.half_resample``): ``"nearest"`` by default, which is what the
+with ``half_resample`` (``partformer.half_resample``): ``"nearest"`` by default, which is what the
 authors' ``F.interpolate(x, scale_factor=0.5)`` (no ``mode``; CUB_Model.py / CelebA_Model.py
 ``forward``) does, i.e. output pixel (i, j) = input pixel (2i, 2j).
 
@@ -25,28 +25,26 @@ and not loaded); ``decoder.*`` <- ``Reconstruct_Block.*``; ``arcface_weight`` <-
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from partformer.config import section_kwargs
+from partformer.models.decoder import ReconstructionDecoder
+from partformer.models.encoder import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, CompressHead,
+                                       build_encoder)
+from partformer.models.partformer_vit import RESAMPLE_MODES, PartTokenViT, resample
 
-from .decoder import ReconstructionDecoder
-from .encoder import CompressHead, build_encoder
-from .partformer_vit import RESAMPLE_MODES, PartTokenViT, resample
+from .config import ALIGNMENTS
 
-__all__ = ["PartFormerModel", "build_model", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD"]
+__all__ = ["PartFormerModel", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD"]
 
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
-ALIGNMENTS = ("dot", "cosine")
 # PartTokenViT arguments that the model derives (from the config key named)
-_SET_BY_MODEL = {"num_parts": "model.num_parts", "out_dim": "model.feature_dim",
-                 "image_size": "data.image_size", "resample": "model.half_resample"}
+_SET_BY_MODEL = {"num_parts": "model.num_parts", "out_dim": "partformer.feature_dim",
+                 "image_size": "data.image_size", "resample": "partformer.half_resample"}
 
 
 class PartFormerModel(nn.Module):
@@ -63,7 +61,7 @@ class PartFormerModel(nn.Module):
         compress: compress-head variant, ``cub`` | ``celeba`` | ``single``.
         compress_hidden: hidden widths of the compress head.
         feature_dim: D, the part-feature dim.
-        partformer: the ``model.partformer`` section (``PartTokenConfig`` or a mapping of
+        vit: the ``partformer.vit`` section (``PartTokenConfig`` or a mapping of
             ``PartTokenViT`` arguments: ``in_scale, patch_size, width, depth, heads, mlp_ratio,
             sincos_layout``).
         alignment: ``dot`` (``align_scale * <P, F>``) or ``cosine`` (cosine similarity x
@@ -72,12 +70,12 @@ class PartFormerModel(nn.Module):
         logit_scale_init: initial ``logit_scale`` (``ln(1/0.07)``). With ``dot`` it is kept as a
             frozen, unused parameter (``requires_grad=False``) because the official CUB / CelebA
             checkpoints have it; frozen so that DDP does not see an unused trainable parameter.
-        decoder: the ``model.decoder`` section (``DecoderConfig`` or a mapping of
+        decoder: the ``partformer.decoder`` section (``DecoderConfig`` or a mapping of
             ``ReconstructionDecoder`` arguments: ``channels, num_blocks, upsample_after,
             out_channels, upsample_align_corners``).
 
     The sections are read with :func:`partformer.config.section_kwargs`: a key the constructor
-    does not take, or one the model sets itself (``partformer.num_parts``, ``decoder.in_dim``, ...),
+    does not take, or one the model sets itself (``vit.num_parts``, ``decoder.in_dim``, ...),
     is an error naming it.
         mean, std: input normalisation (images come in [0, 1]).
         predict_upsample: factor by which ``predict`` upsamples the feature map before the
@@ -96,7 +94,7 @@ class PartFormerModel(nn.Module):
     def __init__(self, num_parts: int = 4, image_size: int = 256,
                  encoder: Union[None, str, Any, nn.Module] = None,
                  compress: str = "cub", compress_hidden: Sequence[int] = (256, 128),
-                 feature_dim: int = 64, partformer: Optional[Any] = None,
+                 feature_dim: int = 64, vit: Optional[Any] = None,
                  alignment: str = "dot", align_scale: float = 0.8,
                  logit_scale_init: float = math.log(1 / 0.07),
                  decoder: Optional[Any] = None,
@@ -106,7 +104,7 @@ class PartFormerModel(nn.Module):
                  half_resample: str = "nearest"):
         super().__init__()
         if half_resample not in RESAMPLE_MODES:
-            raise ValueError(f"model.half_resample must be one of {RESAMPLE_MODES}, "
+            raise ValueError(f"partformer.half_resample must be one of {RESAMPLE_MODES}, "
                              f"got {half_resample!r}")
         self.half_resample = half_resample
         if alignment not in ALIGNMENTS:
@@ -132,7 +130,7 @@ class PartFormerModel(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
 
         # part-token ViT
-        pf = section_kwargs(partformer, PartTokenViT, "model.partformer", exclude=_SET_BY_MODEL)
+        pf = section_kwargs(vit, PartTokenViT, "partformer.vit", exclude=_SET_BY_MODEL)
         self.partformer = PartTokenViT(self.num_parts, out_dim=self.feature_dim,
                                        image_size=self.image_size, resample=half_resample, **pf)
 
@@ -143,8 +141,8 @@ class PartFormerModel(nn.Module):
         nn.init.xavier_uniform_(self.arcface_weight)
 
         # decoder
-        dec = section_kwargs(decoder, ReconstructionDecoder, "model.decoder",
-                             exclude={"in_dim": "model.feature_dim"})
+        dec = section_kwargs(decoder, ReconstructionDecoder, "partformer.decoder",
+                             exclude={"in_dim": "partformer.feature_dim"})
         self.decoder = ReconstructionDecoder(in_dim=self.feature_dim, **dec)
         self.predict_upsample = int(predict_upsample) if predict_upsample is not None \
             else self.decoder.upscale
@@ -251,30 +249,3 @@ class PartFormerModel(nn.Module):
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
-
-
-# ------------------------------------------------------------------------------------- building
-def build_model(cfg: Any, image_size: Optional[int] = None) -> PartFormerModel:
-    """Build a ``PartFormerModel`` from the ``model`` config section (a ``ModelConfig`` dataclass or
-    a mapping with its keys) or from a whole config (a dataclass or mapping with ``model`` and
-    ``data`` sections; the image size then comes from ``data.image_size``). ``image_size`` given
-    here wins. The section goes through :func:`partformer.config.section_kwargs`: a key that is not
-    a ``PartFormerModel`` argument is an error naming it."""
-    model = _field(cfg, "model")
-    if model is not None and _field(cfg, "num_parts") is None:   # a whole config
-        if image_size is None:
-            image_size = _field(_field(cfg, "data"), "image_size")
-        cfg = model
-    kwargs = section_kwargs(cfg, PartFormerModel, "model")
-    if image_size is not None:
-        kwargs["image_size"] = int(image_size)
-    return PartFormerModel(**kwargs)
-
-
-def _field(obj: Any, name: str) -> Any:
-    """``obj.name`` of a dataclass, ``obj[name]`` of a mapping, else None."""
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return getattr(obj, name, None)
-    return None

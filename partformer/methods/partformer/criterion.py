@@ -1,4 +1,4 @@
-"""The PartFormer training objective (docs/METHOD.md §1.6).
+"""The PartFormer training objective (docs/METHOD.md §1.6): paired views, the model, the losses.
 
     total = w_recon · recon + w_conc · concentration + w_area · area + w_arc · arcface
     defaults: partformer.config.LOSS_WEIGHTS (the paper's)
@@ -20,13 +20,15 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 import torch.nn as nn
 
-from partformer.config import LOSS_WEIGHTS, section_kwargs
+from partformer.augment import PairedAugmentation
+from partformer.config import section_kwargs
+from partformer.losses.arcface import arcface_loss
+from partformer.losses.area import area_loss
+from partformer.losses.concentration import concentration_loss
+from partformer.losses.perceptual import VGGPerceptualLoss, WeightsSpec
+from partformer.losses.reconstruction import PIXEL_LOSSES, PixelReconstructionLoss
 
-from .arcface import arcface_loss
-from .area import area_loss
-from .concentration import concentration_loss
-from .perceptual import VGGPerceptualLoss, WeightsSpec
-from .reconstruction import PIXEL_LOSSES, PixelReconstructionLoss
+from .config import LOSS_WEIGHTS
 
 DEFAULT_LOSS_WEIGHTS: Dict[str, float] = LOSS_WEIGHTS   # recon, concentration, area, arcface
 RECON_LOSSES = ("perceptual",) + PIXEL_LOSSES
@@ -93,7 +95,7 @@ class PartFormerCriterion(nn.Module):
     @classmethod
     def from_config(cls, loss_cfg: Any, num_parts: int) -> "PartFormerCriterion":
         """Build from a ``LossConfig`` dataclass, a mapping with the same keys, or None (defaults)."""
-        kwargs = section_kwargs(loss_cfg, cls, "loss", exclude=("num_parts",))
+        kwargs = section_kwargs(loss_cfg, cls, "partformer.loss", exclude=("num_parts",))
         return cls(num_parts=num_parts, **kwargs)
 
     def _check(self, out: Mapping[str, torch.Tensor]) -> None:
@@ -137,3 +139,39 @@ class PartFormerCriterion(nn.Module):
         return (f"num_parts={self.num_parts}, recon={self.recon!r}, weights={self.loss_weights}, "
                 f"area_eps={self.area_eps}, area_all_maps={self.area_all_maps}, "
                 f"area_normalise={self.area_normalise}, arcface_s={self.arcface_s}, arcface_m={self.arcface_m}")
+
+
+class PartFormerObjective(nn.Module):
+    """One PartFormer training forward: paired views of the batch's images in one batched warp
+    (partformer.augment), the model on both views, the criterion.
+
+    ``forward(model, batch, generator=None)``: ``batch["image"]`` ``[B, 3, S, S]`` float in [0, 1]
+    on the device. Under autocast the networks (model and the perceptual loss's VGG19) run in low
+    precision; the alignment softmax and every loss term are computed in float32 (the model and
+    the criterion disable autocast there). Returns the criterion's dict of scalar tensors; nothing
+    here reads a value back to the host.
+    """
+
+    def __init__(self, augment: PairedAugmentation, criterion: PartFormerCriterion):
+        super().__init__()
+        self.augment = augment
+        self.criterion = criterion
+
+    def views(self, images: torch.Tensor, generator: Optional[torch.Generator] = None):
+        """The two views ``(v1, v2)``. The warp matrices are the warp's own input, not extra
+        work; PartFormer has no loss that maps one view's pixels onto the other's
+        (docs/METHOD.md §1.6), so they are not used."""
+        v1, v2, _, _ = self.augment(images, generator=generator)
+        return v1, v2
+
+    def forward(self, model: nn.Module, batch: Mapping[str, Any],
+                generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        images = batch["image"]
+        # the warp stays in float32 under an enclosing autocast (its matrix products would
+        # otherwise run in bf16 / fp16 and misplace pixels)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            v1, v2 = self.views(images, generator)
+        out = model(v1, v2)
+        out = {k: (v.float() if torch.is_tensor(v) and torch.is_floating_point(v) else v)
+               for k, v in out.items()}
+        return self.criterion(out)

@@ -6,7 +6,7 @@ partition that only knows where the object is.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Tuple
+from typing import Tuple
 
 import torch
 
@@ -38,16 +38,12 @@ def grid_part_maps(bbox: torch.Tensor, size: Tuple[int, int], num_parts: int) ->
     return torch.nn.functional.one_hot(label, num_parts + 1).permute(0, 3, 1, 2).float()
 
 
-class GridBaseline:
-    name = "grid"
+class GridModel(torch.nn.Module):
+    """No parameters: the maps come from the batch's GT boxes (``predict(images, bbox)``)."""
 
-    def __init__(self, num_parts: int, **_: Any):
-        self.num_parts = num_parts
+    def __init__(self, num_parts: int):
+        super().__init__()
+        self.num_parts = int(num_parts)
 
-    def fit(self, dataset=None, **_: Any) -> "GridBaseline":
-        return self
-
-    def __call__(self, batch: Dict[str, Any]) -> torch.Tensor:
-        if "bbox" not in batch:
-            raise ValueError("the grid baseline needs ground-truth boxes (`bbox`) in the dataset")
-        return grid_part_maps(batch["bbox"], tuple(batch["image"].shape[-2:]), self.num_parts)
+    def predict(self, images: torch.Tensor, bbox: torch.Tensor) -> torch.Tensor:
+        return grid_part_maps(bbox, tuple(images.shape[-2:]), self.num_parts).to(images.device)

@@ -1,4 +1,7 @@
-"""k-means baseline (Amir et al. style): cluster frozen encoder patch features into K+1 clusters.
+"""k-means of frozen encoder features (Amir et al. style): the k-means reference method
+(partformer/methods/kmeans) and the pretraining probe.
+
+k-means reference (Amir et al. style): cluster frozen encoder patch features into K+1 clusters.
 
 Features are L2-normalised patch tokens of a frozen timm ViT (random init offline, a local weights
 file, or the hub when online). Clusters are fitted on patches of the training split; the cluster that
@@ -7,7 +10,6 @@ covers the largest share of the image border is taken as background and moved to
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -45,29 +47,39 @@ def kmeans_torch(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0,
     return best
 
 
-class KMeansBaseline:
-    name = "kmeans"
+class KMeansModel(torch.nn.Module):
+    """A frozen encoder (with ``embed_dim``, the channels of its maps) and K+1 cluster centres of
+    its L2-normalised features (``centres [K+1, C]``, a buffer: fitted by :meth:`fit`, saved with
+    the model); ``predict`` assigns every cell to its nearest centre, background last, as one-hot
+    maps."""
 
-    def __init__(self, num_parts: int, encoder: torch.nn.Module, device: str = "cpu",
+    def __init__(self, num_parts: int, encoder: torch.nn.Module,
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                 fit_images: int = 200, seed: int = 0, **_: Any):
+                 fit_images: int = 200, seed: int = 0, iters: int = 50, restarts: int = 3):
+        super().__init__()
         self.num_parts = num_parts
-        self.encoder = encoder.to(device).eval()
-        self.device = torch.device(device)
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1).to(self.device)
-        self.std = torch.tensor(std).view(1, 3, 1, 1).to(self.device)
-        self.fit_images = fit_images
-        self.seed = seed
-        self.centres: Optional[torch.Tensor] = None
+        self.encoder = encoder.eval()
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.fit_images, self.seed, self.iters, self.restarts = fit_images, seed, iters, restarts
+        # fitted by fit() and saved with the model
+        dim = int(encoder.embed_dim)
+        self.register_buffer("centres", torch.zeros(num_parts + 1, dim))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C, h, w]`` L2-normalised patch features of images in [0, 1]."""
-        x = (images.to(self.device) - self.mean) / self.std
-        return F.normalize(self.encoder(x).float(), dim=1)
+        return F.normalize(self.encoder(self.normalize(images)).float(), dim=1)
 
     @torch.no_grad()
-    def fit(self, dataset, batch_size: int = 32, num_workers: int = 0, **_: Any) -> "KMeansBaseline":
+    def fit(self, dataset, batch_size: int = 32, num_workers: int = 0) -> "KMeansModel":
+        device = self.mean.device
         n = min(self.fit_images, len(dataset))
         idx = np.random.default_rng(self.seed).permutation(len(dataset))[:n].tolist()
         loader = DataLoader(torch.utils.data.Subset(dataset, idx), batch_size=batch_size,
@@ -76,11 +88,12 @@ class KMeansBaseline:
         for batch in loader:
             if "image" not in batch:
                 continue
-            maps.append(self.features(batch["image"]).permute(0, 2, 3, 1).cpu())  # [B, h, w, C]
+            maps.append(self.features(batch["image"].to(device)).permute(0, 2, 3, 1).cpu())
         if not maps:
-            raise ValueError("k-means baseline: no image of the fit dataset could be read")
+            raise ValueError("k-means reference: no image of the fit dataset could be read")
         x = torch.cat([m.reshape(-1, m.shape[-1]) for m in maps])
-        centres = kmeans_torch(x, self.num_parts + 1, seed=self.seed)
+        centres = kmeans_torch(x, self.num_parts + 1, iters=self.iters, seed=self.seed,
+                               restarts=self.restarts)
         # background = the cluster covering most of the feature-map border; counted per batch, as
         # feature maps differ in size between batches when images keep their aspect ratio
         k = len(centres)
@@ -95,14 +108,16 @@ class KMeansBaseline:
             sizes += torch.bincount(assign.reshape(-1), minlength=k)
         bg = int(border.argmax())
         fg = [i for i in torch.argsort(sizes, descending=True, stable=True).tolist() if i != bg]
-        self.centres = centres[fg + [bg]].to(self.device)
+        self.centres.copy_(centres[fg + [bg]].to(device))
+        self.fitted.fill_(True)
         return self
 
     @torch.no_grad()
-    def __call__(self, batch: Dict[str, Any]) -> torch.Tensor:
-        if self.centres is None:
-            raise RuntimeError("KMeansBaseline.fit(train_dataset) must run before prediction")
-        f = self.features(batch["image"])
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        if not bool(self.fitted):
+            raise RuntimeError("the k-means reference must be fitted (Method.fit on training "
+                               "images) before prediction")
+        f = self.features(images)
         B, Cf, h, w = f.shape
         d = torch.cdist(f.permute(0, 2, 3, 1).reshape(B, h * w, Cf),
                         self.centres.unsqueeze(0).expand(B, -1, -1))
