@@ -134,6 +134,12 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> MPAEConfig:
         decoder_depth=_count(sd, "Decoder.decoder_blocks."), decoder_num_heads=d_model // 64,
         mlp_ratio=_need(sd, "Decoder.blocks.0.mlp.fc1.weight", 2).shape[0] / emb,
         out_patch=out_patch)
+    # the DINOv2 ViT-B/14-reg of their code; other sizes (tests) from the shapes (heads: C / 64)
+    enc_dim = int(_need(sd, "backbone1.pos_embed", 3).shape[-1])
+    enc_depth = _count(sd, "backbone1.blocks.")
+    if (enc_dim, enc_depth) != (768, 12):
+        cfg.encoder = dataclasses.replace(cfg.encoder, kwargs=dict(
+            embed_dim=enc_dim, depth=enc_depth, num_heads=max(1, enc_dim // 64)))
     return cfg
 
 
