@@ -1,2 +1,2 @@
-"""Part-discovery methods, one package each (see docs / STYLE: a method is its model, losses,
-config section, converter and tests). Nothing here is imported by ``partformer`` itself yet."""
+"""Part-discovery methods, one package each (its model, losses, config section, converter; its
+tests in tests/). Nothing in ``partformer`` imports them yet: the engine adapter comes later."""

@@ -1,7 +1,7 @@
 """The MPAE config section (defaults: the authors' CUB configuration, K = 16).
 
-Every value below was read from the authors' code (github.com/Jiahao-UTS/MPAE, GPL-2.0; facts and
-line numbers in /work/ref/mpae/FACTS.md). Where their code is hard-coded per dataset, the
+Every value below was read from the authors' code (github.com/Jiahao-UTS/MPAE, GPL-2.0; the file
+and function are named next to each value). Where their code is hard-coded per dataset, the
 dataclass has a field and :func:`published_config` gives their value per dataset:
 
 =================  ===========  ===========  =================  =================

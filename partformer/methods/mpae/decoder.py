@@ -3,7 +3,7 @@
 Facts from the authors' code (``backbone/MAE.py`` ``MaskedAutoencoderViT``, built in ``MPAE.py``
 ``MPAE.__init__`` with ``patch_size=14, embed_dim=256, depth=2, num_heads=4,
 decoder_embed_dim=d_model, decoder_depth=2, decoder_num_heads=d_model // 64, mlp_ratio=4,
-rec_patch=8``); see /work/ref/mpae/FACTS.md §3 for line numbers.
+rec_patch=8``; ``random_masking``, ``forward_encoder``, ``forward_decoder``, ``unpatchify``).
 
 Data flow for images ``[B, 3, H, W]`` (normalised) on a ``g_h x g_w`` grid of ``patch_size``
 patches (``L = g_h * g_w``) and part features ``[B, L, part_dim]`` on the same grid:

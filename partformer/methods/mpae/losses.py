@@ -2,7 +2,7 @@
 
 Read from the authors' code (``MPAE.py`` ``MPAE.forward`` / ``high_level_loss``,
 ``utils/total_variation.py``, ``utils/presence_loss.py``, ``backbone/Arcmagrin.py``,
-``tools/train_function.py``; facts in /work/ref/mpae/FACTS.md §4). ``maps`` are the training part
+``tools/train_function.py``). ``maps`` are the training part
 maps ``[B, K+1, h, w]`` (softmax over parts, background last) on the DINOv2 patch grid.
 
 =====================  ==============================================================  ======

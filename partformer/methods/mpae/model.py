@@ -1,7 +1,7 @@
 """MPAE: Masked Part AutoEncoder (Xia, Wu, Huang, Zhang, Zhang, ICCV 2025).
 
 Re-implemented from the facts of the authors' code (``MPAE.py`` ``MPAE.forward``; GPL-2.0, not
-copied; /work/ref/mpae/FACTS.md). For a normalised image ``x [B, 3, S, S]`` (S a multiple of 14,
+copied). For a normalised image ``x [B, 3, S, S]`` (S a multiple of 14,
 grid ``g = S / 14``, ``L = g²``):
 
 1. ``feature_map = compress(DINOv2(x))``: frozen DINOv2 ViT-B/14-reg patch tokens after the final
