@@ -23,7 +23,8 @@ setup(
     # named weights in partformer/weights ship as package data
     packages=find_packages(include=["partformer", "partformer.*"]) + ["partformer.configs"],
     package_dir={"partformer.configs": "configs"},
-    package_data={"partformer.configs": ["*.yaml", "_base_/*.yaml"],
+    package_data={"partformer.configs": ["*.yaml", "_base_/*.yaml", "_base_/data/*.yaml",
+                                        "pretrain/*.yaml"],
                   "partformer": ["weights/*.yaml", "weights/*.safetensors", "weights/*.pt"]},
     include_package_data=True,
     install_requires=[

@@ -533,7 +533,8 @@ CHECKS: Dict[str, Tuple[Callable[[Any], bool], Any]] = {
 def check_values(cfg: Config, origins: Optional[Dict[str, str]] = None) -> None:
     """Raise :class:`ConfigError` for the first value that cannot work: :data:`CHECKS` of the
     shared sections, then the ``CHECKS`` of each method's config class (keys relative to its
-    section) and its ``check(cfg)`` hook (conditions between several keys)."""
+    section), then the ``check(cfg)`` hook of the run's method (conditions between several keys
+    and with the shared sections)."""
     origins = origins or {}
     tables = [("", cfg, CHECKS)]
     tables += [(name + ".", sec, getattr(type(sec), "CHECKS", {}))
@@ -549,14 +550,13 @@ def check_values(cfg: Config, origins: Optional[Dict[str, str]] = None) -> None:
                 raise ConfigError(f"config key `{dotted}`{_where(dotted, origins)} must be "
                                   f"{expected}, got {obj!r}. Fix it in the config file or on the "
                                   f"command line ({dotted}=...)")
-    from partformer.methods import get_method
-    for name, sec in cfg.methods.items():
-        problem = getattr(sec, "check", None) and sec.check(cfg)
-        if problem:
-            key, message = problem
-            dotted = f"{name}.{key}"
-            raise ConfigError(f"config key `{dotted}`{_where(dotted, origins)}: {message}")
-    get_method(cfg.method.name)  # registered (checked by from_dict; kept for direct callers)
+    # conditions between keys, and with the shared sections: the run's own method only
+    sec = cfg.section()
+    problem = getattr(sec, "check", None) and sec.check(cfg)
+    if problem:
+        key, message = problem
+        dotted = f"{cfg.method.name}.{key}"
+        raise ConfigError(f"config key `{dotted}`{_where(dotted, origins)}: {message}")
 
 
 def _where(dotted: str, origins: Dict[str, str]) -> str:
@@ -613,6 +613,18 @@ def _coerce(tp, value, dotted: str, origins: Dict[str, str]):
         if not isinstance(value, list):
             raise bad
         return [_coerce(args[0], v, f"{dotted}[{i}]", origins) for i, v in enumerate(value)]
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        if len(args) == 2 and args[1] is Ellipsis:          # Tuple[float, ...]
+            types = [args[0]] * len(value)
+        else:                                                # Tuple[float, float]
+            types = list(args)
+            if len(value) != len(types):
+                raise ConfigError(f"config key `{dotted}`{_where(dotted, origins)} expects "
+                                  f"{len(types)} values, got {len(value)}: {list(value)!r}")
+        return tuple(_coerce(t, v, f"{dotted}[{i}]", origins)
+                     for i, (t, v) in enumerate(zip(types, value)))
     if origin in (dict, Dict):
         if not isinstance(value, dict):
             raise bad

@@ -154,3 +154,34 @@ def legacy_tree(cfg) -> Dict[str, Any]:
     pf["partformer"] = pf.pop("vit")
     tree["model"].update(pf)
     return tree
+
+
+# each trained method's tiny settings on top of tiny_dict (same data, encoder and schedule)
+TINY_METHODS: Dict[str, Dict[str, Any]] = {
+    "partformer": {},
+    "mpae": {
+        "method": {"name": "mpae"},
+        "mpae": {"feature_dim": 16, "predict_upsample": 2.0,
+                 "part_vit": {"patch_size": 8, "width": 32, "depth": 1, "heads": 2},
+                 "decoder": {"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2,
+                             "decoder_depth": 1, "decoder_num_heads": 2, "out_patch": 4},
+                 "loss": {"vgg_weights": None, "presence_group_size": 4}},
+        "model": {"encoder": {"frozen": True}},
+    },
+}
+
+
+def tiny_method_yaml(tmp: str, method: str) -> str:
+    """The tiny config of ``method`` (a key of :data:`TINY_METHODS`) at ``<tmp>/tiny_<m>.yaml``."""
+    tmp = os.fspath(tmp)
+    path = os.path.join(tmp, f"tiny_{method}.yaml")
+    if not os.path.isfile(path):
+        tree = tiny_dict(os.path.join(tmp, "syn"))
+        for key, section in TINY_METHODS[method].items():
+            base = tree.setdefault(key, {})
+            for k, v in section.items():
+                base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(
+                    base.get(k), dict) else v
+        with open(path, "w") as f:
+            yaml.safe_dump(tree, f, sort_keys=False)
+    return path

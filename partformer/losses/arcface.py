@@ -31,13 +31,24 @@ def arcface_logits(
     if tokens.dim() != 2 or weight.dim() != 2 or tokens.shape[1] != weight.shape[1]:
         raise ValueError(f"tokens [N, D] and weight [C, D] expected, got {tuple(tokens.shape)}, {tuple(weight.shape)}")
     cos = F.normalize(tokens.float(), dim=1) @ F.normalize(weight.float(), dim=1).t()   # [N, C]
+    one_hot = F.one_hot(labels.long(), num_classes=weight.shape[0]).to(cos.dtype)
+    return arcface_margin_logits(cos, one_hot, s, m)
+
+
+def arcface_margin_logits(cos: torch.Tensor, one_hot: torch.Tensor, s: float = 20.0,
+                          m: float = 0.5) -> torch.Tensor:
+    """ArcFace logits from cosines: ``s·(one_hot·φ(θ) + (1 − one_hot)·cos θ)`` (module docstring).
+
+    cos: ``[..., C]`` cosines (clamped to [-1, 1] here); one_hot: same shape (1 on the true class).
+    Used by :func:`arcface_logits` and by MPAE, whose class vectors are the part tokens of each
+    image (``partformer.methods.mpae.losses.semantic_consistency_loss``).
+    """
     cos = cos.clamp(-1.0, 1.0)
     # Clamped away from 0 so that the gradient of the square root stays finite at cos = ±1.
     sin = (1.0 - cos * cos).clamp(min=1e-12).sqrt()
     phi = cos * math.cos(m) - sin * math.sin(m)                                          # cos(θ + m)
     th, mm = math.cos(math.pi - m), math.sin(math.pi - m) * m
     phi = torch.where(cos > th, phi, cos - mm)
-    one_hot = F.one_hot(labels.long(), num_classes=weight.shape[0]).to(cos.dtype)
     return s * (one_hot * phi + (1.0 - one_hot) * cos)
 
 

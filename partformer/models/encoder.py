@@ -336,11 +336,12 @@ class CompressHead(nn.Sequential):
     - ``single``: one conv in -> out (PartImageNet)
 
     A plain ``nn.Sequential``, so the authors' ``compress_layer.<i>.*`` keys map 1:1 onto
-    ``<i>.*``. Convs have biases.
+    ``<i>.*``. Convs have biases unless ``bias=False`` (MPAE's ``compress_layer``: one 1x1 conv
+    768 -> 256 without bias, ``MPAE.py`` ``MPAE.__init__``).
     """
 
     def __init__(self, in_dim: int, out_dim: int = 64, variant: str = "cub",
-                 hidden: Sequence[int] = (256, 128)):
+                 hidden: Sequence[int] = (256, 128), bias: bool = True):
         if variant not in COMPRESS_VARIANTS:
             raise ValueError(f"compress variant must be one of {COMPRESS_VARIANTS}, got {variant!r}")
         layers: List[nn.Module] = []
@@ -348,13 +349,13 @@ class CompressHead(nn.Sequential):
         if variant != "single":
             for h in hidden:
                 h = int(h)
-                layers.append(nn.Conv2d(prev, h, kernel_size=1))
+                layers.append(nn.Conv2d(prev, h, kernel_size=1, bias=bias))
                 if variant == "cub":
                     layers += [nn.ReLU(inplace=True), nn.BatchNorm2d(h)]
                 else:
                     layers += [nn.BatchNorm2d(h), nn.ReLU(inplace=True)]
                 prev = h
-        layers.append(nn.Conv2d(prev, out_dim, kernel_size=1))
+        layers.append(nn.Conv2d(prev, out_dim, kernel_size=1, bias=bias))
         super().__init__(*layers)
         self.variant = variant
         self.in_dim = in_dim

@@ -17,6 +17,12 @@ first). The authors' checkpoint stores its (fixed) embedding as ``Transformer.po
 ``[1, K+1 + N, width]`` (``[1, 69, 256]`` for K = 4, 8x8 patches): K+1 zero rows for the part
 tokens, then the patch rows; a converter should check ``pos_embed[0, K+1:]`` against
 ``PartTokenViT.sincos_pos_embed`` (and the zero rows) instead of loading it.
+
+``pos_embed="learnable"`` (MPAE, Xia et al. ICCV 2025, ``backbone/Transformer.py``
+``VisionTransformer``: ``pos_embed`` is an ``nn.Parameter(requires_grad=True)`` that their Adam
+trains) makes the embedding a parameter ``pos_embed [1, K+1 + N, width]`` covering the part tokens
+too, initialised to K+1 zero rows followed by the same sin-cos rows, and added after the part tokens
+are prepended. It exists for one patch grid only (the default one); another input size is an error.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ __all__ = ["QuickGELU", "Mlp", "FusedSelfAttention", "ResidualAttentionBlock", "
            "sincos_pos_embed_2d", "resample", "RESAMPLE_MODES"]
 
 SINCOS_LAYOUTS = ("mae", "yx")
+POS_EMBED_MODES = ("fixed", "learnable")
 
 # ``F.interpolate`` arguments per resampling mode of the x0.5 paths (partformer.half_resample).
 # "nearest" is PyTorch's default mode, i.e. what the authors' ``F.interpolate(x, scale_factor=0.5)``
@@ -181,12 +188,17 @@ class PartTokenViT(nn.Module):
     attention out-projection, ``proj``) and of the patch conv, zero Linear biases, part tokens
     N(0, 0.02); the attention keeps ``nn.MultiheadAttention``'s xavier in-projection with zero
     biases.
+
+    ``pos_embed``: ``"fixed"`` (default, PartFormer: a non-persistent sin-cos buffer on the patches,
+    zeros on the part tokens) or ``"learnable"`` (MPAE: a parameter ``pos_embed [1, K+1+N, width]``
+    on tokens and patches, initialised to zeros + sin-cos; default grid only; see the module
+    docstring).
     """
 
     def __init__(self, num_parts: int, in_scale: float = 0.5, patch_size: int = 16,
                  width: int = 256, depth: int = 6, heads: int = 8, mlp_ratio: float = 4.0,
                  out_dim: int = 64, image_size: int = 256, sincos_layout: str = "mae",
-                 resample: str = "nearest"):
+                 resample: str = "nearest", pos_embed: str = "fixed"):
         super().__init__()
         if num_parts < 1:
             raise ValueError(f"num_parts must be >= 1, got {num_parts}")
@@ -198,6 +210,9 @@ class PartTokenViT(nn.Module):
             raise ValueError(f"resample must be one of {RESAMPLE_MODES}, got {resample!r}")
         if in_scale <= 0:
             raise ValueError(f"in_scale must be > 0, got {in_scale}")
+        if pos_embed not in POS_EMBED_MODES:
+            raise ValueError(f"pos_embed must be one of {POS_EMBED_MODES}, got {pos_embed!r}")
+        self.pos_embed_mode = pos_embed
         self.resample = resample
         self.num_parts = num_parts
         self.num_tokens = num_parts + 1
@@ -215,6 +230,8 @@ class PartTokenViT(nn.Module):
                              persistent=False)
         self._default_grid = grid
         self._pos_cache: Dict[Tuple, torch.Tensor] = {}
+        if pos_embed == "learnable":               # filled by reset_parameters
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens + grid[0] * grid[1], width))
         self.norm_pre = nn.LayerNorm(width)
         self.blocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_ratio)
                                     for _ in range(depth))
@@ -233,6 +250,10 @@ class PartTokenViT(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.part_tokens, std=0.02)
+        if self.pos_embed_mode == "learnable":
+            with torch.no_grad():
+                self.pos_embed.zero_()
+                self.pos_embed[:, self.num_tokens:] = self.sincos_pos_embed
 
     def input_size(self, image_size: Tuple[int, int]) -> Tuple[int, int]:
         """Size of the downsampled input for an image of ``(H, W)``: ``floor(H * in_scale)``, as
@@ -267,9 +288,16 @@ class PartTokenViT(nn.Module):
         x = self.patch_embed(x)                                   # [B, W, gh, gw]
         B, C, gh, gw = x.shape
         x = x.flatten(2).transpose(1, 2)                          # [B, gh*gw, W], row-major
-        x = x + self.pos_embed_for(gh, gw, x.device, x.dtype)
-        parts = self.part_tokens.expand(B, -1, -1).to(x.dtype)   # zero position embedding
-        x = torch.cat([parts, x], dim=1)
+        parts = self.part_tokens.expand(B, -1, -1).to(x.dtype)
+        if self.pos_embed_mode == "learnable":
+            if (gh, gw) != self._default_grid:
+                raise ValueError(f"this part-token ViT has a learnable position embedding for a "
+                                 f"{self._default_grid[0]}x{self._default_grid[1]} patch grid; "
+                                 f"the input gives {gh}x{gw} (build it with the image size used)")
+            x = torch.cat([parts, x], dim=1) + self.pos_embed.to(x.dtype)
+        else:
+            x = x + self.pos_embed_for(gh, gw, x.device, x.dtype)
+            x = torch.cat([parts, x], dim=1)                      # zero position embedding
         x = self.norm_pre(x)
         for blk in self.blocks:
             x = blk(x)
