@@ -3,8 +3,7 @@
 Sources (ananthu-aniraj/pdiscoformer @ f039c15): the CUB command of ``training_instructions.md``
 (and its "Model-specific" / "Dataset-specific" notes), ``argument_parser_train.py`` defaults for
 what the command leaves out, ``hubconf.py`` / ``torch_hub/load_pretrained_models.py`` for the
-released models. Per-dataset values: :data:`DATASET_PRESETS`; see also
-/work/ref/pdisco/FACTS.md (not shipped).
+released models. Per-dataset values: :data:`DATASET_PRESETS`.
 """
 from __future__ import annotations
 
