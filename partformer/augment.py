@@ -197,3 +197,171 @@ class PairedAugmentation(nn.Module):
         return (f"flip_p={self.flip_p}, rot_std={self.rot_std}, rot_max={self.rot_max}, "
                 f"scale_std={self.scale_std}, scale=[{self.scale_min}, {self.scale_max}], "
                 f"trans_std={self.trans_std}, trans_max={self.trans_max}")
+
+
+# ------------------------------------------------------- torchvision-convention rigid warps
+def torchvision_affine_matrix(
+    angle_deg: torch.Tensor, translate: torch.Tensor, scale: torch.Tensor, size: Tuple[int, int]
+) -> torch.Tensor:
+    """[B, 3, 3] float64: the map that ``torchvision.transforms.functional.affine(img, angle,
+    translate, scale, shear=0)`` applies to image content, in our half-pixel coordinates:
+
+        p ↦ c + t + s·R(θ)(p − c),   R(θ) = [[cos θ, −sin θ], [sin θ, cos θ]],   c = (W/2, H/2)
+
+    i.e. positive θ turns the content *clockwise* on screen (torchvision's convention, the
+    opposite of :func:`centred_affine_matrix`, of which this is ``centred_affine_matrix(−θ, ...)``).
+    angle_deg [B], translate [B, 2] pixels (x, y), scale [B], size (H, W).
+    """
+    return centred_affine_matrix(-angle_deg.to(torch.float64), scale, translate, size)
+
+
+def translation_matrix(translate: torch.Tensor) -> torch.Tensor:
+    """[B, 3, 3] float64: p ↦ p + t for translate [B, 2] (x, y)."""
+    t = translate.to(torch.float64)
+    m = torch.eye(3, dtype=torch.float64).repeat(t.shape[0], 1, 1)
+    m[:, :2, 2] = t
+    return m
+
+
+def warp_images_grid(
+    images: torch.Tensor, M: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros"
+) -> torch.Tensor:
+    """Warp images [B, C, H, W] with M [B, 3, 3] (source → destination, half-pixel coordinates),
+    output the input size, like :func:`warp_images` but with the sampling grid built the way
+    ``torchvision.transforms.functional.affine`` builds it for tensors (``_gen_affine_grid``):
+    output pixel centres in centre-origin coordinates (``linspace(−W/2 + ½, W/2 − ½, W)``), times
+    the inverse map, divided by (W/2, H/2), then ``grid_sample(align_corners=False)``.
+
+    Same mathematics as :func:`warp_images` (kornia); the point of this second path is the float
+    arithmetic: with ``mode="nearest"`` a sample that falls exactly between two pixels (e.g. a
+    shift of half a cell, which PDisco's equivariance loss produces whenever the translation in
+    pixels is an odd multiple of half the patch size) rounds the way torchvision's does, so
+    PDiscoFormer's / PDiscoNet's ``rigid_transform`` is reproduced bit for bit.
+    """
+    if images.dim() != 4 or M.shape != (images.shape[0], 3, 3):
+        raise ValueError(f"images [B, C, H, W] and M [B, 3, 3] expected, got {tuple(images.shape)}, {tuple(M.shape)}")
+    b, _, h, w = images.shape
+    dtype = images.dtype if images.is_floating_point() else torch.float32
+    centre = translation_matrix(torch.tensor([[w / 2.0, h / 2.0]], dtype=torch.float64)).to(M.device)
+    m_inv = torch.linalg.inv(M.to(torch.float64))
+    # destination -> source, both with the origin at the image centre
+    theta = (torch.linalg.inv(centre) @ m_inv @ centre)[:, :2, :].to(dtype)        # [B, 2, 3]
+    xs = torch.linspace(-w * 0.5 + 0.5, w * 0.5 - 0.5, steps=w, device=images.device)
+    ys = torch.linspace(-h * 0.5 + 0.5, h * 0.5 - 0.5, steps=h, device=images.device)
+    base = torch.empty(1, h, w, 3, dtype=dtype, device=images.device)
+    base[..., 0] = xs
+    base[..., 1] = ys[:, None]
+    base[..., 2] = 1.0
+    scale = torch.tensor([0.5 * w, 0.5 * h], dtype=dtype, device=images.device)
+    grid = base.view(1, h * w, 3).expand(b, -1, -1).bmm(theta.transpose(1, 2) / scale)
+    out = torch.nn.functional.grid_sample(images.to(dtype), grid.view(b, h, w, 2), mode=mode,
+                                          padding_mode=padding_mode, align_corners=False)
+    return out.to(images.dtype) if images.is_floating_point() else out
+
+
+class RigidWarp:
+    """One rotation + isotropic scale + translation about the image centre, shared by a whole
+    batch: PDiscoNet's / PDiscoFormer's equivariance warp (``utils/data_utils/
+    reversible_affine_transform.py``: ``generate_affine_trans_params``, ``rigid_transform``).
+
+    ``angle`` in degrees, torchvision convention (positive = clockwise on screen, see
+    :func:`torchvision_affine_matrix`); ``translate`` (t_x, t_y) in pixels of the warped images;
+    ``scale`` > 1 enlarges the content.
+    """
+
+    def __init__(self, angle: float, translate: Tuple[float, float], scale: float):
+        self.angle = float(angle)
+        self.translate = (float(translate[0]), float(translate[1]))
+        self.scale = float(scale)
+
+    def __repr__(self) -> str:
+        return f"RigidWarp(angle={self.angle}, translate={self.translate}, scale={self.scale})"
+
+    @classmethod
+    def sample(
+        cls,
+        image_size: Tuple[int, int],
+        degrees: float = 90.0,
+        translate: Tuple[float, float] = (0.11, 0.11),
+        scale: Tuple[float, float] = (0.8, 1.4),
+        translate_pixels: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> "RigidWarp":
+        """Draw one warp, as ``generate_affine_trans_params`` does (four scalar draws, in this
+        order): θ ~ U(−degrees, degrees); t_x = round(U(−a, a)) with a = translate[0]·H and
+        t_y = round(U(−b, b)) with b = translate[1]·W (their ``img_size[0]`` is the height, so for
+        non-square images the axes are swapped; Python's round, half to even); s ~ U(scale).
+
+        ``translate_pixels=P`` instead draws t = floor(U(−P, P)) per axis (the original PDiscoNet,
+        ``train.py`` ``equiv_loss``: ``floor(rand·100 − 50)``, P = 50, whatever the image size).
+        With the same generator state as their global RNG, the values are theirs.
+        """
+        h, w = int(image_size[0]), int(image_size[1])
+
+        def uniform(lo: float, hi: float) -> float:
+            return float(torch.empty(1).uniform_(float(lo), float(hi), generator=generator).item())
+
+        angle = uniform(-degrees, degrees)
+        if translate_pixels is not None:
+            tx = math.floor(uniform(-translate_pixels, translate_pixels))
+            ty = math.floor(uniform(-translate_pixels, translate_pixels))
+        else:
+            tx = int(round(uniform(-translate[0] * h, translate[0] * h)))
+            ty = int(round(uniform(-translate[1] * w, translate[1] * w)))
+        s = uniform(scale[0], scale[1])
+        return cls(angle, (tx, ty), s)
+
+    def matrix(self, size: Tuple[int, int], batch_size: int = 1) -> torch.Tensor:
+        """[B, 3, 3] float64 forward matrix for images of ``size`` (H, W)."""
+        b = int(batch_size)
+        return torchvision_affine_matrix(torch.full((b,), self.angle, dtype=torch.float64),
+                                         torch.tensor([self.translate] * b, dtype=torch.float64),
+                                         torch.full((b,), self.scale, dtype=torch.float64), size)
+
+    def warp(self, images: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+        """images [B, C, H, W] -> warped [B, C, H, W], zero padding (their forward
+        ``rigid_transform(..., invert=False)``: one bilinear torchvision ``affine``)."""
+        m = self.matrix(tuple(images.shape[-2:]), images.shape[0]).to(images.device)
+        return warp_images_grid(images, m, mode=mode)
+
+    def unwarp_maps(self, maps: torch.Tensor, image_width: int, mode: str = "nearest") -> torch.Tensor:
+        """Undo the warp on maps [B, C, h, w] computed from the warped images (their
+        ``rigid_transform(..., invert=True)``). As theirs, in two resamplings, both
+        nearest-neighbour (torchvision's default interpolation, which their inverse does not
+        override): first a translation by −t·w/W (both components scaled by the *width* ratio of
+        map to image), then a rotation by −θ with scale 1/s about the map centre. Two nearest
+        steps are not one step with the composed matrix.
+        """
+        b, _, h, w = maps.shape
+        ratio = w / float(image_width)
+        t = torch.tensor([[-self.translate[0] * ratio, -self.translate[1] * ratio]] * b, dtype=torch.float64)
+        out = warp_images_grid(maps, translation_matrix(t).to(maps.device), mode=mode)
+        rot = torchvision_affine_matrix(torch.full((b,), -self.angle, dtype=torch.float64),
+                                        torch.zeros(b, 2, dtype=torch.float64),
+                                        torch.full((b,), 1.0 / self.scale, dtype=torch.float64), (h, w))
+        return warp_images_grid(out, rot.to(maps.device), mode=mode)
+
+
+# ------------------------------------------------------------------ one random view per image
+def random_affine_views(images: torch.Tensor, flip_p: float, degrees: float,
+                        translate: Tuple[float, float], scale: Tuple[float, float],
+                        mode: str = "nearest",
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One randomly flipped and warped view of each image, with torchvision's ``RandomAffine``
+    draws (uniform: angle in ±``degrees``, translation in ±``translate`` x size per axis rounded to
+    whole pixels, scale in ``scale``; no shear) about the image centre, sampled with ``mode``
+    (``nearest`` as the MPAE / PDiscoFormer data pipelines ask torchvision for) and zero fill
+    (black in the [0, 1] image). ``images [B, C, H, W]`` -> same shape. Draws (CPU, in this
+    order): flip ``[B]``, angle ``[B]``, ``t_x [B]``, ``t_y [B]``, scale ``[B]``."""
+    B, _, H, W = images.shape
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(B, generator=generator, dtype=torch.float64)
+
+    flip = torch.rand(B, generator=generator) < flip_p
+    angle = uniform(-degrees, degrees)
+    tx = uniform(-translate[0] * W, translate[0] * W).round()
+    ty = uniform(-translate[1] * H, translate[1] * H).round()
+    s = uniform(scale[0], scale[1])
+    M = centred_affine_matrix(angle, s, torch.stack([tx, ty], dim=1), (H, W)) @ flip_matrix(flip, W)
+    return warp_images(images, M.to(images.device), mode=mode, padding_mode="zeros")

@@ -196,7 +196,7 @@ def test_total_variation_by_hand():
     m[0, 0, 1, 1] = 1.0      # one bump: 2 vertical + 2 horizontal unit steps
     m[1, 1, :, 2] = 0.5      # a column: 2 horizontal steps of 0.5 per row... 3 rows
     assert total_variation_loss(m).item() == pytest.approx((4 + 3 * 0.5) / (2 * 9))
-    assert total_variation_loss(m, num_elements=36).item() == pytest.approx(5.5 / 36)
+    assert total_variation_loss(m, normaliser=36).item() == pytest.approx(5.5 / 36)
 
 
 def test_entropy_of_uniform_and_one_hot_maps():

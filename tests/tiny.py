@@ -168,6 +168,19 @@ TINY_METHODS: Dict[str, Dict[str, Any]] = {
                  "loss": {"vgg_weights": None, "presence_group_size": 4}},
         "model": {"encoder": {"frozen": True}},
     },
+    # class-supervised: the synthetic benchmark's 6 classes (family x colour scheme)
+    "pdiscoformer": {
+        "method": {"name": "pdiscoformer"},
+        "pdiscoformer": {"num_classes": 6},
+        "model": {"encoder": {"frozen": True}},
+    },
+    "pdisconet": {
+        "method": {"name": "pdisconet"},
+        "pdisconet": {"num_classes": 6},
+        "model": {"encoder": {"name": "resnet18", "frozen": False,
+                              "kwargs": {"channels": [8, 16, 16, 16]}}},
+        "data": {"image_size": 64},          # layer3 (stride 16): 4 x 4 maps
+    },
 }
 
 
@@ -177,11 +190,14 @@ def tiny_method_yaml(tmp: str, method: str) -> str:
     path = os.path.join(tmp, f"tiny_{method}.yaml")
     if not os.path.isfile(path):
         tree = tiny_dict(os.path.join(tmp, "syn"))
-        for key, section in TINY_METHODS[method].items():
-            base = tree.setdefault(key, {})
-            for k, v in section.items():
-                base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(
-                    base.get(k), dict) else v
+
+        def merge(base, top):   # recursive; a timm ``kwargs`` mapping is replaced whole
+            for k, v in top.items():
+                if isinstance(v, dict) and isinstance(base.get(k), dict) and k != "kwargs":
+                    merge(base[k], v)
+                else:
+                    base[k] = v
+        merge(tree, TINY_METHODS[method])
         with open(path, "w") as f:
             yaml.safe_dump(tree, f, sort_keys=False)
     return path

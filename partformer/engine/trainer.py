@@ -265,7 +265,9 @@ class Trainer:
     def _check_batch_keys(self) -> None:
         """Fail before training when the dataset lacks what the method's step reads (e.g. the
         image-level class labels of the class-supervised methods)."""
-        keys = build_method(self.cfg).batch_keys
+        method = build_method(self.cfg)
+        method.check_data(self.train_set)
+        keys = method.batch_keys
         sample = first_sample(self.train_set) if keys else None
         missing = [k for k in keys if sample is not None and k not in sample]
         if missing:

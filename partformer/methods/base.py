@@ -96,6 +96,11 @@ class Method:
     def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         """Called after every optimiser step (``step`` = steps done), e.g. an EMA update."""
 
+    def check_data(self, dataset) -> None:
+        """Called by the trainer with the training split before anything is built: raise a
+        ``ConfigError`` when the method cannot train on it (e.g. more image classes than its
+        classifier has)."""
+
     def fit(self, model: nn.Module, dataset, device: torch.device) -> None:
         """Training-free methods: fit on images of ``dataset`` (the training split)."""
 

@@ -25,6 +25,13 @@ Position-embedding resampling (``pos_embed_interp``):
   ViT-S/8: 28x28) and the grid is resized on every forward with bicubic interpolation using the
   *scale factor* ``(g + 0.1) / g0`` per axis, as the original DINO code (and so the authors'
   released models) does. Use it for exact parity with converted official checkpoints.
+
+Partly frozen encoders (``trainable``): PDiscoFormer (ECCV 2024) freezes the ViT's patch
+embedding, blocks and final norm but trains its class / register tokens and position embedding
+(``utils/training_utils/optimizer_params.py`` ``layer_group_matcher_pdisco`` with
+``--freeze_backbone`` and without ``--freeze_params``). ``frozen=True, trainable=("cls_token",
+"reg_token", "pos_embed")`` does that: the forward then keeps autograd on so that gradients reach
+those tensors through the frozen blocks (a full backward through the ViT, as theirs does).
 """
 from __future__ import annotations
 
@@ -45,6 +52,7 @@ IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 POS_EMBED_INTERP = ("timm", "dino_legacy")
+FUSE_ORDERS = ("shallow_first", "deep_first")
 # keys a checkpoint may hold that the feature encoder does not have (classifier removed by
 # ``num_classes=0``); they are ignored when loading a local weights file
 _IGNORED_PREFIXES = ("head.", "head_dist.", "pre_logits.", "fc.", "classifier.")
@@ -171,6 +179,16 @@ class FeatureMapEncoder(nn.Module):
             paper). It removes what a cell shares with the rest of its image (colours,
             background, identity), which otherwise dominates the features of a small
             self-supervised encoder (docs/PRETRAINING.md).
+        trainable: names of timm-model parameters (``model.named_parameters()``, e.g.
+            ``("cls_token", "reg_token", "pos_embed")``) that stay trainable when ``frozen``;
+            everything else is frozen. Non-empty: the forward runs with autograd (see the module
+            docstring); the timm model still stays in eval mode.
+        fuse_order: ``features_only`` models: ``"shallow_first"`` (default) concatenates the
+            levels finest first; ``"deep_first"`` deepest first (PDiscoNet's
+            ``cat(upsampled layer4, layer3)``, ``models/individual_landmark_resnet.py``).
+        fuse_align_corners: ``align_corners`` of the bilinear resize of the coarser levels
+            (False by default and in PDiscoFormer's PDiscoNet; True in the original PDiscoNet,
+            whose ``F.upsample_bilinear`` implies it).
         **timm_kwargs: passed to ``timm.create_model`` (``depth=2, embed_dim=64, ...``).
 
     Attributes: ``model`` (the timm module), ``embed_dim``, ``patch_size`` (the stride of the
@@ -181,15 +199,23 @@ class FeatureMapEncoder(nn.Module):
                  weights: Optional[str] = None, frozen: bool = True, layer: Optional[int] = None,
                  img_size: Optional[int] = None, pos_embed_interp: str = "timm",
                  intermediate_norm: bool = False, out_indices: Optional[Sequence[int]] = None,
-                 center: bool = False, **timm_kwargs):
+                 center: bool = False, trainable: Sequence[str] = (),
+                 fuse_order: str = "shallow_first", fuse_align_corners: bool = False,
+                 **timm_kwargs):
         super().__init__()
         import timm
 
         self.center = bool(center)
+        if fuse_order not in FUSE_ORDERS:
+            raise ValueError(f"fuse_order must be one of {FUSE_ORDERS}, got {fuse_order!r}")
+        self.fuse_order = fuse_order
+        self.fuse_align_corners = bool(fuse_align_corners)
+        self.trainable = tuple(str(n) for n in (trainable or ()))
 
         self.out_indices = None if out_indices is None else [int(i) for i in out_indices]
         if self.out_indices is not None:
             self._init_features_only(name, pretrained, weights, frozen, layer, timm_kwargs)
+            self._set_trainable()
             return
         if pos_embed_interp not in POS_EMBED_INTERP:
             raise ValueError(f"pos_embed_interp must be one of {POS_EMBED_INTERP}, "
@@ -228,6 +254,21 @@ class FeatureMapEncoder(nn.Module):
             for p in self.model.parameters():
                 p.requires_grad_(False)
             self.model.eval()
+        self._set_trainable()
+
+    def _set_trainable(self) -> None:
+        if not self.trainable:
+            return
+        if not self.frozen:
+            raise ValueError("`trainable` lists the parameters a frozen encoder keeps trainable; "
+                             "with frozen=False every parameter is trainable already")
+        params = dict(self.model.named_parameters())
+        unknown = [n for n in self.trainable if n not in params]
+        if unknown:
+            raise ValueError(f"trainable: {unknown} are not parameters of timm model {self.name!r} "
+                             f"(it has e.g. {list(params)[:6]})")
+        for n in self.trainable:
+            params[n].requires_grad_(True)
 
     def _init_features_only(self, name: str, pretrained: bool, weights: Optional[str],
                             frozen: bool, layer: Optional[int], timm_kwargs) -> None:
@@ -283,7 +324,10 @@ class FeatureMapEncoder(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape
         if self.out_indices is not None:
-            return fuse_feature_levels(self.model(x))
+            levels = list(self.model(x))  # timm returns them in module order, finest first
+            if self.fuse_order == "deep_first":
+                levels = levels[::-1]
+            return fuse_feature_levels(levels, align_corners=self.fuse_align_corners)
         if self.layer is None:
             tokens = self.model.forward_features(x)  # [B, prefix + h*w, C], final norm applied
             h, w = self.feature_size((H, W))
@@ -303,8 +347,9 @@ class FeatureMapEncoder(nn.Module):
         A frozen encoder runs under ``torch.inference_mode`` (no autograd bookkeeping at all; under
         ``torch.compile``, which cannot trace inference mode, ``torch.no_grad``); its output is
         returned as an ordinary tensor (a copy, small next to the forward) so that trainable
-        modules after it (the compress head) can record their own gradients."""
-        if self.frozen:
+        modules after it (the compress head) can record their own gradients. A frozen encoder
+        with ``trainable`` tensors runs with autograd, so that they receive gradients."""
+        if self.frozen and not self.trainable:
             mode = torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode()
             with mode:
                 out = self._centred(self._forward(x))
@@ -315,12 +360,12 @@ class FeatureMapEncoder(nn.Module):
         return f - f.mean(dim=(2, 3), keepdim=True) if self.center else f
 
 
-def fuse_feature_levels(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+def fuse_feature_levels(maps: Sequence[torch.Tensor], align_corners: bool = False) -> torch.Tensor:
     """Feature levels ``[B, C_i, h_i, w_i]`` -> ``[B, sum C_i, h, w]`` on the grid of the largest
-    level (coarser levels resized bilinearly, ``align_corners=False``), in the given order."""
+    level (coarser levels resized bilinearly with ``align_corners``), in the given order."""
     h, w = max((m.shape[-2], m.shape[-1]) for m in maps)
     return torch.cat([m if m.shape[-2:] == (h, w) else
-                      F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+                      F.interpolate(m, size=(h, w), mode="bilinear", align_corners=align_corners)
                       for m in maps], dim=1)
 
 

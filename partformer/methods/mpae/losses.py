@@ -37,6 +37,9 @@ import torch.nn.functional as F
 
 from partformer.losses.arcface import arcface_margin_logits
 from partformer.losses.perceptual import VGGPerceptualLoss, perceptual_loss
+# PDiscoFormer's formulas, which MPAE's utils/ use unchanged (docs/differences.md "MPAE")
+from partformer.losses.priors import (background_presence_loss, pixel_entropy_loss,
+                                      total_variation_loss)
 
 from .config import VGG_LAYER_WEIGHTS, MPAELossConfig
 
@@ -62,60 +65,6 @@ def part_descriptors(maps: torch.Tensor, feature_map: torch.Tensor) -> torch.Ten
     direction matters to the cosine in :func:`semantic_consistency_loss`."""
     h, w = maps.shape[-2:]
     return torch.einsum("bkhw,bdhw->bkd", maps.float(), feature_map.float()) / (h * w)
-
-
-def total_variation_loss(maps: torch.Tensor, num_elements: Optional[int] = None) -> torch.Tensor:
-    """``Σ |A[.., i+1, j] − A[.., i, j]| + Σ |A[.., i, j+1] − A[.., i, j]|`` over the batch and all
-    channels, divided by ``num_elements`` (default ``B·h·w`` of this batch).
-
-    ``utils/total_variation.py`` ``TotalVariationLoss`` (reduction ``mean``) caches ``B·h·w`` of
-    the first batch it sees and divides every later batch by it; pass that number to reproduce."""
-    _check_maps(maps)
-    maps = maps.float()
-    dy = (maps[..., 1:, :] - maps[..., :-1, :]).abs().sum()
-    dx = (maps[..., :, 1:] - maps[..., :, :-1]).abs().sum()
-    if num_elements is None:
-        num_elements = maps.shape[0] * maps.shape[2] * maps.shape[3]
-    return (dy + dx) / num_elements
-
-
-def pixel_entropy_loss(maps: torch.Tensor) -> torch.Tensor:
-    """Mean over cells of the entropy of the part distribution, as
-    ``Categorical(probs=maps.permute(0, 2, 3, 1)).entropy().mean()`` (``MPAE.py``
-    ``pixel_wise_entropy_loss``) computes it: ``p = A / Σ_k A``,
-    ``H = −Σ_k p_k · log(clamp(p_k, eps, 1 − eps))``, eps = float32 machine epsilon."""
-    _check_maps(maps)
-    p = maps.float()
-    p = p / p.sum(dim=1, keepdim=True)
-    eps = torch.finfo(p.dtype).eps
-    return -(p * p.clamp(eps, 1 - eps).log()).sum(dim=1).mean()
-
-
-def _radial_mask(h: int, w: int, device, dtype) -> torch.Tensor:
-    """``(x² + y²) / max`` with ``x, y = index / max_index · 2 − 1`` on an ``h x w`` grid:
-    0 at the centre, 1 at the corners (``EnforcedPresenceLoss`` ``enforced_presence``)."""
-    gy, gx = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device),
-                            indexing="ij")
-    gy = gy / gy.max() * 2 - 1
-    gx = gx / gx.max() * 2 - 1
-    mask = gy ** 2 + gx ** 2
-    return (mask / mask.max()).to(dtype)
-
-
-def background_presence_loss(maps: torch.Tensor) -> torch.Tensor:
-    """The background must be present near the image border (``utils/presence_loss.py``
-    ``EnforcedPresenceLoss(loss_type="enforced_presence")`` on all K+1 maps).
-
-    ``a = avg_pool3x3(A, stride 1, no padding)`` ``[B, K+1, h-2, w-2]``; ``m = max_u a_bg(u) ·
-    radial(u)`` per image (radial: 0 at the centre, 1 at the corners of the pooled grid);
-    ``BCE(m, 1) = −mean_b log m`` (log clamped at −100 as ``F.binary_cross_entropy``)."""
-    _check_maps(maps)
-    with torch.autocast(device_type=maps.device.type, enabled=False):
-        pooled = F.avg_pool2d(maps.float(), 3, stride=1)
-        mask = _radial_mask(pooled.shape[2], pooled.shape[3], pooled.device, pooled.dtype)
-        bg = (pooled * mask)[:, -1]
-        peak = F.adaptive_max_pool2d(bg, 1).flatten()
-        return F.binary_cross_entropy(peak, torch.ones_like(peak))
 
 
 def grouped_presence_loss(fg_maps: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -200,9 +149,9 @@ def mpae_loss_terms(outputs: Dict[str, torch.Tensor], perceptual: VGGPerceptualL
         desc = part_descriptors(maps, outputs["feature_map"])
         return {
             "reconstruction": recon_loss,
-            "total_variation": total_variation_loss(maps, cfg.tv_num_elements),
+            "total_variation": total_variation_loss(maps, normaliser=cfg.tv_num_elements),
             "entropy": pixel_entropy_loss(maps),
-            "background_presence": background_presence_loss(maps),
+            "background_presence": background_presence_loss(maps, "enforced_presence"),
             "presence": grouped_presence_loss(maps[:, :K], cfg.presence_group_size),
             "semantic": semantic_consistency_loss(
                 desc[:, :K], outputs["part_tokens"][:, :K], maps[:, :K],
