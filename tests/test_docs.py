@@ -49,3 +49,28 @@ def test_cited_sections_exist_and_no_citation_leaves_the_repository():
     assert not missing, missing
     assert not bare, "cite docs/METHOD.md / docs/PROTOCOLS.md, the files in the repository: " \
         + "; ".join(bare)
+
+
+
+
+def test_every_test_a_document_cites_exists():
+    """docs/differences.md marks a step **same** with the test that pins it: each cited
+    ``tests/<file>.py::<test>`` must exist (a renamed test would leave the claim unpinned)."""
+    import ast
+    names = {}
+    for f in os.listdir(os.path.join(ROOT, "tests")):
+        if f.startswith("test_") and f.endswith(".py"):
+            tree = ast.parse(open(os.path.join(ROOT, "tests", f), encoding="utf-8").read())
+            names[f[:-3]] = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    missing = []
+    for doc in ("docs/differences.md", "README.md", "docs/PROTOCOLS.md", "docs/METHOD.md"):
+        text = open(os.path.join(ROOT, doc), encoding="utf-8").read()
+        # "tests/test_models.py::test_a, test_b": every name after the first counts too
+        for m in re.finditer(r"tests/(test_\w+)\.py::([\w, ]+)", text):
+            module = m.group(1)
+            for name in [n.strip() for n in m.group(2).split(",") if n.strip()]:
+                if not name.startswith("test_"):
+                    break
+                if name.split("[")[0] not in names.get(module, set()):
+                    missing.append(f"{doc}: tests/{module}.py::{name}")
+    assert missing == []

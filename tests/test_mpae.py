@@ -508,3 +508,16 @@ def test_their_training_checkpoint_converts_to_ours(model, tmp_path):
     assert set(loaded.state_dict()) == set(ours)
     for k, v in loaded.state_dict().items():
         torch.testing.assert_close(v, ours[k], msg=k)
+
+
+def test_without_perceptual_loss_the_reconstruction_is_the_pixel_term():
+    """mpae.loss.perceptual=false (no ImageNet VGG19 offline): reconstruction =
+    l1_weight * mean|R - T|, no VGG19 built."""
+    obj = MPAEObjective(dataclasses.replace(MPAELossConfig(), perceptual=False, l1_weight=1.0,
+                                            presence_group_size=2))
+    assert obj.perceptual is None
+    model = tiny_model()
+    out = model(images(), mask_noise=torch.rand(2, 16, generator=torch.Generator().manual_seed(0)))
+    terms = obj.compute(out)
+    torch.testing.assert_close(terms["reconstruction"],
+                               (out["recon"] - out["target"]).abs().mean())

@@ -72,6 +72,9 @@ class MPAELossConfig:
     l1_weight: float = 0.1                # 0.1 * mean |R - target| inside R
     vgg_layer_weights: Tuple[float, ...] = VGG_LAYER_WEIGHTS
     vgg_weights: Optional[str] = "imagenet"   # torchvision IMAGENET1K_V1 VGG19 (None: random, tests)
+    # False: the reconstruction term is the pixel term alone (l1_weight * mean |R - T|), no VGG19
+    # (machines without the ImageNet VGG19, e.g. the synthetic benchmark offline; not theirs)
+    perceptual: bool = True
     presence_group_size: int = 8          # mini_group: 8 (CUB, CelebA), 64 (PartImageNet)
     arcface_scale: float = 20.0           # ArcMarginProduct s
     arcface_margin: float = 0.5           # ArcMarginProduct m

@@ -114,23 +114,26 @@ def semantic_consistency_loss(descriptors: torch.Tensor, tokens: torch.Tensor,
 
 
 def masked_reconstruction_loss(recon: torch.Tensor, target: torch.Tensor,
-                               vgg_slices: Sequence[nn.Module],
+                               vgg_slices: Optional[Sequence[nn.Module]],
                                layer_weights: Sequence[float] = VGG_LAYER_WEIGHTS,
                                l1_weight: float = 0.1,
                                memory_format: torch.memory_format = torch.contiguous_format
                                ) -> torch.Tensor:
     """``l1_weight · mean|R − T| + Σ_l w_l · mean|VGG_l(R) − VGG_l(T)|`` (``MPAE.py``
     ``MPAE.high_level_loss``; VGG19 relu1_1 … relu5_1 slices, both inputs ImageNet-normalised).
-    recon, target ``[B, 3, h, w]``."""
+    recon, target ``[B, 3, h, w]``. ``vgg_slices=None``: the pixel term alone."""
     l1 = (recon.float() - target.float()).abs().mean()
+    if vgg_slices is None:
+        return l1_weight * l1
     return l1_weight * l1 + perceptual_loss(vgg_slices, recon, target, layer_weights,
                                             memory_format)
 
 
-def mpae_loss_terms(outputs: Dict[str, torch.Tensor], perceptual: VGGPerceptualLoss,
+def mpae_loss_terms(outputs: Dict[str, torch.Tensor], perceptual: Optional[VGGPerceptualLoss],
                     cfg: MPAELossConfig) -> Dict[str, torch.Tensor]:
     """The six unweighted terms (:data:`LOSS_TERMS`) from ``MPAEModel.forward``'s outputs.
-    ``perceptual``: a frozen ``VGGPerceptualLoss`` (its slices; the weights come from ``cfg``)."""
+    ``perceptual``: a frozen ``VGGPerceptualLoss`` (its slices; the weights come from ``cfg``),
+    None for the pixel term alone (``loss.perceptual: false``)."""
     maps = outputs["part_maps"]
     K = maps.shape[1] - 1
     device_type = maps.device.type
@@ -141,9 +144,10 @@ def mpae_loss_terms(outputs: Dict[str, torch.Tensor], perceptual: VGGPerceptualL
         ctx = torch.autocast(device_type=device_type, enabled=False)
         recon, target = recon.float(), target.float()
     with ctx:
-        recon_loss = masked_reconstruction_loss(recon, target, perceptual.slices,
-                                                cfg.vgg_layer_weights, cfg.l1_weight,
-                                                perceptual.memory_format)
+        recon_loss = masked_reconstruction_loss(
+            recon, target, perceptual.slices if perceptual is not None else None,
+            cfg.vgg_layer_weights, cfg.l1_weight,
+            perceptual.memory_format if perceptual is not None else torch.contiguous_format)
     with torch.autocast(device_type=device_type, enabled=False):
         maps = maps.float()
         desc = part_descriptors(maps, outputs["feature_map"])
@@ -179,7 +183,8 @@ class MPAEObjective(nn.Module):
         self.cfg = cfg if cfg is not None else MPAELossConfig()
         self.perceptual = VGGPerceptualLoss(weights=self.cfg.vgg_weights,
                                             layer_weights=tuple(self.cfg.vgg_layer_weights),
-                                            channels_last=channels_last)
+                                            channels_last=channels_last) \
+            if self.cfg.perceptual else None
 
     def compute(self, outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         terms = mpae_loss_terms(outputs, self.perceptual, self.cfg)
