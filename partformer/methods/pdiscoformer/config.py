@@ -33,6 +33,9 @@ class PDiscoFormerConfig:
     encoder_pretrained: bool = True     # timm / hub weights (their --pretrained_start_weights)
     encoder_weights: Optional[str] = None   # local state dict of the timm ViT; wins over pretrained
     encoder_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model args
+    # a CNN's feature levels fused at the finest (timm features_only; the shared
+    # model.encoder.out_indices); None: a ViT's patch tokens, theirs
+    encoder_out_indices: Optional[Tuple[int, ...]] = None
     freeze_backbone: bool = True        # --freeze_backbone: patch embed, blocks, final norm frozen
     train_tokens: bool = True           # cls/register tokens + pos_embed trainable (not --freeze_params)
     modulation: str = "layer_norm"      # layer_norm (LayerNorm over [C, K+1]) | original | none

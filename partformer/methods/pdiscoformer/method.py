@@ -26,6 +26,7 @@ from .model import PDiscoFormerModel
 SHARED = {"num_parts": "model.num_parts", "image_size": "data.image_size",
           "encoder": "model.encoder.name", "encoder_pretrained": "model.encoder.pretrained",
           "encoder_weights": "model.encoder.weights", "encoder_kwargs": "model.encoder.kwargs",
+          "encoder_out_indices": "model.encoder.out_indices",
           "freeze_backbone": "model.encoder.frozen", "optimizer": "train.optimizer",
           "lr": "train.lr", "betas": "train.betas", "weight_decay": "train.weight_decay",
           "scheduler": "train.scheduler.name", "lr_step_epochs": "train.scheduler.step_size",
@@ -108,6 +109,9 @@ class PDiscoMethodBase(Method):
                       encoder_weights=enc.weights if pretrained else None,
                       encoder_kwargs=dict(enc.kwargs), freeze_backbone=bool(enc.frozen),
                       weight_decay=train.weight_decay)
+        if any(f.name == "encoder_out_indices" for f in dataclasses.fields(self.full_class)):
+            values["encoder_out_indices"] = (tuple(enc.out_indices) if enc.out_indices
+                                             else None)
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()}
         return self.full_class(**values)
 

@@ -51,9 +51,10 @@ class PDiscoFormerModel(PrototypePartModel):
         cfg = replace(cfg or PDiscoFormerConfig(), **overrides) if overrides else (cfg or PDiscoFormerConfig())
         self.cfg = cfg
         kwargs = dict(cfg.encoder_kwargs)
+        levels = list(cfg.encoder_out_indices) if cfg.encoder_out_indices else None
         self.encoder = FeatureMapEncoder(cfg.encoder, pretrained=cfg.encoder_pretrained,
                                          weights=cfg.encoder_weights, frozen=cfg.freeze_backbone,
-                                         img_size=cfg.image_size, **kwargs)
+                                         img_size=cfg.image_size, out_indices=levels, **kwargs)
         own = dict(self.encoder.model.named_parameters())
         self.token_names = tuple(n for n in TOKEN_PARAMS if n in own)
         for n in self.token_names:

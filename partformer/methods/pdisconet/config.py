@@ -34,6 +34,9 @@ class PDiscoNetConfig:
     encoder_pretrained: bool = True      # theirs: torchvision ResNet101_Weights.DEFAULT (IMAGENET1K_V2)
     encoder_weights: Optional[str] = None  # a torchvision resnet101 state dict loads as is (fc.* ignored)
     encoder_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # the ResNet stages whose maps are concatenated (None: layer3 and the upsampled layer4, theirs);
+    # the shared model.encoder.out_indices
+    encoder_out_indices: Optional[Tuple[int, ...]] = None
     freeze_backbone: bool = False        # the whole ResNet is trained
     fuse_align_corners: bool = False     # layer4 upsampled to layer3 bilinearly; original: True
     modulation: str = "original"         # elementwise scale [1, 3072, K+1], init 1

@@ -53,7 +53,8 @@ class PDiscoNetModel(PrototypePartModel):
         self.cfg = cfg
         self.encoder = FeatureMapEncoder(cfg.encoder, pretrained=cfg.encoder_pretrained,
                                          weights=cfg.encoder_weights, frozen=cfg.freeze_backbone,
-                                         out_indices=[3, 4], fuse_order="deep_first",
+                                         out_indices=list(cfg.encoder_out_indices or (3, 4)),
+                                         fuse_order="deep_first",
                                          fuse_align_corners=cfg.fuse_align_corners,
                                          **dict(cfg.encoder_kwargs))
         self.token_names = ()
