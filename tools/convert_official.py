@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Convert the authors' PartFormer checkpoints (CUB / CelebA) for tools/eval.py.
+"""Convert a method's authors' released checkpoint (PartFormer, MPAE, PDiscoFormer, PDiscoNet;
+detected from the file) into one of our checkpoints, which every tool takes with --model.
 
     python tools/convert_official.py --dataset cub --input model_best.pth \
         --output checkpoints/partformer_cub_k4.pt
 
-See `python tools/convert_official.py --help` and docs/official_checkpoints.md; the logic lives in
-partformer/convert.py.
+See `python tools/convert_official.py --help` and docs/official_checkpoints.md; each method's key
+mapping lives beside its model (partformer/methods/<name>/convert.py).
 """
 import os
 import sys

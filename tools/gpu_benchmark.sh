@@ -22,7 +22,7 @@ EXTRA=${EXTRA:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 PY=${PYTHON:-python3}
-COMMON=(model.encoder.pretrained=false loss.vgg_weights=null)
+COMMON=(model.encoder.pretrained=false partformer.loss.vgg_weights=null)
 name=$(basename "$CONFIG" .yaml)
 
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi") \
