@@ -627,7 +627,16 @@ def benchmark_main(argv: List[str]) -> int:
     p.add_argument("--data-batches", type=int, default=20, help="timed data-loader batches")
     p.add_argument("--no-flops", action="store_true",
                    help="skip counting the FLOPs of one step and one floor")
-    p.add_argument("--out", default=None, help="JSON path (default: print only)")
+    p.add_argument("--out", default=None, help="JSON FILE to write (default: print only)")
+    p.add_argument("--precisions", default=None,
+                   help="compare precisions side by side, interleaved, e.g. fp32,bf16: the step, "
+                        "its floor, an evaluation batch and the pretraining step of each, their "
+                        "speed-ups and the achieved GFLOP/s next to the GEMM peak of the same "
+                        "precision measured in the same run")
+    p.add_argument("--pretrain-config", default="pretrain/synthetic",
+                   help="with --precisions: the pretraining config whose step is timed "
+                        "(default: configs/pretrain/synthetic.yaml, the shipped encoder's; "
+                        "'none' skips it)")
     args = p.parse_intermixed_args(argv)
     if args.batch_size is not None:
         args.overrides = list(args.overrides or []) + [f"train.batch_size={args.batch_size}"]
@@ -640,6 +649,21 @@ def benchmark_main(argv: List[str]) -> int:
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     device = D.init_distributed(cfg.train.device)
+    if args.precisions:
+        from partformer.engine.profiling import compare_precisions, format_precisions
+        pre = None
+        if args.pretrain_config.lower() != "none":
+            pre = cfglib.load_config(args.pretrain_config, [f"train.device={cfg.train.device}"])
+        wanted = [x.strip() for x in args.parts.split(",") if x.strip()]
+        res = compare_precisions(cfg, device, [x.strip() for x in args.precisions.split(",")],
+                                 reps=args.reps, warmup=args.warmup,
+                                 parts=[x for x in ("train", "eval", "pretrain")
+                                        if x in wanted or (x == "pretrain" and pre is not None)],
+                                 pretrain_cfg=pre, eval_batches=args.eval_batches)
+        print(format_precisions(res))
+        if args.out:
+            write_json(args.out, res)
+        return 0
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:

@@ -93,3 +93,33 @@ def test_benchmark_cli_prints_the_ratio_and_writes_json(root, tmp_path, capsys):
         benchmark_main(["--config", tiny_yaml(root), "--parts", "speed"])
     assert exit_info.value.code == 2
     assert "unknown parts ['speed']" in capsys.readouterr().err
+
+
+def test_precisions_side_by_side_report_what_they_measured(root, tmp_path, capsys):
+    """tools/benchmark.py --precisions fp32,bf16: per precision the step, the floor, the GEMM
+    peak measured in the same run, the evaluation batch and the pretraining step; the derived
+    numbers (speed-ups, GFLOP/s, share of the peak) are those of the measured times."""
+    from tests.test_pretrain import pretrain_config
+    pre = pretrain_config(root, str(tmp_path / "pre"))
+    pre_yaml = tmp_path / "pre.yaml"
+    from partformer import config as cfglib
+    cfglib.save_config(pre, str(pre_yaml), "pretrain")
+    out = tmp_path / "bench.json"
+    assert benchmark_main(["--config", tiny_yaml(root), "--precisions", "fp32,bf16", "--reps", "2",
+                           "--warmup", "0", "--eval-batches", "1", "--parts", "train,eval",
+                           "--pretrain-config", str(pre_yaml), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "GEMM peak GFLOP/s (same run)" in printed and "speed-up of pretraining" in printed
+    res = json.load(open(out))
+    assert res["precisions"] == ["fp32", "bf16"] and res["flops"]["step"] > res["flops"]["floor"] > 0
+    for p in ("fp32", "bf16"):
+        r = res[p]
+        assert r["step"]["n"] == r["floor"]["n"] == r["gemm"]["n"] == 2
+        assert r["step_gflops"] == pytest.approx(res["flops"]["step"] / r["step"]["median"] / 1e9)
+        assert r["gemm_peak_gflops"] == pytest.approx(2 * 2048 ** 3 / r["gemm"]["median"] / 1e9)
+        assert r["step_share_of_gemm_peak"] == pytest.approx(r["step_gflops"] / r["gemm_peak_gflops"])
+        assert r["pretrain"]["step_s"]["n"] == 2 and r["pretrain"]["images_per_s"] > 0
+        assert r["eval_predict_s"]["n"] >= 1
+    assert res["fp32"]["speedup_step"] == pytest.approx(1.0)
+    assert res["bf16"]["speedup_step"] == pytest.approx(
+        res["fp32"]["step"]["median"] / res["bf16"]["step"]["median"])

@@ -459,3 +459,179 @@ def format_report(res: Dict[str, Any]) -> str:
                     lines.append(f"data ({key:6s})     {x['images_per_s']:.1f} images/s "
                                  f"({d['num_workers']} workers; batch {_fmt(x['batch_s'])}{extra})")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------- precisions side by side
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def gemm_peak(dtype: torch.dtype, device: torch.device, n: int = 2048) -> Callable[[], None]:
+    """One ``n x n`` matrix product in ``dtype``: the machine's reachable rate in that precision
+    (what the step's achieved GFLOP/s is compared with). Returns the timed function."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    return lambda: torch.matmul(a, b)
+
+
+def compare_precisions(cfg, device: torch.device, precisions: Sequence[str], reps: int = 3,
+                       warmup: int = 1, parts: Sequence[str] = ("train", "eval", "pretrain"),
+                       pretrain_cfg=None, eval_batches: int = 2) -> Dict[str, Any]:
+    """Every precision of ``precisions`` (fp32, bf16, fp16) side by side, interleaved: per
+    repetition, for each precision in a rotating order, the training step, its floor and a
+    2048 x 2048 matrix product (the GEMM peak of that precision, measured in the same run, so that
+    "how far from the limit" is a number); then one evaluation per precision and, with
+    ``pretrain_cfg``, the pretraining step. The FLOPs of one step and one floor are counted once
+    (they do not depend on the precision). Speed-ups are relative to the first precision."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from partformer.engine.precision import autocast_context
+    from partformer.engine.trainer import training_losses
+
+    unknown = [p for p in precisions if p not in PRECISION_DTYPES]
+    if unknown:
+        raise cfglib.ConfigError(f"--precisions: unknown {unknown}; choose from "
+                                 f"{list(PRECISION_DTYPES)}")
+    amp = {p: (None if p == "fp32" else PRECISION_DTYPES[p]) for p in precisions}
+    S, B = cfg.data.image_size, cfg.train.batch_size
+    gen = torch.Generator().manual_seed(cfg.experiment.seed)
+    images = torch.rand(B, 3, S, S, generator=gen).to(device)
+    fns: Dict[str, Dict[str, Callable[[], Any]]] = {}
+    setups = {}
+    if "train" in parts:
+        for p in precisions:
+            method, model, step_module, optimizer = setups[p] = _training_setup(
+                _with_precision(cfg, p), device)
+            step_module.train()
+            batch = {"image": images, **_random_batch_keys(method, B, device, gen)}
+
+            def step(step_module=step_module, optimizer=optimizer, batch=batch, a=amp[p]):
+                losses = training_losses(step_module, batch, gen, a)
+                losses["total"].backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            def floor(method=method, model=model, a=amp[p]):
+                with torch.inference_mode(), autocast_context(device, a):
+                    method.floor(model, images)
+
+            fns[p] = {"step": step, "floor": floor}
+    for p in precisions:
+        fns.setdefault(p, {})["gemm"] = gemm_peak(PRECISION_DTYPES[p], device)
+    out: Dict[str, Any] = {"precisions": list(precisions), "environment": environment(device)}
+    if "train" in parts:
+        _count_cpu_attention_flops()
+        counts = {}
+        for name in ("floor", "step"):
+            with FlopCounterMode(display=False) as fc:
+                fns[precisions[0]][name]()
+            counts[name] = int(fc.get_total_flops())
+        out["flops"] = counts
+    walls: Dict[str, Dict[str, List[float]]] = {p: defaultdict(list) for p in precisions}
+    order = list(precisions)
+    for i in range(warmup + reps):
+        for p in order:
+            for name, fn in fns[p].items():
+                t = timed(fn, device)["wall"]
+                if i >= warmup:
+                    walls[p][name].append(t)
+        order = order[1:] + order[:1]
+    base = precisions[0]
+    n = 2048
+    for p in precisions:
+        r: Dict[str, Any] = {k: summary(v) for k, v in walls[p].items()}
+        r["gemm_peak_gflops"] = 2 * n ** 3 / r["gemm"]["median"] / 1e9
+        if "step" in r:
+            r["step_over_floor"] = r["step"]["median"] / r["floor"]["median"]
+            r["train_images_per_s"] = B / r["step"]["median"]
+            r["step_gflops"] = out["flops"]["step"] / r["step"]["median"] / 1e9
+            r["floor_gflops"] = out["flops"]["floor"] / r["floor"]["median"] / 1e9
+            r["step_share_of_gemm_peak"] = r["step_gflops"] / r["gemm_peak_gflops"]
+            r["speedup_step"] = walls[base]["step"] and (
+                summary(walls[base]["step"])["median"] / r["step"]["median"])
+            r["speedup_floor"] = summary(walls[base]["floor"])["median"] / r["floor"]["median"]
+        out[p] = r
+    if "eval" in parts:
+        for p in precisions:
+            model = setups[p][1] if p in setups else None
+            e = measure_evaluation(_with_precision(cfg, p), device, model, amp[p],
+                                   eval_batches, warmup)
+            out[p]["eval_predict_s"] = e["predict_s"]
+        for p in precisions:
+            out[p]["speedup_eval_predict"] = (out[base]["eval_predict_s"]["median"]
+                                              / out[p]["eval_predict_s"]["median"])
+    if "pretrain" in parts and pretrain_cfg is not None:
+        for p in precisions:
+            out[p]["pretrain"] = measure_pretraining(_with_precision(pretrain_cfg, p), device,
+                                                     reps, warmup)
+        for p in precisions:
+            out[p]["speedup_pretrain"] = (out[base]["pretrain"]["step_s"]["median"]
+                                          / out[p]["pretrain"]["step_s"]["median"])
+    out["environment"]["load_average_at_end"] = \
+        list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return out
+
+
+def _with_precision(cfg, precision: str):
+    import copy
+    c = copy.deepcopy(cfg)
+    c.train.precision = precision
+    c.logging.wandb.mode = "disabled"
+    return c
+
+
+def measure_pretraining(cfg, device: torch.device, reps: int = 3, warmup: int = 1
+                        ) -> Dict[str, Any]:
+    """The self-supervised pretraining step of ``cfg`` (``tools/pretrain.py``: multi-crop
+    views, student and EMA teacher, the DINO losses, AdamW) on random images, in images/s."""
+    import tempfile
+
+    from partformer.pretrain.trainer import Pretrainer
+    p = cfg.pretrain
+    gen = torch.Generator().manual_seed(0)
+    bank = torch.randint(0, 256, (max(2 * cfg.train.batch_size, 64), p.source_size,
+                                  p.source_size, 3), dtype=torch.uint8, generator=gen)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Pretrainer(cfg, run_dir=tmp, verbose=False, bank=bank)
+        try:
+            times = []
+            for i in range(warmup + reps):
+                t = timed(trainer.train_step, device)["wall"]
+                if i >= warmup:
+                    times.append(t)
+        finally:
+            trainer.close()
+    s = summary(times)
+    return {"step_s": s, "images_per_s": cfg.train.batch_size / s["median"],
+            "batch_size": cfg.train.batch_size, "global_size": p.global_size,
+            "local_crops": p.local_crops}
+
+
+def format_precisions(res: Dict[str, Any]) -> str:
+    """The side-by-side table ``tools/benchmark.py --precisions`` prints."""
+    ps = res["precisions"]
+    rows = [("training step (s)", lambda r: r.get("step", {}).get("median")),
+            ("floor (s)", lambda r: r.get("floor", {}).get("median")),
+            ("step / floor", lambda r: r.get("step_over_floor")),
+            ("speed-up of the step", lambda r: r.get("speedup_step")),
+            ("step GFLOP/s", lambda r: r.get("step_gflops")),
+            ("GEMM peak GFLOP/s (same run)", lambda r: r.get("gemm_peak_gflops")),
+            ("step / GEMM peak", lambda r: r.get("step_share_of_gemm_peak")),
+            ("eval predict (s / batch)", lambda r: r.get("eval_predict_s", {}).get("median")),
+            ("speed-up of eval", lambda r: r.get("speedup_eval_predict")),
+            ("pretraining step (s)", lambda r: r.get("pretrain", {}).get("step_s", {}).get(
+                "median")),
+            ("pretraining images/s", lambda r: r.get("pretrain", {}).get("images_per_s")),
+            ("speed-up of pretraining", lambda r: r.get("speedup_pretrain"))]
+    width = max(len(name) for name, _ in rows) + 2
+    lines = [" " * width + "".join(f"{p:>12}" for p in ps)]
+    for name, get in rows:
+        vals = [get(res[p]) for p in ps]
+        if all(v is None for v in vals):
+            continue
+        lines.append(name.ljust(width) + "".join(
+            f"{v:>12.3f}" if isinstance(v, (int, float)) else f"{'-':>12}" for v in vals))
+    env = res["environment"]
+    lines.append(f"device: {env['device']} ({env['torch_threads']} threads); load average "
+                 f"{env['load_average_1_5_15']} -> {env.get('load_average_at_end')}")
+    return "\n".join(lines)

@@ -67,7 +67,8 @@ class PretrainNet(nn.Module):
 
 class Pretrainer:
     def __init__(self, cfg, run_dir: Optional[str] = None, resume: Optional[str] = None,
-                 verbose: bool = True, overwrite: bool = False):
+                 verbose: bool = True, overwrite: bool = False,
+                 bank: Optional[torch.Tensor] = None):
         p = cfg.pretrain
         self.cfg, self.verbose = cfg, verbose
         self.device = D.init_distributed(cfg.train.device)
@@ -83,8 +84,10 @@ class Pretrainer:
             raise cfglib.ConfigError(f"train.batch_size={cfg.train.batch_size} (the global batch) "
                                      f"must be divisible by the {self.world} processes")
 
-        self.bank = build_image_bank(cfg, cache_dir=p.cache_dir,
-                                     progress=verbose and D.is_main_process())
+        # ``bank``: uint8 [N, S, S, 3] images to train on instead of the dataset's (the speed
+        # harness); otherwise the unlabeled image bank of partformer/pretrain/data.py
+        self.bank = bank if bank is not None else build_image_bank(
+            cfg, cache_dir=p.cache_dir, progress=verbose and D.is_main_process())
         self.steps_per_epoch = max(1, len(self.bank) // cfg.train.batch_size)
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
 
