@@ -107,7 +107,9 @@ def read_model_file(path: str, config: Optional[str] = None,
     if "model" in ckpt and "config" in ckpt and config is None:
         cfg = config_from_checkpoint(path, list(overrides), resolve_data_root, ckpt=ckpt)
         return cfg, _upgraded_state(cfg, ckpt["model"]), path
-    if "model" in ckpt:  # .safetensors, or one of ours with an explicit config
+    if set(ckpt) == {"model"} and config is None and _official_method(ckpt["model"]):
+        ckpt = ckpt["model"]   # an authors' .safetensors (PDiscoFormer's Hugging Face files)
+    elif "model" in ckpt:  # .safetensors, or one of ours with an explicit config
         if config is None:
             raise CheckpointError(f"{path} holds weights but no config; pass config=<the YAML the "
                                   "model was trained with> (e.g. the run's config.yaml)")

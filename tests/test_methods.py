@@ -93,3 +93,45 @@ def test_eval_visualize_infer_export_and_load_take_the_model(trained, tmp_path, 
     monkeypatch.setenv("PARTFORMER_WEIGHTS_PATH", str(wdir))
     again = partformer.load(f"tiny_{method}", device="cpu")
     assert torch.equal(again(image).maps, pred.maps)
+
+
+@pytest.mark.parametrize("method,fmt", [("pdiscoformer", "snapshot"),
+                                        ("pdiscoformer", "safetensors"),
+                                        ("pdisconet", "state_dict")])
+def test_released_pdisco_files_convert_through_the_cli(root, tmp_path, method, fmt, capsys):
+    """PDiscoFormer's released formats (ananthu-aniraj/pdiscoformer hubconf.py / load_model.py:
+    a trainer snapshot ``{"model_state", ...}`` or a bare state dict of their names; HF
+    ``model.safetensors``, model_zoo.md) convert with tools/convert_official.py, the method
+    detected from the keys, and the converted file predicts as the original model."""
+    import yaml
+
+    from partformer import config as cfglib
+    from partformer.cli import convert_official_main
+    from partformer.hub import load_model
+    from partformer.methods import build_model
+    from partformer.methods.pdiscoformer.convert import HEAD_KEYS
+    cfg_path = tiny_method_yaml(root, method)
+    cfg = cfglib.load_config(cfg_path)
+    torch.manual_seed(3)
+    ours = build_model(cfg).eval()
+    inverse = {v: k for k, v in HEAD_KEYS.items()}
+    theirs = {inverse.get(k, k[len("encoder.model."):] if k.startswith("encoder.model.") else k):
+              v.clone() for k, v in ours.state_dict().items()}
+    path = tmp_path / ("model.safetensors" if fmt == "safetensors" else "snapshot_best.pt")
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in theirs.items()}, str(path))
+    else:
+        torch.save({"model_state": theirs, "finished_epoch": 27} if fmt == "snapshot" else theirs,
+                   path)
+    out = tmp_path / "converted.pt"
+    assert convert_official_main(["--input", str(path), "--output", str(out), "--dataset", "cub",
+                                  "--config", cfg_path]) == 0
+    assert f"method {method}" in capsys.readouterr().out
+    stored = yaml.safe_load(torch.load(out, weights_only=True)["config"])
+    assert stored["method"]["name"] == method and stored[method]["num_classes"] == 6
+    assert stored["data"]["image_size"] == cfg.data.image_size
+    _, loaded, _ = load_model(str(out), torch.device("cpu"))
+    x = torch.rand(2, 3, cfg.data.image_size, cfg.data.image_size)
+    with torch.no_grad():
+        assert torch.equal(loaded.predict(x), ours.predict(x))

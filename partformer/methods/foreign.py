@@ -101,15 +101,24 @@ def _plain(v: Any) -> Any:
     return str(v)
 
 
-def load_official(path: str, unsafe: bool = False, container_keys=("state_dict",),
+def load_official(path: str, unsafe: bool = False,
+                  container_keys=("state_dict", "model_state"),
                   ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """Read an official file -> ``(state_dict without prefix, info)``.
 
     ``info``: ``format`` (``model_best`` = plain state dict | ``training_checkpoint``: the state
-    dict under one of ``container_keys``), and for the latter ``epoch`` / ``perf`` when present.
+    dict under one of ``container_keys`` (``state_dict``: PartFormer / MPAE; ``model_state``:
+    PDiscoFormer's snapshots) | ``safetensors``), and for a training checkpoint ``epoch`` /
+    ``perf`` when present.
     """
     if not os.path.isfile(path):
         raise ConversionError(f"input file not found: {path}")
+    if path.endswith(".safetensors"):      # e.g. PDiscoFormer's Hugging Face model.safetensors
+        from safetensors.torch import load_file
+        try:
+            return dict(load_file(path, device="cpu")), {"format": "safetensors"}
+        except Exception as e:  # noqa: BLE001 - any decoding failure: one message
+            raise ConversionError(f"cannot read safetensors file {path}: {e}") from None
     obj = _torch_load(path, unsafe)
     if not isinstance(obj, Mapping):
         raise ConversionError(f"{path} holds a {type(obj).__name__}; expected the authors' "

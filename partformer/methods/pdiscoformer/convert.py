@@ -154,9 +154,14 @@ def convert_released(method_cls, path: str, dataset=None, base_config=None, over
         raise ConversionError(f"{path}: {classes} classes is no released dataset; pass --dataset "
                               f"one of {sorted(DATASET_PRESETS)}")
     if "pos_embed" in sd:
-        S = int(round(math.sqrt(sd["pos_embed"].shape[1]))) * 14
+        # (S / p)^2 patch rows (DINOv2-reg: no class row; other timm ViTs: one more)
+        n = int(sd["pos_embed"].shape[1])
+        g = math.isqrt(n) if math.isqrt(n) ** 2 == n else math.isqrt(n - 1)
+        patch = int(sd["patch_embed.proj.weight"].shape[-1]) if "patch_embed.proj.weight" in sd \
+            else 14
+        S = g * patch
     else:
-        S = int(DATASET_PRESETS[dataset]["image_size"])
+        S = None      # a CNN works at any size: the benchmark config's (the published one)
     modulation = ("layer_norm" if "modulation.weight" in sd else
                   "original" if "modulation" in sd else "none")
     fixed = ("model.", "method.", f"{name}.")
@@ -173,7 +178,9 @@ def convert_released(method_cls, path: str, dataset=None, base_config=None, over
     tree["method"] = {"name": name}
     tree["model"]["num_parts"] = K
     tree["model"]["encoder"].update(pretrained=False, weights=None)
-    tree["data"]["image_size"] = S
+    if S is not None:
+        tree["data"]["image_size"] = S
+    S = tree["data"]["image_size"]
     tree[name].update(num_classes=classes, modulation=modulation)
     tree["experiment"]["name"] = f"official_{name}_{dataset}_k{K}"
     cfg = cfglib.from_dict(yaml.safe_load(yaml.safe_dump(tree)))

@@ -167,4 +167,6 @@ class PDiscoFormer(PDiscoMethodBase):
     @classmethod
     def detect_official(cls, ckpt: Mapping[str, Any]) -> bool:
         keys = cls._keys(ckpt)
-        return "fc_landmarks.weight" in keys and "reg_token" in keys
+        # the ViT's own names at the top level (their IndividualLandmarkViT subclasses timm's
+        # VisionTransformer): a patch embedding, with or without DINOv2's register tokens
+        return "fc_landmarks.weight" in keys and any(k.startswith("patch_embed.") for k in keys)
