@@ -65,6 +65,23 @@ class PretrainNet(nn.Module):
         return self.global_head(fmap.mean(dim=(2, 3))), self.dense_head(fmap)
 
 
+def _check_crop_grid(cfg) -> None:
+    """A ViT encoder's patch must divide the crop sizes it is trained on (before anything is
+    built or written)."""
+    p = cfglib.encoder_patch_size(cfg.model.encoder)
+    if p is None:
+        return
+    sizes = [("pretrain.global_size", cfg.pretrain.global_size)]
+    if cfg.pretrain.local_crops:
+        sizes.append(("pretrain.local_size", cfg.pretrain.local_size))
+    for key, size in sizes:
+        if size % p:
+            raise cfglib.ConfigError(
+                f"config key `{key}` must be a multiple of the encoder's patch size {p} "
+                f"({cfglib.encoder_patch_key(cfg.model.encoder)}), got {size}; use "
+                f"{key}={max(p, size - size % p)}")
+
+
 class Pretrainer:
     def __init__(self, cfg, run_dir: Optional[str] = None, resume: Optional[str] = None,
                  verbose: bool = True, overwrite: bool = False):
@@ -79,6 +96,7 @@ class Pretrainer:
         if requested:   # before anything is built: a run directory in use is refused at once
             check_run_dir(requested, bool(resume), overwrite, "tools/pretrain.py")
         self.amp_dtype = resolve_precision(cfg.train.precision, self.device)
+        _check_crop_grid(cfg)
         if cfg.train.batch_size % self.world:
             raise cfglib.ConfigError(f"train.batch_size={cfg.train.batch_size} (the global batch) "
                                      f"must be divisible by the {self.world} processes")
