@@ -532,19 +532,28 @@ def infer_main(argv: List[str]) -> int:
 
 
 # ------------------------------------------------------------------------------------ others
+DEFAULT_WEIGHTS_OUT = "weights"
+
+
 @cli_entry
 def export_weights_main(argv: List[str]) -> int:
     from partformer import hub
     p = argparse.ArgumentParser(
-        description="Export a checkpoint as named weights (model-only safetensors + config + an "
+        description="Export a model as named weights (model-only safetensors + config + an "
                     "index.yaml entry with its sha256) so that partformer.load(NAME) finds it "
-                    "offline. --list prints the known names.")
+                    "offline (with PARTFORMER_WEIGHTS_PATH=<--out>). --list prints the known "
+                    "names. Writes nothing outside --out.")
     _add_common(p, config=False)
-    p.add_argument("checkpoint", nargs="?", help="runs/<run>/best.pt (or last.pt)")
-    p.add_argument("--name", help="the name partformer.load() will take")
-    p.add_argument("--out", default=hub.WEIGHTS_DIR,
-                   help="folder with the index.yaml to add to (default: partformer/weights, "
-                        "shipped with the package)")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="the model (same as --model; kept for older commands)")
+    _add_model_arg(p, required=False)
+    p.add_argument("--config", default=None, help="the config of a .safetensors --model")
+    p.add_argument("--name", help="the name partformer.load() will take: letters, digits, '.', "
+                                  "'_', '-'")
+    p.add_argument("--out", default=DEFAULT_WEIGHTS_OUT,
+                   help="FOLDER with the index.yaml to add to (default: ./weights in the current "
+                        "directory; never the installed package unless you name its "
+                        "partformer/weights folder)")
     p.add_argument("--description", default="")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--list", action="store_true", help="print the registered names and exit")
@@ -553,10 +562,14 @@ def export_weights_main(argv: List[str]) -> int:
         for name, e in sorted(hub.available_weights().items()):
             print(f"{name:<24} {e.file}  {e.description}")
         return 0
-    if not args.checkpoint or not args.name:
-        p.error("checkpoint and --name are required (or --list)")
-    e = hub.export_weights(args.checkpoint, args.out, args.name, args.description,
-                           args.overwrite)
+    if args.checkpoint and args.model and args.checkpoint != args.model:
+        p.error("give the model once: positional CHECKPOINT or --model")
+    model = args.model or args.checkpoint
+    if not model or not args.name:
+        p.error("--model (or a positional checkpoint) and --name are required (or --list)")
+    hub.check_weights_name(args.name)
+    e = hub.export_weights(model, args.out, args.name, args.description, args.overwrite,
+                           config=args.config)
     extra = ("" if os.path.abspath(args.out) == hub.WEIGHTS_DIR
              else f" with {hub.ENV_PATH}={os.path.abspath(args.out)}")
     print(f"wrote {e.file} (sha256 {e.sha256[:16]}...) and its entry in {e.index}\n"

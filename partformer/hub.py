@@ -197,15 +197,49 @@ def convert_official_file(input_path: str, output_path: str, method: Optional[st
 
 
 # ---------------------------------------------------------------------------------- exporting
-def export_weights(checkpoint: str, out_dir: str, name: str, description: str = "",
-                   overwrite: bool = False) -> WeightsEntry:
-    """Write ``<out_dir>/<name>.safetensors`` (model weights only) and ``<name>.yaml`` (its
-    config) from one of our checkpoints, and add ``name`` to ``<out_dir>/index.yaml`` with the
-    file's SHA-256. Point ``$PARTFORMER_WEIGHTS_PATH`` at ``out_dir`` (or use
-    ``partformer/weights`` to ship it with the package) and ``partformer.load(name)`` finds it."""
-    from safetensors.torch import save
+WEIGHTS_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
-    cfg, state, _ = read_model_file(checkpoint)
+
+def check_weights_name(name: str) -> str:
+    """``name`` if it can name weights: letters, digits, ``.``, ``_``, ``-``, starting with a
+    letter or digit, no ``..``; it becomes file names inside the output folder, so no path
+    separator can take a file outside it."""
+    import re
+    if not isinstance(name, str) or not re.fullmatch(WEIGHTS_NAME_PATTERN, name) or ".." in name:
+        raise WeightsError(f"weights name {name!r} is not a plain name: use letters, digits, '.', "
+                           "'_' and '-' (starting with a letter or digit, no '..' and no '/'); it "
+                           "names <name>.safetensors and <name>.yaml inside the output folder")
+    return name
+
+
+def write_model_files(cfg, state: Dict[str, torch.Tensor], folder: str, stem: str,
+                      metadata: Optional[Dict[str, str]] = None) -> Tuple[str, str]:
+    """Write ``<folder>/<stem>.safetensors`` (the model's tensors only, atomically) and
+    ``<stem>.yaml`` (the config that rebuilds the model, only the sections its method uses);
+    returns both paths."""
+    from safetensors.torch import save
+    os.makedirs(folder, exist_ok=True)
+    weights = os.path.join(folder, f"{stem}.safetensors")
+    with atomic_open(weights, "wb") as f:
+        f.write(save({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                     metadata=metadata))
+    config = os.path.join(folder, f"{stem}.yaml")
+    cfglib.save_config(cfg, config, "train")
+    return weights, config
+
+
+def export_weights(model: str, out_dir: str, name: str, description: str = "",
+                   overwrite: bool = False, config: Optional[str] = None) -> WeightsEntry:
+    """Write ``<out_dir>/<name>.safetensors`` (model weights only) and ``<name>.yaml`` (its
+    config) from any model name (:func:`locate`: a checkpoint, a run directory, registered
+    weights, a ``.safetensors`` file with ``config``, an authors' file), and add ``name`` to
+    ``<out_dir>/index.yaml`` with the file's SHA-256. Point ``$PARTFORMER_WEIGHTS_PATH`` at
+    ``out_dir`` (or use ``partformer/weights`` to ship it with the package) and
+    ``partformer.load(name)`` finds it. ``name`` must be a plain name
+    (:func:`check_weights_name`)."""
+    check_weights_name(name)
+    path, entry_config = locate(model)
+    cfg, state, _ = read_model_file(path, config or entry_config)
     os.makedirs(out_dir, exist_ok=True)
     index_path = os.path.join(out_dir, INDEX_FILE)
     index, header = {}, ""
@@ -220,13 +254,11 @@ def export_weights(checkpoint: str, out_dir: str, name: str, description: str = 
     if name in index and not overwrite:
         raise WeightsError(f"{index_path} already lists {name!r}; pass overwrite=True "
                            "(--overwrite) to replace it")
-    weights = os.path.join(out_dir, f"{name}.safetensors")
-    with atomic_open(weights, "wb") as f:
-        f.write(save({k: v.detach().contiguous() for k, v in state.items()}))
-    cfglib.save_config(cfg, os.path.join(out_dir, f"{name}.yaml"))
+    weights, _ = write_model_files(cfg, state, out_dir, name)
+    source = model if not os.path.exists(model) else os.path.abspath(model)
     index[name] = {"file": f"{name}.safetensors", "config": f"{name}.yaml",
                    "sha256": sha256_file(weights),
-                   "description": description or f"exported from {os.path.abspath(checkpoint)}"}
+                   "description": description or f"exported from {source}"}
     with atomic_open(index_path, "w") as f:
         f.write(header)
         yaml.safe_dump(index, f, sort_keys=True)

@@ -50,3 +50,63 @@ def test_pretraining_crops_must_fit_a_vit_patch(root, tmp_path, capsys):
                                 "pretrain.global_size=30", "pretrain.extra_synthetic=0"], capsys)
     assert "`pretrain.global_size` must be a multiple of the encoder's patch size 8" in err
     assert not run.exists()
+
+
+# ------------------------------------------------------------- 16.20: the regressor's skipped files
+def test_images_skipped_while_fitting_the_regressor_are_listed(root, tmp_path):
+    import json
+    import shutil
+
+    import yaml
+
+    from partformer import config as cfglib
+    from partformer.cli import eval_main
+    from partformer.data import build_dataset
+    shutil.copytree(os.path.join(root, "syn"), tmp_path / "syn")
+    tree = yaml.safe_load(open(tiny_yaml(root)))
+    tree["data"]["root"] = str(tmp_path / "syn")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    train = build_dataset(cfglib.load_config(str(config)).data, "train")
+    bad = train.image_path(3)
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    out = tmp_path / "eval"
+    with pytest.warns(UserWarning, match="skipping"):
+        assert eval_main(["--config", str(config), "--method", "grid", "--out", str(out),
+                          "eval.skip_bad_images=true", "eval.protocols=[kp_error_huang]"]) == 0
+    payload = json.load(open(out / "results_test.json"))
+    assert payload["regressor_split"] == "train"
+    assert payload["regressor_skipped_files"] == [bad] and payload["skipped_files"] == []
+    assert "kp_error_huang" in payload["results"]["grid"]
+
+
+# ---------------------------------------------------------- 16.5 / 16.20: export_weights' folder
+def test_export_weights_writes_only_into_out(tmp_path, monkeypatch, capsys):
+    from partformer import hub
+    from partformer.cli import export_weights_main
+
+    from tests.tiny import tiny_checkpoint
+    (tmp_path / "m").mkdir()
+    path, _, _ = tiny_checkpoint(str(tmp_path / "m"))
+    shipped = sorted(os.listdir(hub.WEIGHTS_DIR))
+    index = open(os.path.join(hub.WEIGHTS_DIR, "index.yaml")).read()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    # no --out: ./weights in the current directory, not the installed package
+    assert export_weights_main(["--model", path, "--name", "mine"]) == 0
+    assert sorted(os.listdir(work / "weights")) == ["index.yaml", "mine.safetensors", "mine.yaml"]
+    assert "PARTFORMER_WEIGHTS_PATH=" + str(work / "weights") in capsys.readouterr().out
+    # the positional form still works, into a named folder
+    assert export_weights_main([path, "--name", "mine2", "--out", str(tmp_path / "w2")]) == 0
+    assert sorted(os.listdir(hub.WEIGHTS_DIR)) == shipped
+    assert open(os.path.join(hub.WEIGHTS_DIR, "index.yaml")).read() == index
+    # a name that is a path is refused before anything is written
+    for bad in ("../x", "a/b", "/tmp/x", ".hidden", "..", "x..y"):
+        err = fails(export_weights_main, ["--model", path, "--name", bad, "--out",
+                                          str(tmp_path / "w3")], capsys)
+        assert "is not a plain name" in err
+    assert not (tmp_path / "w3").exists() and not (tmp_path / "x.safetensors").exists()
+    with pytest.raises(hub.WeightsError, match="not a plain name"):
+        hub.export_weights(path, str(tmp_path / "w4"), "../x")
