@@ -110,3 +110,31 @@ def test_export_weights_writes_only_into_out(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "w3").exists() and not (tmp_path / "x.safetensors").exists()
     with pytest.raises(hub.WeightsError, match="not a plain name"):
         hub.export_weights(path, str(tmp_path / "w4"), "../x")
+
+
+# -------------------------------------------------- 16.5: pretraining announces what it writes
+def test_extra_synthetic_images_are_announced_before_they_are_written(tmp_path, monkeypatch,
+                                                                      capsys):
+    import numpy as np
+
+    from partformer.pretrain import data as pdata
+    cache = tmp_path / "cache"
+    saved = []
+    real_save = np.save
+
+    def save(path, arr):   # the announcement is out before the first byte is written
+        saved.append(capsys.readouterr().err)
+        real_save(path, arr)
+    monkeypatch.setattr(np, "save", save)
+    opts = {"num_train": 4, "num_val": 1, "num_test": 1, "image_size": 32}
+    out = pdata.render_extra_synthetic(6, 7, 32, opts, cache_dir=str(cache))
+    assert out.shape == (6, 32, 32, 3) and len(saved) == 1
+    (npy,) = os.listdir(cache)
+    msg = saved[0]
+    assert "rendering 6 extra synthetic images" in msg and str(cache / npy) in msg
+    assert "0.0 MB on disk" in msg and "pretrain.cache_dir=DIR" in msg
+    # a second run reads the cache and announces nothing
+    pdata.render_extra_synthetic(6, 7, 32, opts, cache_dir=str(cache))
+    assert "rendering" not in capsys.readouterr().err
+    pdata.render_extra_synthetic(2, 7, 32, opts, cache_dir=None)
+    assert "kept in memory only" in capsys.readouterr().err

@@ -78,8 +78,13 @@ def render_extra_synthetic(count: int, seed: int, size: int, generator_options: 
             arr = np.load(path, mmap_mode="r")
             if arr.shape == (count, size, size, 3):
                 return torch.from_numpy(np.ascontiguousarray(arr))
-    print(f"[pretrain] rendering {count} extra synthetic images (seed {seed}, {size}px)",
-          file=sys.stderr, flush=True)
+    mb = count * size * size * 3 / 1e6
+    where = (f"cached in {os.path.abspath(path)} ({mb:,.1f} MB on disk, reused by later runs; "
+             "pretrain.cache_dir=DIR puts it elsewhere, pretrain.cache_dir=null keeps it in "
+             "memory only)" if path else f"kept in memory only ({mb:,.1f} MB; "
+                                         "pretrain.cache_dir=DIR caches it for later runs)")
+    print(f"[pretrain] rendering {count} extra synthetic images (pretrain.extra_synthetic, seed "
+          f"{seed}, {size}px), {where}", file=sys.stderr, flush=True)
     chunk = 500
     jobs = [(gen_cfg, s, min(count, s + chunk)) for s in range(0, count, chunk)]
     if workers > 1:
