@@ -138,3 +138,81 @@ def test_extra_synthetic_images_are_announced_before_they_are_written(tmp_path, 
     assert "rendering" not in capsys.readouterr().err
     pdata.render_extra_synthetic(2, 7, 32, opts, cache_dir=None)
     assert "kept in memory only" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ 16.4: pretrained encoders offline
+TINY_VIT = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+
+
+@pytest.fixture
+def no_download(monkeypatch, tmp_path):
+    """An empty Hugging Face / torch hub cache, and timm's download replaced by one that would
+    hang (it records that it was called, then raises as a dead network does after its retries)."""
+    import timm.models._builder as builder
+
+    from tests.hf_cache import use_cache
+    use_cache(monkeypatch, str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    calls = []
+
+    def download(*args, **kwargs):
+        calls.append(args)
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    monkeypatch.setattr(builder, "load_pretrained", download)
+    return calls
+
+
+def test_pretrained_encoder_offline_fails_at_once_naming_the_fixes(no_download, monkeypatch,
+                                                                  capsys, root, tmp_path):
+    import time
+
+    from partformer.models import encoder as E
+    t0 = time.time()
+    with pytest.raises(E.EncoderWeightsError) as e:
+        E.FeatureMapEncoder("vit_small_patch8_224.dino", pretrained=True)
+    msg = str(e.value)
+    assert time.time() - t0 < 5 and no_download == []   # timm's download never ran
+    for part in ("model.encoder.name=vit_small_patch8_224.dino", "'vit_small_patch8_224.dino'",
+                 "timm/vit_small_patch8_224.dino", "model.encoder.weights=/path/to/",
+                 "HF_HUB_OFFLINE=1", "warm the cache"):
+        assert part in msg, (part, msg)
+    # online by the environment, but the host cannot be reached: at once as well
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(E, "_host_reachable", lambda url, timeout=3.0: False)
+    with pytest.raises(E.EncoderWeightsError, match="cannot be reached"):
+        E.FeatureMapEncoder("resnet18", pretrained=True, out_indices=[1, 2])
+    assert no_download == []
+    # reachable, but the download fails: one message, not the hub's
+    monkeypatch.setattr(E, "_host_reachable", lambda url, timeout=3.0: True)
+    with pytest.raises(E.EncoderWeightsError, match=r"could not be downloaded \(OSError"):
+        E.FeatureMapEncoder("vit_small_patch8_224.dino", pretrained=True)
+    assert len(no_download) == 1
+    # the CLI: one line, exit 2, no run directory
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = tmp_path / "run"
+    err = fails(train_main, ["--config", tiny_yaml(root), "--run-dir", str(run),
+                             "model.encoder.pretrained=true",
+                             "model.encoder.name=vit_small_patch8_224.dino",
+                             "model.encoder.kwargs={}"], capsys)
+    assert "model.encoder.weights=" in err and not run.exists()
+
+
+def test_pretrained_encoder_from_a_warm_cache_offline(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE=1 with the weights in the cache: timm loads them, nothing is refused."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from partformer.models import encoder as E
+    from tests.hf_cache import fill_cache, use_cache
+    name = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    torch.manual_seed(3)
+    src = timm.create_model(name, pretrained=False, num_classes=0, img_size=32, **TINY_VIT)
+    save_file(src.state_dict(), str(tmp_path / "model.safetensors"))
+    cache = str(tmp_path / "hf")
+    fill_cache(cache, "timm/" + name, {"model.safetensors": str(tmp_path / "model.safetensors")})
+    use_cache(monkeypatch, cache)
+    assert E.cached_weights_file(name).startswith(cache)
+    enc = E.FeatureMapEncoder(name, pretrained=True, img_size=32, **TINY_VIT)
+    for k, v in src.state_dict().items():
+        assert torch.equal(enc.model.state_dict()[k], v), k
