@@ -178,7 +178,11 @@ def _fit_or_interrupt(trainer, tool: str, main: bool):
 
 
 def _progress(cfg) -> bool:
-    return cfg.logging.progress and sys.stderr.isatty()
+    """Whether to show progress (a bar on a terminal, plain lines every
+    ``logging.progress_every`` seconds off one: partformer/engine/progress.py)."""
+    from partformer.engine import progress
+    progress.configure(cfg.logging.progress_every)
+    return bool(cfg.logging.progress)
 
 
 # ------------------------------------------------------------------------------------ train
@@ -500,14 +504,20 @@ def infer_main(argv: List[str]) -> int:
     p.add_argument("--no-overlays", action="store_true", help="write labels and JSON only")
     p.add_argument("--every", type=int, default=1, help="videos: every N-th frame")
     p.add_argument("--overwrite", action="store_true", help="redo images already done")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress (a bar on a terminal, else a plain line every "
+                        "--progress-every seconds)")
+    p.add_argument("--progress-every", type=float, default=None, metavar="SECONDS",
+                   help="seconds between progress lines off a terminal (default 30)")
     args = p.parse_intermixed_args(argv)
     if not 0.0 <= args.alpha <= 1.0:
         p.error(f"--alpha must be in [0, 1], got {args.alpha}")
     for flag in ("every", "batch_size"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    from partformer.engine import progress as progress_lines
     from partformer.infer import print_summary, run_inference
+    progress_lines.configure(args.progress_every)
     from partformer.predictor import load
     predictor = load(args.model, args.device, config=args.config, batch_size=args.batch_size,
                      resize=args.resize)
@@ -519,7 +529,7 @@ def infer_main(argv: List[str]) -> int:
             summary = run_inference(predictor, args.inputs, args.out, overwrite=args.overwrite,
                                     alpha=args.alpha, overlays=not args.no_overlays,
                                     every=args.every,
-                                    progress=not args.no_progress and sys.stderr.isatty())
+                                    progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"interrupted; the images written to {args.out} are kept. Run the same command "
               "again to continue (done images are skipped)", file=sys.stderr)

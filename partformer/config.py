@@ -182,7 +182,8 @@ class WandbConfig:
 @dataclass
 class LoggingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    progress: bool = True             # tqdm bars (rank 0 and a terminal only)
+    progress: bool = True             # rank 0: tqdm bars on a terminal, plain lines off one
+    progress_every: float = 30.0      # seconds between plain progress lines off a terminal
 
 
 PRETRAIN_OBJECTIVES = ("dino", "dino_dense")
@@ -515,6 +516,7 @@ CHECKS: Dict[str, Tuple[Callable[[Any], bool], Any]] = {
     "eval.max_images": _optional_at_least(1),
     "logging.wandb.mode": _one_of(WANDB_MODES),
     "logging.wandb.num_images": _at_least(0),
+    "logging.progress_every": _at_least(0, " (seconds between progress lines off a terminal)"),
     "pretrain.objective": _one_of(PRETRAIN_OBJECTIVES),
     "pretrain.source_size": _at_least(1),
     "pretrain.global_crops": _at_least(2, " (DINO compares each global crop with another)"),

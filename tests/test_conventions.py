@@ -216,3 +216,83 @@ def test_pretrained_encoder_from_a_warm_cache_offline(monkeypatch, tmp_path):
     enc = E.FeatureMapEncoder(name, pretrained=True, img_size=32, **TINY_VIT)
     for k, v in src.state_dict().items():
         assert torch.equal(enc.model.state_dict()[k], v), k
+
+
+# ------------------------------------------------------------------ 16.3: progress off a terminal
+def test_plain_progress_prints_at_a_steady_interval():
+    import io
+
+    from partformer.engine.progress import PlainProgress
+    now = [0.0]
+    out = io.StringIO()
+    bar = PlainProgress(100, "train", unit="step", images=8, stream=out, every=10.0,
+                        clock=lambda: now[0])
+    for _ in range(100):          # one step per second
+        now[0] += 1.0
+        bar.set_postfix(epoch=2, loss=0.123456)
+        bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    # the first step, then every 10 s (steps 11, 21, ..., 91), then the last
+    assert [int(ln.split()[2].split("/")[0]) for ln in lines] == [1] + list(range(11, 100, 10)) \
+        + [100]
+    assert lines[1] == ("[train] step 11/100 (11%) epoch 2 loss 0.1235 | 8.0 img/s | elapsed "
+                        "0:00:11 | ETA 0:01:29")
+
+
+def _no_terminal_codes(text: str) -> None:
+    assert "\r" not in text and "\x1b" not in text
+
+
+def test_train_and_eval_print_progress_lines_without_a_terminal(root, tmp_path):
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo, "WANDB_MODE": "disabled"}
+    env.pop("PARTFORMER_PROGRESS_EVERY", None)
+    proc = subprocess.run([sys.executable, os.path.join(repo, "tools", "train.py"), "--config",
+                           tiny_yaml(root), "--run-dir", str(tmp_path / "run"),
+                           "train.max_steps=3", "logging.progress=true",
+                           "logging.progress_every=0", "--no-baselines"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    _no_terminal_codes(proc.stderr)
+    train = [ln for ln in proc.stderr.splitlines() if ln.startswith("[train] step ")]
+    assert [ln.split()[2] for ln in train[:3]] == ["1/3", "2/3", "3/3"], proc.stderr
+    for ln in train:
+        assert " epoch 0 loss " in ln and " img/s | elapsed " in ln and "| ETA " in ln, ln
+    assert any(ln.startswith("[eval] batch 1/1 (100%)") for ln in proc.stderr.splitlines())
+
+
+def test_pretrain_and_infer_print_progress_lines_without_a_terminal(root, tmp_path, capsys,
+                                                                    monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from partformer.cli import infer_main
+    from tests.test_pretrain import pretrain_config
+    monkeypatch.setenv("PARTFORMER_PROGRESS_EVERY", "0")
+    run = str(tmp_path / "pre")
+    pretrain_config(root, run, ["train.max_steps=2"])
+    assert pretrain_main(["--config", os.path.join(tmp_path, "pretrain_tiny.yaml"),
+                          "train.max_steps=2", "logging.progress=true",
+                          "pretrain.probe_every=0"]) == 0
+    err = capsys.readouterr().err
+    _no_terminal_codes(err)
+    lines = [ln for ln in err.splitlines() if ln.startswith("[pretrain] step ")]
+    assert [ln.split()[2] for ln in lines] == ["1/2", "2/2"] and "loss" in lines[0], err
+    assert any(ln.startswith("[reading synthetic/train] batch") for ln in err.splitlines())
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    from tests.tiny import tiny_checkpoint
+    (tmp_path / "m").mkdir()
+    ckpt, _, _ = tiny_checkpoint(str(tmp_path / "m"))
+    assert infer_main([str(folder), "--model", ckpt, "--out", str(tmp_path / "out"),
+                       "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    _no_terminal_codes(err)
+    lines = [ln for ln in err.splitlines() if ln.startswith("[infer] image ")]
+    assert lines and lines[-1].startswith("[infer] image 3/3 (100%)"), err

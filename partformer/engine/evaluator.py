@@ -58,11 +58,11 @@ def iterate_predictions(predict: Predictor, dataset, batch_size: int, num_worker
     """``(batch, maps)`` over ``dataset`` (this process's share, no sample dropped); the maps stay
     on the predictor's device (metrics accumulate there), ``None`` for a batch whose images were
     all skipped. ``timer``: see :func:`_stage`."""
+    from partformer.engine.progress import make_progress, tracked
     loader = _loader(dataset, batch_size, num_workers)
-    if progress and D.is_main_process():
-        from tqdm import tqdm
-        loader = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
-    batches = iter(loader)
+    bar = make_progress(len(loader), desc, enabled=progress, unit="batch", images=batch_size,
+                        leave=False)
+    batches = iter(tracked(loader, bar))
     while True:
         with _stage(timer, "data"):
             batch = next(batches, None)

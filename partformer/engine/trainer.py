@@ -261,6 +261,7 @@ class Trainer:
         self.wandb_id = None
         self._metrics_rows: Optional[int] = None
         self._group_finite: Optional[torch.Tensor] = None
+        self._lines = None            # plain progress lines off a terminal (during fit)
 
     def _check_batch_keys(self) -> None:
         """Fail before training when the dataset lacks what the method's step reads (e.g. the
@@ -404,10 +405,27 @@ class Trainer:
     def _fit(self) -> Dict[str, Any]:
         t0 = time.time()
         done = self.step >= self.total_steps
-        while not done and self.epoch < self._last_epoch():
-            done = self._train_epoch()
-            self._end_epoch(done)
+        self._lines = self._plain_progress()
+        try:
+            while not done and self.epoch < self._last_epoch():
+                done = self._train_epoch()
+                self._end_epoch(done)
+        finally:
+            if self._lines is not None:
+                self._lines.close()
         return self._summary(time.time() - t0)
+
+    def _plain_progress(self):
+        """Off a terminal (rank 0, ``logging.progress``): a plain line every
+        ``logging.progress_every`` seconds with step, epoch, loss, images/s and ETA
+        (partformer/engine/progress.py); on a terminal the epoch's tqdm bar shows instead."""
+        from partformer.engine import progress
+        if not (self.cfg.logging.progress and D.is_main_process()) or sys.stderr.isatty():
+            return None
+        progress.configure(self.cfg.logging.progress_every)
+        cfg = self.cfg.train
+        return progress.PlainProgress(self.total_steps, "train", initial=self.step, unit="step",
+                                      images=cfg.batch_size * cfg.grad_accum * self.world)
 
     def _last_epoch(self) -> int:
         """Epochs to run: ``train.epochs``, more if ``train.max_steps`` needs them."""
@@ -440,6 +458,9 @@ class Trainer:
             if self.step % cfg.train.log_every == 0 or self.step == 1:
                 self._log_losses(running, bar)
                 running = RunningLosses()
+            if self._lines is not None:
+                self._lines.set_postfix(epoch=self.epoch)
+                self._lines.update(1)
             if self.step >= self.total_steps:
                 done = True
                 break
@@ -546,6 +567,8 @@ class Trainer:
         self.logger.log(scal, self.step)
         if bar is not None:
             bar.set_postfix(loss=f"{scal['train/total']:.4f}")
+        if getattr(self, "_lines", None) is not None:
+            self._lines.set_postfix(epoch=self.epoch, loss=float(scal["train/total"]))
 
     def _end_epoch(self, done: bool) -> None:
         """After an epoch (or the run's last step): every rank takes rank 0's buffers, the epoch

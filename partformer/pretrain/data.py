@@ -37,10 +37,11 @@ def load_split_images(data_cfg, size: int, num_workers: int = 0, progress: bool 
     cfg = copy.deepcopy(data_cfg)
     cfg.image_size = int(size)
     ds = build_dataset(cfg, cfg.train_split, skip_bad_images=True)
+    from partformer.engine.progress import make_progress, tracked
     loader = DataLoader(ds, batch_size=64, num_workers=num_workers, collate_fn=collate)
-    if progress:
-        from tqdm import tqdm
-        loader = tqdm(loader, desc=f"reading {cfg.name}/{cfg.train_split}", leave=False)
+    bar = make_progress(len(loader), f"reading {cfg.name}/{cfg.train_split}", enabled=progress,
+                        unit="batch", images=64, leave=False)
+    loader = tracked(loader, bar)
     out = []
     for batch in loader:
         if "image" in batch:
