@@ -66,6 +66,10 @@ def _add_common(p: argparse.ArgumentParser, config: bool = True) -> None:
         cfglib.add_config_args(p)
     p.add_argument("--debug", action="store_true",
                    help="show the full traceback of an error (also PARTFORMER_DEBUG=1)")
+    _add_version(p)
+
+
+def _add_version(p: argparse.ArgumentParser) -> None:
     from partformer import __version__
     p.add_argument("--version", action="version", version=f"partformer {__version__}")
 
@@ -195,19 +199,31 @@ def train_main(argv: List[str]) -> int:
     _add_common(p)
     p.add_argument("--resume", default=None,
                    help="run directory or its last.pt: continue that run exactly where it stopped")
+    p.add_argument("--model", default=None,
+                   help="start from this model's weights (a fresh optimiser and schedule; loaded "
+                        "strictly: the architecture must be the same): " + MODEL_HELP + ". "
+                        "Without --config its stored config is the run's (plus overrides)")
     _add_run_dir_args(p)
+    _add_device_arg(p)
     p.add_argument("--no-test", action="store_true", help="skip the final test-split evaluation")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the grid and k-means baselines in the final table")
     args = p.parse_intermixed_args(argv)
-    cfg = _load(args)
+    init = None
+    if args.model:
+        if args.resume:
+            p.error("--model starts a new run from a model's weights; --resume continues a run: "
+                    "give one of them")
+        cfg, init = _init_model(args)
+    else:
+        cfg = _load(args)
 
     from partformer.engine.evaluator import write_json
     from partformer.engine.logger import EXIT_FAILED
     from partformer.engine.trainer import Trainer
 
     trainer = Trainer(cfg, run_dir=_run_dir(args), resume=args.resume,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, init=init)
     main = D.is_main_process()
     if main:
         print(cfglib.to_yaml(cfg))
@@ -228,6 +244,26 @@ def train_main(argv: List[str]) -> int:
     finally:
         trainer.close(exit_code)
         D.cleanup()
+
+
+def _init_model(args):
+    """``(config, (state, source))`` of ``train --model``: the model's own config (plus the
+    overrides) without ``--config``; with it, the file's config, whose method must be the
+    model's (the architecture is checked when the weights are loaded)."""
+    from partformer.hub import locate, read_model_file
+    path, entry_config = locate(args.model)
+    stored, state, source = read_model_file(path, entry_config,
+                                            overrides=_device_overrides(args) if args.config
+                                            is None else (), resolve_data_root=args.config is None)
+    if args.config is None:
+        return stored, (state, source)
+    cfg = cfglib.load_config(args.config, _device_overrides(args))
+    if cfg.method.name != stored.method.name:
+        raise cfglib.ConfigError(
+            f"--model {args.model} is a {stored.method.name} model and --config {args.config} "
+            f"trains method.name={cfg.method.name}; start from a model of the same method, or "
+            f"pass method.name={stored.method.name} and its settings")
+    return cfg, (state, source)
 
 
 def _final_test(args, cfg, trainer, summary) -> int:
@@ -491,10 +527,8 @@ def infer_main(argv: List[str]) -> int:
                     "skips images already done unless --overwrite.")
     _add_common(p, config=False)
     p.add_argument("inputs", nargs="+", help="folders, image / video files or quoted globs")
-    p.add_argument("--model", "--checkpoint", dest="model", required=True,
-                   help="checkpoint (runs/<run>/best.pt), run directory, shipped weights name, "
-                        ".safetensors (with --config) or the authors' model_best.pth")
-    p.add_argument("--out", required=True, help="output folder")
+    _add_model_arg(p, required=True)
+    p.add_argument("--out", required=True, help="output FOLDER")
     p.add_argument("--config", default=None, help="config of a .safetensors file")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -588,6 +622,60 @@ def export_weights_main(argv: List[str]) -> int:
 
 
 @cli_entry
+def export_onnx_main(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="export_onnx.py",
+        description="Export a model's test-time path (its method's predict) as an ONNX graph: "
+                    "input `images` float32 [B, 3, S, S] in [0, 1], output `maps` float32 "
+                    "[B, K+1, h, w] (softmax over the K parts and the background, background "
+                    "last). Checked with onnxruntime against the PyTorch predictor on the same "
+                    "images (the max absolute difference is printed). Needs the extra: "
+                    'pip install -e ".[onnx]".')
+    _add_common(p, config=False)
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("out", help="the ONNX FILE to write (e.g. model.onnx)")
+    p.add_argument("--config", default=None, help="the config of a .safetensors MODEL")
+    p.add_argument("--image-size", type=int, default=None, metavar="S",
+                   help="the graph's input size (default: the model's data.image_size)")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="any batch size (default: the graph is fixed to --batch)")
+    p.add_argument("--batch", type=int, default=1, help="the batch size of a fixed graph")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest max-abs difference to the PyTorch predictor that passes "
+                        "(default 1e-4); above it the export fails with status 2")
+    p.add_argument("--no-check", action="store_true",
+                   help="export only (no onnxruntime needed)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    _add_device_arg(p)
+    args = p.parse_intermixed_args(argv)
+    for flag in ("batch", "opset"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.image_size is not None and args.image_size < 1:
+        p.error(f"--image-size must be >= 1, got {args.image_size}")
+    from partformer.onnx_export import OnnxError, check_onnx, export_predictor
+    from partformer.predictor import load
+    predictor = load(args.model, args.device or "cpu", config=args.config, precision="fp32")
+    info = export_predictor(predictor, args.out, args.image_size, args.dynamic_batch,
+                            args.opset, args.batch, args.overwrite)
+    shape = "x".join(str(v) for v in info["output_shape"])
+    print(f"wrote {args.out}: {predictor.cfg.method.name}, images "
+          f"{'B' if args.dynamic_batch else args.batch}x3x{info['image_size']}x"
+          f"{info['image_size']} -> maps {shape} (opset {info['opset']})")
+    if args.no_check:
+        return 0
+    sizes = (1, 3) if args.dynamic_batch else (args.batch,)
+    diff = check_onnx(args.out, predictor, info["image_size"], sizes)
+    print(f"onnxruntime vs PyTorch predictor: max abs difference {diff:.3g} "
+          f"(batch {', '.join(map(str, sizes))}; tolerance {args.tolerance:g})")
+    if not diff <= args.tolerance:
+        raise OnnxError(f"{args.out} differs from the PyTorch predictor by {diff:.3g} > "
+                        f"--tolerance {args.tolerance:g}; the graph is kept for inspection")
+    return 0
+
+
+@cli_entry
 def convert_official_main(argv: List[str]) -> int:
     from partformer.methods import get_method, method_names
     p = argparse.ArgumentParser(
@@ -602,7 +690,8 @@ def convert_official_main(argv: List[str]) -> int:
                    help="which of the authors' models (e.g. cub, celeba): picks dataset-specific "
                         "architecture variants and the benchmark config stored in the output "
                         "(default: detected, checked against the file)")
-    p.add_argument("--input", required=True, help="the authors' file (e.g. model_best.pth)")
+    p.add_argument("--input", "--model", dest="input", required=True,
+                   help="the authors' file (e.g. model_best.pth); --model is the same flag")
     p.add_argument("--output", required=True, help="converted checkpoint FILE to write (.pt)")
     p.add_argument("--config", default=None,
                    help="benchmark config for data / eval settings (default: the shipped config "
@@ -650,11 +739,15 @@ def benchmark_main(argv: List[str]) -> int:
     p.add_argument("--data-batches", type=int, default=20, help="timed data-loader batches")
     p.add_argument("--no-flops", action="store_true",
                    help="skip counting the FLOPs of one step and one floor")
-    p.add_argument("--out", default=None, help="JSON path (default: print only)")
+    p.add_argument("--out", default=None, help="JSON FILE to write (default: print only)")
+    p.add_argument("--model", default=None,
+                   help="profile this model's architecture and settings (its stored config, "
+                        "plus overrides; the weights do not change the speed): " + MODEL_HELP)
+    _add_device_arg(p)
     args = p.parse_intermixed_args(argv)
     if args.batch_size is not None:
         args.overrides = list(args.overrides or []) + [f"train.batch_size={args.batch_size}"]
-    cfg = _load(args)
+    cfg = _load_model(args)[0] if args.model else _load(args)
     import torch
 
     from partformer.engine.evaluator import write_json
@@ -691,7 +784,8 @@ def pretrain_main(argv: List[str]) -> int:
     p.add_argument("--export", default=None, metavar="CHECKPOINT",
                    help="write the teacher encoder of this pretraining checkpoint (best.pt) to "
                         "--out and exit")
-    p.add_argument("--out", default=None, help="output .safetensors of --export")
+    p.add_argument("--out", default=None, help="output .safetensors FILE of --export")
+    _add_device_arg(p)
     args = p.parse_intermixed_args(argv)
     if args.export:
         if not args.out:

@@ -296,3 +296,102 @@ def test_pretrain_and_infer_print_progress_lines_without_a_terminal(root, tmp_pa
     _no_terminal_codes(err)
     lines = [ln for ln in err.splitlines() if ln.startswith("[infer] image ")]
     assert lines and lines[-1].startswith("[infer] image 3/3 (100%)"), err
+
+
+# ------------------------------------------------------- 16.10: one model flag, --device, --version
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tool_mains():
+    """Every tools/*.py and the package function it runs."""
+    import importlib
+    import re
+    out = {}
+    for f in sorted(os.listdir(os.path.join(REPO, "tools"))):
+        if f.endswith(".py"):
+            src = open(os.path.join(REPO, "tools", f)).read()
+            m = re.search(r"^from (partformer\.\w+) import (\w+)", src, re.M)
+            assert m, f"tools/{f} does not run a function of the package"
+            out[f] = getattr(importlib.import_module(m.group(1)), m.group(2))
+    return out
+
+
+def test_every_tool_has_version_and_a_console_script(capsys):
+    import re
+
+    import partformer
+    setup = open(os.path.join(REPO, "setup.py")).read()
+    scripts = dict(re.findall(r'"(partformer-[\w-]+)=([\w.]+:\w+)"', setup))
+    mains = _tool_mains()
+    assert len(mains) == 13
+    for tool, main in mains.items():
+        with pytest.raises(SystemExit) as e:
+            main(["--version"])
+        assert e.value.code == 0, tool
+        assert capsys.readouterr().out.strip() == f"partformer {partformer.__version__}", tool
+        target = f"{main.__module__}:{main.__name__}"
+        assert target in scripts.values(), f"tools/{tool} ({target}) has no console script"
+        name = "partformer-" + tool[:-3].replace("_", "-")
+        assert scripts.get(name) == target, (name, scripts)
+
+
+@pytest.mark.parametrize("tool", ["train.py", "pretrain.py", "eval.py", "visualize.py",
+                                  "infer.py", "benchmark.py", "export_onnx.py"])
+def test_tools_that_run_a_network_take_device_and_model(tool, capsys):
+    with pytest.raises(SystemExit):
+        _tool_mains()[tool](["--help"])
+    text = capsys.readouterr().out
+    assert "--device DEVICE" in text
+    if tool != "pretrain.py":
+        assert "--model" in text or "MODEL" in text
+
+
+def test_every_tool_names_a_model_with_model(capsys):
+    """train (init), eval, visualize, infer, benchmark, export_weights, convert_official."""
+    for tool in ("train.py", "eval.py", "visualize.py", "infer.py", "benchmark.py",
+                 "export_weights.py", "convert_official.py"):
+        with pytest.raises(SystemExit):
+            _tool_mains()[tool](["--help"])
+        assert "--model" in capsys.readouterr().out, tool
+
+
+def test_out_is_a_folder_or_the_help_says_file(capsys):
+    for tool, main in _tool_mains().items():
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        if "--out " in text or "--output " in text:
+            assert "FOLDER" in text or "FILE" in text or "output directory" in text, tool
+
+
+def test_train_starts_from_a_model_strictly(root, tmp_path, capsys):
+    import torch
+
+    from partformer.engine.checkpoint import load_checkpoint
+    from partformer.engine.trainer import Trainer
+
+    from tests.tiny import tiny_checkpoint, tiny_config
+    (tmp_path / "m").mkdir()
+    ckpt, cfg, model = tiny_checkpoint(str(tmp_path / "m"), seed=5)
+    run = tmp_path / "run"
+    assert train_main(["--model", ckpt, "--config", tiny_yaml(root), "--run-dir", str(run),
+                       "train.max_steps=1", "--no-test"]) == 0
+    assert load_checkpoint(str(run / "last.pt"))["init_from"] == ckpt
+    # the weights it starts from are the model's (before the first step)
+    tr = Trainer(tiny_config(root), run_dir=str(tmp_path / "r2"), init=(model.state_dict(), ckpt),
+                 verbose=False)
+    for k, v in model.state_dict().items():
+        assert torch.equal(tr.model.state_dict()[k], v), k
+    tr.close()
+    # another architecture: one line naming the differences and the fix, no run directory
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    err = fails(train_main, ["--model", ckpt, "--config", tiny_yaml(root), "--run-dir", str(bad),
+                             "model.num_parts=5", "--no-test"], capsys)
+    assert "does not fit the architecture" in err and "shape mismatches" in err
+    assert "leave out --config" in err and not bad.exists()
+    err = fails(train_main, ["--model", ckpt, "--config", tiny_method_yaml(root, "mpae"),
+                             "--run-dir", str(bad), "--no-test"], capsys)
+    assert "is a partformer model" in err and not bad.exists()
+    with pytest.raises(SystemExit):
+        train_main(["--model", ckpt, "--resume", str(run)])

@@ -177,7 +177,9 @@ class Trainer:
     """Build with a resolved :class:`partformer.config.Config`; call :meth:`fit`."""
 
     def __init__(self, cfg, run_dir: Optional[str] = None, resume: Optional[str] = None,
-                 verbose: bool = True, overwrite: bool = False):
+                 verbose: bool = True, overwrite: bool = False, init=None):
+        """``init``: ``(state_dict, source)`` of a model to start from (``train --model``):
+        loaded strictly into the freshly built model before anything is written."""
         self.cfg = cfg
         self.verbose = verbose
         self.device = D.init_distributed(cfg.train.device)
@@ -192,6 +194,8 @@ class Trainer:
         self._build_data()
         self._build_optimisation()
         self._init_state()
+        if init is not None:
+            self._load_init(*init)
         if resume:
             self.load_resume(resume)
         self._mark_boundary()
@@ -259,6 +263,7 @@ class Trainer:
         self.skipped_images = 0
         self.skipped_files: list = []
         self.wandb_id = None
+        self.init_from: Optional[str] = None   # train --model: the weights it started from
         self._metrics_rows: Optional[int] = None
         self._group_finite: Optional[torch.Tensor] = None
         self._lines = None            # plain progress lines off a terminal (during fit)
@@ -293,6 +298,30 @@ class Trainer:
                 f"protocol); choose one of {available}, e.g. "
                 f"train.select_metric={available[0] if available else '...'}")
 
+    def _load_init(self, state: Dict[str, torch.Tensor], source: str) -> None:
+        """Start from ``state`` (a model's weights), strictly: a model of another architecture
+        is one error naming the first differences and the fix."""
+        from partformer.engine.checkpoint import CheckpointError
+        own = self.model.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
+        if missing or unexpected or shapes:
+            found = "; ".join(f"{len(v)} {name} (e.g. {v[0]})" for name, v in
+                              (("missing keys", missing), ("unexpected keys", unexpected),
+                               ("shape mismatches", shapes)) if v)
+            raise CheckpointError(
+                f"--model {source} does not fit the architecture of this run's config "
+                f"(method.name={self.cfg.method.name}, model.num_parts={self.cfg.model.num_parts}"
+                f", model.encoder.name={self.cfg.model.encoder.name}): {found}. Train with the "
+                "config the model was trained with (leave out --config to use its own), or "
+                "without --model")
+        load_state_dict_strict(self.model, state, source=source)
+        self.init_from = source
+        if self.verbose and D.is_main_process():
+            print(f"initialised from {source}", file=sys.stderr)
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
         return {
@@ -313,6 +342,7 @@ class Trainer:
             # where a relative data.root pointed when training ran (tools resolve it with this)
             "data_root": os.path.abspath(self.cfg.data.root), "cwd": os.getcwd(),
             "wandb_id": getattr(self.logger, "wandb_id", None) if hasattr(self, "logger") else None,
+            "init_from": self.init_from,
             # metrics.jsonl rows written so far: a resumed run drops the rows after them
             "metrics_rows": self.logger.rows if hasattr(self, "logger") else 0,
         }
@@ -347,6 +377,7 @@ class Trainer:
         _set_numpy_state(rng["numpy"])
         _set_python_state(rng["python"])
         self.wandb_id = ckpt.get("wandb_id")
+        self.init_from = ckpt.get("init_from")
         if D.is_main_process() and self.verbose:
             print(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
 

@@ -420,6 +420,40 @@ class FeatureMapEncoder(nn.Module):
             self.model.eval()
         return self
 
+    @torch.no_grad()
+    def freeze_grid(self, image_size: Tuple[int, int]) -> bool:
+        """For a graph of one input size (ONNX export): resample a ViT's position embedding once
+        for inputs of ``image_size``, exactly as every forward would (timm's bicubic resize, or
+        the ``dino_legacy`` scale-factor resize), and make that the model's own grid, so that the
+        forward resamples nothing. Returns whether anything changed (CNNs and ViTs already at
+        that grid: no)."""
+        vit = self.model
+        if self.out_indices is not None or getattr(vit, "pos_embed", None) is None:
+            return False
+        pe = vit.patch_embed
+        old = tuple(int(v) for v in pe.grid_size)
+        new = tuple(int(v) for v in self.feature_size(tuple(image_size)))
+        if old == new:
+            return False
+        prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
+        pos = vit.pos_embed
+        if self.pos_embed_interp == "dino_legacy":
+            grid = pos[:, prefix:].reshape(1, old[0], old[1], -1).permute(0, 3, 1, 2).float()
+            grid = F.interpolate(grid, scale_factor=((new[0] + 0.1) / old[0],
+                                                     (new[1] + 0.1) / old[1]),
+                                 mode="bicubic", align_corners=False)
+            patch = grid.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], -1).to(pos.dtype)
+            resized = torch.cat([pos[:, :prefix], patch], dim=1)
+        else:
+            from timm.layers import resample_abs_pos_embed
+            resized = resample_abs_pos_embed(pos, new_size=list(new), old_size=list(old),
+                                             num_prefix_tokens=prefix)
+        vit.pos_embed = nn.Parameter(resized.detach().clone(), requires_grad=pos.requires_grad)
+        pe.grid_size = new
+        pe.num_patches = new[0] * new[1]
+        pe.img_size = tuple(int(v) for v in image_size)
+        return True
+
     def feature_size(self, image_size: Tuple[int, int]) -> Tuple[int, int]:
         """Feature-grid size ``(h, w)`` for an input of ``image_size = (H, W)``.
 
