@@ -75,8 +75,9 @@ def _add_version(p: argparse.ArgumentParser) -> None:
 
 
 MODEL_HELP = ("the model: a checkpoint (runs/<run>/best.pt), a run directory, a .safetensors file "
-              "(with --config), a method's authors' released checkpoint, or the name of shipped "
-              "weights (e.g. synthetic_k4)")
+              "(with --config), a method's authors' released checkpoint, the name of shipped "
+              "weights (e.g. synthetic_k4), a pretrained folder (partformer.save_pretrained) or "
+              "a Hugging Face Hub model hf://<user>/<repo>[@revision] (offline: its cache)")
 
 
 def _add_model_arg(p: argparse.ArgumentParser, required: bool) -> None:
@@ -601,6 +602,16 @@ def export_weights_main(argv: List[str]) -> int:
     p.add_argument("--description", default="")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--list", action="store_true", help="print the registered names and exit")
+    p.add_argument("--save-pretrained", default=None, metavar="FOLDER",
+                   help="instead: write a Hugging Face pretrained FOLDER (model.safetensors, "
+                        "config.yaml, README.md model card with the run's results_test.json)")
+    p.add_argument("--push-to-hub", default=None, metavar="USER/REPO",
+                   help="instead: upload that folder to the Hugging Face Hub (needs a token: "
+                        "huggingface-cli login); load it with --model hf://USER/REPO")
+    p.add_argument("--private", action="store_true", help="--push-to-hub: a private repository")
+    p.add_argument("--results", default=None,
+                   help="the results_<split>.json for the model card (default: the run's "
+                        "results_test.json)")
     args = p.parse_intermixed_args(argv)
     if args.list:
         for name, e in sorted(hub.available_weights().items()):
@@ -609,8 +620,20 @@ def export_weights_main(argv: List[str]) -> int:
     if args.checkpoint and args.model and args.checkpoint != args.model:
         p.error("give the model once: positional CHECKPOINT or --model")
     model = args.model or args.checkpoint
+    if model and (args.save_pretrained or args.push_to_hub):
+        if args.save_pretrained:
+            folder = hub.save_pretrained(model, args.save_pretrained, args.config, args.results,
+                                         overwrite=args.overwrite)
+            print(f"wrote {folder}/ (model.safetensors, config.yaml, README.md); load with "
+                  f"partformer.load({folder!r})")
+        if args.push_to_hub:
+            url = hub.push_to_hub(model, args.push_to_hub, args.config, args.results,
+                                  private=args.private)
+            print(f"uploaded to {url}; load with partformer.load('hf://{args.push_to_hub}')")
+        return 0
     if not model or not args.name:
-        p.error("--model (or a positional checkpoint) and --name are required (or --list)")
+        p.error("--model (or a positional checkpoint) and --name are required (or --list, "
+                "--save-pretrained, --push-to-hub)")
     hub.check_weights_name(args.name)
     e = hub.export_weights(model, args.out, args.name, args.description, args.overwrite,
                            config=args.config)
