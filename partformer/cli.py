@@ -372,6 +372,8 @@ def eval_main(argv: List[str]) -> int:
         if args.wandb:
             logger = ExperimentLogger(out, cfg.logging.wandb, cfglib.to_dict(cfg),
                                       f"eval-{cfg.experiment.name}", job_type="eval")
+            if args.model and not reference:
+                _record_model_artifact(logger, args.model, source)
         split = args.split or cfg.data.test_split
         results = evaluate_methods(cfg, predictors, split=split, out_dir=out,
                                    progress=_progress(cfg),
@@ -387,6 +389,30 @@ def eval_main(argv: List[str]) -> int:
         if logger is not None:
             logger.close(exit_code)
         D.cleanup()
+
+
+def _record_model_artifact(logger, model: str, source: str) -> None:
+    """``eval --wandb`` of one of our checkpoints: the evaluation run uses (online; offline:
+    records) the model artifact version its training run logged (same files, same digest)."""
+    import yaml
+
+    from partformer.engine.checkpoint import load_checkpoint
+    from partformer.engine.trainer import model_collection
+    from partformer.hub import locate
+    path = locate(model)[0]
+    if not path.endswith(".pt"):
+        return
+    ckpt = load_checkpoint(path)
+    if "model" not in ckpt or "config" not in ckpt:
+        return
+    stored = cfglib.from_dict(yaml.safe_load(ckpt["config"]))
+    record = logger.record_model(path, model_collection(stored), {"source": source})
+    if record is not None and D.is_main_process():
+        print(f"W&B: model artifact {record['name']} (digest {record['digest'][:12]}) "
+              + ("used by this run" if record["linked"] else
+                 "recorded in the run's config as model_artifact (an offline run cannot use "
+                 "artifacts; the digest names the version the training run logged)"),
+              file=sys.stderr)
 
 
 def _log_eval_masks(logger, cfg, predictors, split: str) -> None:

@@ -56,6 +56,11 @@ class TrainingInterrupted(Exception):
 MAX_SKIPPED_NAMES = 100
 
 
+def model_collection(cfg) -> str:
+    """The W&B model artifact of an experiment: one collection per ``experiment.name``."""
+    return f"{cfg.experiment.name}-model"
+
+
 class TrainStep(nn.Module):
     """A method's model and training objective as one module (what DDP wraps, so that the
     gradients of every forward the objective runs are synchronised):
@@ -205,6 +210,8 @@ class Trainer:
         self.logger = ExperimentLogger(self.run_dir, cfg.logging.wandb, cfglib.to_dict(cfg, "train"),
                                        os.path.basename(self.run_dir), resume_id=self.wandb_id,
                                        keep_rows=self._metrics_rows)
+        # the run summary shows the best validation value of the selection metric, not the last
+        self.logger.define_best(f"val/{cfg.train.select_metric}", "max")
         self.viz_batch = self._fixed_val_batch()
 
 
@@ -631,15 +638,22 @@ class Trainer:
         return summary
 
     def _log_model_artifact(self) -> None:
-        """``best.pt`` (else ``last.pt``) as a W&B model artifact."""
-        for name in ("best", "last"):
+        """The selected model (``best.pt``, alias ``best``) and the last one (``last.pt``, alias
+        ``latest``) as versions of the W&B model artifact named after the experiment
+        (``experiment.name``: one collection per experiment, versions accumulate across runs);
+        model-only files (model.safetensors + config.yaml), not the optimiser state."""
+        from partformer.engine.checkpoint import load_checkpoint
+        if self.logger.wandb is None:
+            return
+        for name, alias in (("best", "best"), ("last", "latest")):
             path = os.path.join(self.run_dir, f"{name}.pt")
-            if os.path.isfile(path):
-                self.logger.log_artifact(path, f"{os.path.basename(self.run_dir)}-{name}",
-                                         metadata={"step": self.step, "checkpoint": f"{name}.pt",
-                                                   "select_metric": self.cfg.train.select_metric,
-                                                   "best_value": self.best_value})
-                return
+            if not os.path.isfile(path):
+                continue
+            step = load_checkpoint(path).get("step", self.step)
+            self.logger.log_model(path, model_collection(self.cfg), [alias], metadata={
+                "step": step, "checkpoint": f"{name}.pt", "run_dir": self.run_dir,
+                "method": self.cfg.method.name, "select_metric": self.cfg.train.select_metric,
+                "best_value": self.best_value, "best_epoch": self.best_epoch})
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
