@@ -395,3 +395,24 @@ def test_train_starts_from_a_model_strictly(root, tmp_path, capsys):
     assert "is a partformer model" in err and not bad.exists()
     with pytest.raises(SystemExit):
         train_main(["--model", ckpt, "--resume", str(run)])
+
+
+# ------------------------------------------------------------------ 16.6: --device cuda, no CUDA
+@pytest.mark.parametrize("tool", ["train.py", "eval.py", "visualize.py", "infer.py",
+                                  "export_onnx.py", "benchmark.py", "pretrain.py"])
+def test_device_cuda_without_cuda_is_one_line(tool, root, tmp_path, capsys, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    from tests.tiny import tiny_checkpoint
+    (tmp_path / "m").mkdir()
+    ckpt, _, _ = tiny_checkpoint(str(tmp_path / "m"))
+    run = str(tmp_path / "run")
+    argv = {"train.py": ["--config", tiny_yaml(root), "--run-dir", run],
+            "eval.py": ["--model", ckpt, "--out", run],
+            "visualize.py": ["--model", ckpt, "--out", run + ".png"],
+            "infer.py": [str(tmp_path / "m"), "--model", ckpt, "--out", run],
+            "export_onnx.py": [ckpt, run + ".onnx"],
+            "benchmark.py": ["--config", tiny_yaml(root)],
+            "pretrain.py": ["--config", tiny_yaml(root), "--run-dir", run]}[tool]
+    err = fails(_tool_mains()[tool], argv + ["--device", "cuda"], capsys)
+    assert "cuda" in err.lower() and not os.path.exists(run)
