@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from partformer.datatools import make_synthetic_main  # noqa: E402
+from partformer.datatools import make_synthetic_main as main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(make_synthetic_main())
+    sys.exit(main())

@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from partformer.datatools import prepare_partimagenet_main  # noqa: E402
+from partformer.datatools import prepare_partimagenet_main as main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(prepare_partimagenet_main())
+    sys.exit(main())
