@@ -42,7 +42,10 @@ setup(
         "tqdm>=4.60",
         "safetensors>=0.4",
     ],
-    extras_require={"dev": ["pytest>=7"]},
+    # onnx: tools/export_onnx.py and its check (onnxruntime on the CPU); dev has it too, so
+    # that the test suite (CI installs .[dev]) checks the export
+    extras_require={"dev": ["pytest>=7", "onnx>=1.14", "onnxruntime>=1.16"],
+                    "onnx": ["onnx>=1.14", "onnxruntime>=1.16"]},
     entry_points={
         "console_scripts": [
             "partformer-train=partformer.cli:train_main",
@@ -53,6 +56,11 @@ setup(
             "partformer-infer=partformer.cli:infer_main",
             "partformer-export-weights=partformer.cli:export_weights_main",
             "partformer-convert-official=partformer.cli:convert_official_main",
+            "partformer-export-onnx=partformer.cli:export_onnx_main",
+            "partformer-make-synthetic=partformer.datatools:make_synthetic_main",
+            "partformer-prepare-celeba=partformer.datatools:prepare_celeba_main",
+            "partformer-prepare-deepfashion=partformer.datatools:prepare_deepfashion_main",
+            "partformer-prepare-partimagenet=partformer.datatools:prepare_partimagenet_main",
         ],
     },
     classifiers=[

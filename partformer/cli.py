@@ -66,13 +66,18 @@ def _add_common(p: argparse.ArgumentParser, config: bool = True) -> None:
         cfglib.add_config_args(p)
     p.add_argument("--debug", action="store_true",
                    help="show the full traceback of an error (also PARTFORMER_DEBUG=1)")
+    _add_version(p)
+
+
+def _add_version(p: argparse.ArgumentParser) -> None:
     from partformer import __version__
     p.add_argument("--version", action="version", version=f"partformer {__version__}")
 
 
 MODEL_HELP = ("the model: a checkpoint (runs/<run>/best.pt), a run directory, a .safetensors file "
-              "(with --config), a method's authors' released checkpoint, or the name of shipped "
-              "weights (e.g. synthetic_k4)")
+              "(with --config), a method's authors' released checkpoint, the name of shipped "
+              "weights (e.g. synthetic_k4), a pretrained folder (partformer.save_pretrained) or "
+              "a Hugging Face Hub model hf://<user>/<repo>[@revision] (offline: its cache)")
 
 
 def _add_model_arg(p: argparse.ArgumentParser, required: bool) -> None:
@@ -178,7 +183,11 @@ def _fit_or_interrupt(trainer, tool: str, main: bool):
 
 
 def _progress(cfg) -> bool:
-    return cfg.logging.progress and sys.stderr.isatty()
+    """Whether to show progress (a bar on a terminal, plain lines every
+    ``logging.progress_every`` seconds off one: partformer/engine/progress.py)."""
+    from partformer.engine import progress
+    progress.configure(cfg.logging.progress_every)
+    return bool(cfg.logging.progress)
 
 
 # ------------------------------------------------------------------------------------ train
@@ -191,19 +200,31 @@ def train_main(argv: List[str]) -> int:
     _add_common(p)
     p.add_argument("--resume", default=None,
                    help="run directory or its last.pt: continue that run exactly where it stopped")
+    p.add_argument("--model", default=None,
+                   help="start from this model's weights (a fresh optimiser and schedule; loaded "
+                        "strictly: the architecture must be the same): " + MODEL_HELP + ". "
+                        "Without --config its stored config is the run's (plus overrides)")
     _add_run_dir_args(p)
+    _add_device_arg(p)
     p.add_argument("--no-test", action="store_true", help="skip the final test-split evaluation")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the grid and k-means baselines in the final table")
     args = p.parse_intermixed_args(argv)
-    cfg = _load(args)
+    init = None
+    if args.model:
+        if args.resume:
+            p.error("--model starts a new run from a model's weights; --resume continues a run: "
+                    "give one of them")
+        cfg, init = _init_model(args)
+    else:
+        cfg = _load(args)
 
     from partformer.engine.evaluator import write_json
     from partformer.engine.logger import EXIT_FAILED
     from partformer.engine.trainer import Trainer
 
     trainer = Trainer(cfg, run_dir=_run_dir(args), resume=args.resume,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, init=init)
     main = D.is_main_process()
     if main:
         print(cfglib.to_yaml(cfg))
@@ -224,6 +245,26 @@ def train_main(argv: List[str]) -> int:
     finally:
         trainer.close(exit_code)
         D.cleanup()
+
+
+def _init_model(args):
+    """``(config, (state, source))`` of ``train --model``: the model's own config (plus the
+    overrides) without ``--config``; with it, the file's config, whose method must be the
+    model's (the architecture is checked when the weights are loaded)."""
+    from partformer.hub import locate, read_model_file
+    path, entry_config = locate(args.model)
+    stored, state, source = read_model_file(path, entry_config,
+                                            overrides=_device_overrides(args) if args.config
+                                            is None else (), resolve_data_root=args.config is None)
+    if args.config is None:
+        return stored, (state, source)
+    cfg = cfglib.load_config(args.config, _device_overrides(args))
+    if cfg.method.name != stored.method.name:
+        raise cfglib.ConfigError(
+            f"--model {args.model} is a {stored.method.name} model and --config {args.config} "
+            f"trains method.name={cfg.method.name}; start from a model of the same method, or "
+            f"pass method.name={stored.method.name} and its settings")
+    return cfg, (state, source)
 
 
 def _final_test(args, cfg, trainer, summary) -> int:
@@ -331,6 +372,8 @@ def eval_main(argv: List[str]) -> int:
         if args.wandb:
             logger = ExperimentLogger(out, cfg.logging.wandb, cfglib.to_dict(cfg),
                                       f"eval-{cfg.experiment.name}", job_type="eval")
+            if args.model and not reference:
+                _record_model_artifact(logger, args.model, source)
         split = args.split or cfg.data.test_split
         results = evaluate_methods(cfg, predictors, split=split, out_dir=out,
                                    progress=_progress(cfg),
@@ -346,6 +389,30 @@ def eval_main(argv: List[str]) -> int:
         if logger is not None:
             logger.close(exit_code)
         D.cleanup()
+
+
+def _record_model_artifact(logger, model: str, source: str) -> None:
+    """``eval --wandb`` of one of our checkpoints: the evaluation run uses (online; offline:
+    records) the model artifact version its training run logged (same files, same digest)."""
+    import yaml
+
+    from partformer.engine.checkpoint import load_checkpoint
+    from partformer.engine.trainer import model_collection
+    from partformer.hub import locate
+    path = locate(model)[0]
+    if not path.endswith(".pt"):
+        return
+    ckpt = load_checkpoint(path)
+    if "model" not in ckpt or "config" not in ckpt:
+        return
+    stored = cfglib.from_dict(yaml.safe_load(ckpt["config"]))
+    record = logger.record_model(path, model_collection(stored), {"source": source})
+    if record is not None and D.is_main_process():
+        print(f"W&B: model artifact {record['name']} (digest {record['digest'][:12]}) "
+              + ("used by this run" if record["linked"] else
+                 "recorded in the run's config as model_artifact (an offline run cannot use "
+                 "artifacts; the digest names the version the training run logged)"),
+              file=sys.stderr)
 
 
 def _log_eval_masks(logger, cfg, predictors, split: str) -> None:
@@ -487,10 +554,8 @@ def infer_main(argv: List[str]) -> int:
                     "skips images already done unless --overwrite.")
     _add_common(p, config=False)
     p.add_argument("inputs", nargs="+", help="folders, image / video files or quoted globs")
-    p.add_argument("--model", "--checkpoint", dest="model", required=True,
-                   help="checkpoint (runs/<run>/best.pt), run directory, shipped weights name, "
-                        ".safetensors (with --config) or the authors' model_best.pth")
-    p.add_argument("--out", required=True, help="output folder")
+    _add_model_arg(p, required=True)
+    p.add_argument("--out", required=True, help="output FOLDER")
     p.add_argument("--config", default=None, help="config of a .safetensors file")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -500,14 +565,20 @@ def infer_main(argv: List[str]) -> int:
     p.add_argument("--no-overlays", action="store_true", help="write labels and JSON only")
     p.add_argument("--every", type=int, default=1, help="videos: every N-th frame")
     p.add_argument("--overwrite", action="store_true", help="redo images already done")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress (a bar on a terminal, else a plain line every "
+                        "--progress-every seconds)")
+    p.add_argument("--progress-every", type=float, default=None, metavar="SECONDS",
+                   help="seconds between progress lines off a terminal (default 30)")
     args = p.parse_intermixed_args(argv)
     if not 0.0 <= args.alpha <= 1.0:
         p.error(f"--alpha must be in [0, 1], got {args.alpha}")
     for flag in ("every", "batch_size"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    from partformer.engine import progress as progress_lines
     from partformer.infer import print_summary, run_inference
+    progress_lines.configure(args.progress_every)
     from partformer.predictor import load
     predictor = load(args.model, args.device, config=args.config, batch_size=args.batch_size,
                      resize=args.resize)
@@ -519,7 +590,7 @@ def infer_main(argv: List[str]) -> int:
             summary = run_inference(predictor, args.inputs, args.out, overwrite=args.overwrite,
                                     alpha=args.alpha, overlays=not args.no_overlays,
                                     every=args.every,
-                                    progress=not args.no_progress and sys.stderr.isatty())
+                                    progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"interrupted; the images written to {args.out} are kept. Run the same command "
               "again to continue (done images are skipped)", file=sys.stderr)
@@ -532,35 +603,124 @@ def infer_main(argv: List[str]) -> int:
 
 
 # ------------------------------------------------------------------------------------ others
+DEFAULT_WEIGHTS_OUT = "weights"
+
+
 @cli_entry
 def export_weights_main(argv: List[str]) -> int:
     from partformer import hub
     p = argparse.ArgumentParser(
-        description="Export a checkpoint as named weights (model-only safetensors + config + an "
+        description="Export a model as named weights (model-only safetensors + config + an "
                     "index.yaml entry with its sha256) so that partformer.load(NAME) finds it "
-                    "offline. --list prints the known names.")
+                    "offline (with PARTFORMER_WEIGHTS_PATH=<--out>). --list prints the known "
+                    "names. Writes nothing outside --out.")
     _add_common(p, config=False)
-    p.add_argument("checkpoint", nargs="?", help="runs/<run>/best.pt (or last.pt)")
-    p.add_argument("--name", help="the name partformer.load() will take")
-    p.add_argument("--out", default=hub.WEIGHTS_DIR,
-                   help="folder with the index.yaml to add to (default: partformer/weights, "
-                        "shipped with the package)")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="the model (same as --model; kept for older commands)")
+    _add_model_arg(p, required=False)
+    p.add_argument("--config", default=None, help="the config of a .safetensors --model")
+    p.add_argument("--name", help="the name partformer.load() will take: letters, digits, '.', "
+                                  "'_', '-'")
+    p.add_argument("--out", default=DEFAULT_WEIGHTS_OUT,
+                   help="FOLDER with the index.yaml to add to (default: ./weights in the current "
+                        "directory; never the installed package unless you name its "
+                        "partformer/weights folder)")
     p.add_argument("--description", default="")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--list", action="store_true", help="print the registered names and exit")
+    p.add_argument("--save-pretrained", default=None, metavar="FOLDER",
+                   help="instead: write a Hugging Face pretrained FOLDER (model.safetensors, "
+                        "config.yaml, README.md model card with the run's results_test.json)")
+    p.add_argument("--push-to-hub", default=None, metavar="USER/REPO",
+                   help="instead: upload that folder to the Hugging Face Hub (needs a token: "
+                        "huggingface-cli login); load it with --model hf://USER/REPO")
+    p.add_argument("--private", action="store_true", help="--push-to-hub: a private repository")
+    p.add_argument("--results", default=None,
+                   help="the results_<split>.json for the model card (default: the run's "
+                        "results_test.json)")
     args = p.parse_intermixed_args(argv)
     if args.list:
         for name, e in sorted(hub.available_weights().items()):
             print(f"{name:<24} {e.file}  {e.description}")
         return 0
-    if not args.checkpoint or not args.name:
-        p.error("checkpoint and --name are required (or --list)")
-    e = hub.export_weights(args.checkpoint, args.out, args.name, args.description,
-                           args.overwrite)
+    if args.checkpoint and args.model and args.checkpoint != args.model:
+        p.error("give the model once: positional CHECKPOINT or --model")
+    model = args.model or args.checkpoint
+    if model and (args.save_pretrained or args.push_to_hub):
+        if args.save_pretrained:
+            folder = hub.save_pretrained(model, args.save_pretrained, args.config, args.results,
+                                         overwrite=args.overwrite)
+            print(f"wrote {folder}/ (model.safetensors, config.yaml, README.md); load with "
+                  f"partformer.load({folder!r})")
+        if args.push_to_hub:
+            url = hub.push_to_hub(model, args.push_to_hub, args.config, args.results,
+                                  private=args.private)
+            print(f"uploaded to {url}; load with partformer.load('hf://{args.push_to_hub}')")
+        return 0
+    if not model or not args.name:
+        p.error("--model (or a positional checkpoint) and --name are required (or --list, "
+                "--save-pretrained, --push-to-hub)")
+    hub.check_weights_name(args.name)
+    e = hub.export_weights(model, args.out, args.name, args.description, args.overwrite,
+                           config=args.config)
     extra = ("" if os.path.abspath(args.out) == hub.WEIGHTS_DIR
              else f" with {hub.ENV_PATH}={os.path.abspath(args.out)}")
     print(f"wrote {e.file} (sha256 {e.sha256[:16]}...) and its entry in {e.index}\n"
           f"load with partformer.load({args.name!r}){extra}")
+    return 0
+
+
+@cli_entry
+def export_onnx_main(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="export_onnx.py",
+        description="Export a model's test-time path (its method's predict) as an ONNX graph: "
+                    "input `images` float32 [B, 3, S, S] in [0, 1], output `maps` float32 "
+                    "[B, K+1, h, w] (softmax over the K parts and the background, background "
+                    "last). Checked with onnxruntime against the PyTorch predictor on the same "
+                    "images (the max absolute difference is printed). Needs the extra: "
+                    'pip install -e ".[onnx]".')
+    _add_common(p, config=False)
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("out", help="the ONNX FILE to write (e.g. model.onnx)")
+    p.add_argument("--config", default=None, help="the config of a .safetensors MODEL")
+    p.add_argument("--image-size", type=int, default=None, metavar="S",
+                   help="the graph's input size (default: the model's data.image_size)")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="any batch size (default: the graph is fixed to --batch)")
+    p.add_argument("--batch", type=int, default=1, help="the batch size of a fixed graph")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest max-abs difference to the PyTorch predictor that passes "
+                        "(default 1e-4); above it the export fails with status 2")
+    p.add_argument("--no-check", action="store_true",
+                   help="export only (no onnxruntime needed)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    _add_device_arg(p)
+    args = p.parse_intermixed_args(argv)
+    for flag in ("batch", "opset"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.image_size is not None and args.image_size < 1:
+        p.error(f"--image-size must be >= 1, got {args.image_size}")
+    from partformer.onnx_export import OnnxError, check_onnx, export_predictor
+    from partformer.predictor import load
+    predictor = load(args.model, args.device or "cpu", config=args.config, precision="fp32")
+    info = export_predictor(predictor, args.out, args.image_size, args.dynamic_batch,
+                            args.opset, args.batch, args.overwrite)
+    shape = "x".join(str(v) for v in info["output_shape"])
+    print(f"wrote {args.out}: {predictor.cfg.method.name}, images "
+          f"{'B' if args.dynamic_batch else args.batch}x3x{info['image_size']}x"
+          f"{info['image_size']} -> maps {shape} (opset {info['opset']})")
+    if args.no_check:
+        return 0
+    sizes = (1, 3) if args.dynamic_batch else (args.batch,)
+    diff = check_onnx(args.out, predictor, info["image_size"], sizes)
+    print(f"onnxruntime vs PyTorch predictor: max abs difference {diff:.3g} "
+          f"(batch {', '.join(map(str, sizes))}; tolerance {args.tolerance:g})")
+    if not diff <= args.tolerance:
+        raise OnnxError(f"{args.out} differs from the PyTorch predictor by {diff:.3g} > "
+                        f"--tolerance {args.tolerance:g}; the graph is kept for inspection")
     return 0
 
 
@@ -579,7 +739,8 @@ def convert_official_main(argv: List[str]) -> int:
                    help="which of the authors' models (e.g. cub, celeba): picks dataset-specific "
                         "architecture variants and the benchmark config stored in the output "
                         "(default: detected, checked against the file)")
-    p.add_argument("--input", required=True, help="the authors' file (e.g. model_best.pth)")
+    p.add_argument("--input", "--model", dest="input", required=True,
+                   help="the authors' file (e.g. model_best.pth); --model is the same flag")
     p.add_argument("--output", required=True, help="converted checkpoint FILE to write (.pt)")
     p.add_argument("--config", default=None,
                    help="benchmark config for data / eval settings (default: the shipped config "
@@ -637,10 +798,14 @@ def benchmark_main(argv: List[str]) -> int:
                    help="with --precisions: the pretraining config whose step is timed "
                         "(default: configs/pretrain/synthetic.yaml, the shipped encoder's; "
                         "'none' skips it)")
+    p.add_argument("--model", default=None,
+                   help="profile this model's architecture and settings (its stored config, "
+                        "plus overrides; the weights do not change the speed): " + MODEL_HELP)
+    _add_device_arg(p)
     args = p.parse_intermixed_args(argv)
     if args.batch_size is not None:
         args.overrides = list(args.overrides or []) + [f"train.batch_size={args.batch_size}"]
-    cfg = _load(args)
+    cfg = _load_model(args)[0] if args.model else _load(args)
     import torch
 
     from partformer.engine.evaluator import write_json
@@ -692,7 +857,8 @@ def pretrain_main(argv: List[str]) -> int:
     p.add_argument("--export", default=None, metavar="CHECKPOINT",
                    help="write the teacher encoder of this pretraining checkpoint (best.pt) to "
                         "--out and exit")
-    p.add_argument("--out", default=None, help="output .safetensors of --export")
+    p.add_argument("--out", default=None, help="output .safetensors FILE of --export")
+    _add_device_arg(p)
     args = p.parse_intermixed_args(argv)
     if args.export:
         if not args.out:

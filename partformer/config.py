@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import difflib
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from collections.abc import Mapping
@@ -181,7 +182,8 @@ class WandbConfig:
 @dataclass
 class LoggingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    progress: bool = True             # tqdm bars (rank 0 and a terminal only)
+    progress: bool = True             # rank 0: tqdm bars on a terminal, plain lines off one
+    progress_every: float = 30.0      # seconds between plain progress lines off a terminal
 
 
 PRETRAIN_OBJECTIVES = ("dino", "dino_dense")
@@ -514,6 +516,7 @@ CHECKS: Dict[str, Tuple[Callable[[Any], bool], Any]] = {
     "eval.max_images": _optional_at_least(1),
     "logging.wandb.mode": _one_of(WANDB_MODES),
     "logging.wandb.num_images": _at_least(0),
+    "logging.progress_every": _at_least(0, " (seconds between progress lines off a terminal)"),
     "pretrain.objective": _one_of(PRETRAIN_OBJECTIVES),
     "pretrain.source_size": _at_least(1),
     "pretrain.global_crops": _at_least(2, " (DINO compares each global crop with another)"),
@@ -550,6 +553,7 @@ def check_values(cfg: Config, origins: Optional[Dict[str, str]] = None) -> None:
                 raise ConfigError(f"config key `{dotted}`{_where(dotted, origins)} must be "
                                   f"{expected}, got {obj!r}. Fix it in the config file or on the "
                                   f"command line ({dotted}=...)")
+    _check_encoder_grid(cfg, origins)
     # conditions between keys, and with the shared sections: the run's own method only
     sec = cfg.section()
     problem = getattr(sec, "check", None) and sec.check(cfg)
@@ -557,6 +561,44 @@ def check_values(cfg: Config, origins: Optional[Dict[str, str]] = None) -> None:
         key, message = problem
         dotted = f"{cfg.method.name}.{key}"
         raise ConfigError(f"config key `{dotted}`{_where(dotted, origins)}: {message}")
+
+
+def encoder_patch_size(encoder: "EncoderConfig") -> Optional[int]:
+    """The patch size of a ViT ``model.encoder`` as the config gives it (``kwargs.patch_size``,
+    else the ``patch<N>`` of the timm name, e.g. ``vit_small_patch8_224.dino``), or None: a model
+    with feature levels (``out_indices``, any input size) or a name that does not say."""
+    if encoder.out_indices is not None:
+        return None
+    p = (encoder.kwargs or {}).get("patch_size")
+    if p is None:
+        m = re.search(r"patch(\d+)", encoder.name)
+        p = int(m.group(1)) if m else None
+    if isinstance(p, (list, tuple)) and p:
+        p = p[0]
+    return int(p) if isinstance(p, (int, float)) and p > 0 else None
+
+
+def encoder_patch_key(encoder: "EncoderConfig") -> str:
+    """The config key that sets the patch size :func:`encoder_patch_size` reads, with its value."""
+    if "patch_size" in (encoder.kwargs or {}):
+        return f"model.encoder.kwargs.patch_size={encoder.kwargs['patch_size']}"
+    return f"model.encoder.name={encoder.name}"
+
+
+def _check_encoder_grid(cfg: "Config", origins: Dict[str, str]) -> None:
+    """A ViT encoder cuts the image into patches: its patch must divide ``data.image_size`` (else
+    the first forward fails, after the run directory exists)."""
+    p = encoder_patch_size(cfg.model.encoder)
+    S = cfg.data.image_size
+    if p is None or S % p == 0:
+        return
+    key = encoder_patch_key(cfg.model.encoder)
+    lo, hi = S - S % p, S - S % p + p
+    raise ConfigError(
+        f"config key `data.image_size`{_where('data.image_size', origins)} must be a multiple of "
+        f"the encoder's patch size {p} ({key}"
+        f"{_where(key.split('=')[0], origins).replace(' (', ', ').rstrip(')')}), got {S}; use data.image_size={lo or hi} or {hi}, or an "
+        "encoder whose patch divides it")
 
 
 def _where(dotted: str, origins: Dict[str, str]) -> str:

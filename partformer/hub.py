@@ -136,14 +136,23 @@ def _upgraded_state(cfg, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tens
 
 def locate(path_or_name: str) -> Tuple[str, Optional[str]]:
     """``(model file, config or None)`` for a file, a run directory (its ``best.pt``, else
-    ``last.pt``) or a registered weights name."""
+    ``last.pt``), a pretrained folder (``model.safetensors`` + ``config.yaml``, what
+    :func:`save_pretrained` writes), a Hugging Face Hub model ``hf://<user>/<repo>[@rev]``
+    (downloaded into, or read from, the Hugging Face cache) or a registered weights name."""
+    from partformer import hf
+    if hf.is_hub_name(path_or_name):
+        return hf.pretrained_files(hf.download(path_or_name))
     p = os.path.expanduser(os.fspath(path_or_name))
     if os.path.isdir(p):
         for name in ("best.pt", "last.pt"):
             if os.path.isfile(os.path.join(p, name)):
                 return os.path.join(p, name), None
-        raise WeightsError(f"{p} is a directory without best.pt or last.pt; pass a checkpoint "
-                           "file or a training run directory")
+        files = hf.pretrained_files(p)
+        if files is not None:
+            return files
+        raise WeightsError(f"{p} is a directory without best.pt or last.pt (a training run) "
+                           f"or {hf.WEIGHTS_FILE} + {hf.CONFIG_FILE} (a pretrained folder); pass "
+                           "a checkpoint file, a run directory or a pretrained folder")
     if os.path.isfile(p):
         return p, None
     e = resolve_weights(path_or_name)
@@ -199,15 +208,50 @@ def convert_official_file(input_path: str, output_path: str, method: Optional[st
 
 
 # ---------------------------------------------------------------------------------- exporting
-def export_weights(checkpoint: str, out_dir: str, name: str, description: str = "",
-                   overwrite: bool = False) -> WeightsEntry:
-    """Write ``<out_dir>/<name>.safetensors`` (model weights only) and ``<name>.yaml`` (its
-    config) from one of our checkpoints, and add ``name`` to ``<out_dir>/index.yaml`` with the
-    file's SHA-256. Point ``$PARTFORMER_WEIGHTS_PATH`` at ``out_dir`` (or use
-    ``partformer/weights`` to ship it with the package) and ``partformer.load(name)`` finds it."""
-    from safetensors.torch import save
+WEIGHTS_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
-    cfg, state, _ = read_model_file(checkpoint)
+
+def check_weights_name(name: str) -> str:
+    """``name`` if it can name weights: letters, digits, ``.``, ``_``, ``-``, starting with a
+    letter or digit, no ``..``; it becomes file names inside the output folder, so no path
+    separator can take a file outside it."""
+    import re
+    if not isinstance(name, str) or not re.fullmatch(WEIGHTS_NAME_PATTERN, name) or ".." in name:
+        raise WeightsError(f"weights name {name!r} is not a plain name: use letters, digits, '.', "
+                           "'_' and '-' (starting with a letter or digit, no '..' and no '/'); it "
+                           "names <name>.safetensors and <name>.yaml inside the output folder")
+    return name
+
+
+def write_model_files(cfg, state: Dict[str, torch.Tensor], folder: str, stem: str,
+                      metadata: Optional[Dict[str, str]] = None,
+                      config_stem: Optional[str] = None) -> Tuple[str, str]:
+    """Write ``<folder>/<stem>.safetensors`` (the model's tensors only, atomically) and
+    ``<config_stem or stem>.yaml`` (the config that rebuilds the model, only the sections its
+    method uses); returns both paths."""
+    from safetensors.torch import save
+    os.makedirs(folder, exist_ok=True)
+    weights = os.path.join(folder, f"{stem}.safetensors")
+    with atomic_open(weights, "wb") as f:
+        f.write(save({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                     metadata=metadata))
+    config = os.path.join(folder, f"{config_stem or stem}.yaml")
+    cfglib.save_config(cfg, config, "train")
+    return weights, config
+
+
+def export_weights(model: str, out_dir: str, name: str, description: str = "",
+                   overwrite: bool = False, config: Optional[str] = None) -> WeightsEntry:
+    """Write ``<out_dir>/<name>.safetensors`` (model weights only) and ``<name>.yaml`` (its
+    config) from any model name (:func:`locate`: a checkpoint, a run directory, registered
+    weights, a ``.safetensors`` file with ``config``, an authors' file), and add ``name`` to
+    ``<out_dir>/index.yaml`` with the file's SHA-256. Point ``$PARTFORMER_WEIGHTS_PATH`` at
+    ``out_dir`` (or use ``partformer/weights`` to ship it with the package) and
+    ``partformer.load(name)`` finds it. ``name`` must be a plain name
+    (:func:`check_weights_name`)."""
+    check_weights_name(name)
+    path, entry_config = locate(model)
+    cfg, state, _ = read_model_file(path, config or entry_config)
     os.makedirs(out_dir, exist_ok=True)
     index_path = os.path.join(out_dir, INDEX_FILE)
     index, header = {}, ""
@@ -222,14 +266,72 @@ def export_weights(checkpoint: str, out_dir: str, name: str, description: str = 
     if name in index and not overwrite:
         raise WeightsError(f"{index_path} already lists {name!r}; pass overwrite=True "
                            "(--overwrite) to replace it")
-    weights = os.path.join(out_dir, f"{name}.safetensors")
-    with atomic_open(weights, "wb") as f:
-        f.write(save({k: v.detach().contiguous() for k, v in state.items()}))
-    cfglib.save_config(cfg, os.path.join(out_dir, f"{name}.yaml"))
+    weights, _ = write_model_files(cfg, state, out_dir, name)
+    source = model if not os.path.exists(model) else os.path.abspath(model)
     index[name] = {"file": f"{name}.safetensors", "config": f"{name}.yaml",
                    "sha256": sha256_file(weights),
-                   "description": description or f"exported from {os.path.abspath(checkpoint)}"}
+                   "description": description or f"exported from {source}"}
     with atomic_open(index_path, "w") as f:
         f.write(header)
         yaml.safe_dump(index, f, sort_keys=True)
     return _read_index(out_dir)[name]
+
+
+# ---------------------------------------------------------------------- the Hugging Face Hub
+def _results_next_to(path: str) -> Optional[str]:
+    """The ``results_test.json`` of the run a checkpoint belongs to (or of a pretrained folder),
+    if there is one."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    found = os.path.join(folder, "results_test.json")
+    return found if os.path.isfile(found) else None
+
+
+def save_pretrained(model: str, folder: str, config: Optional[str] = None,
+                    results: Optional[str] = None, name: Optional[str] = None,
+                    overwrite: bool = False) -> str:
+    """Write the pretrained folder of any model name (:func:`locate`) to ``folder``:
+    ``model.safetensors`` (the model's tensors only), ``config.yaml`` and a ``README.md`` model
+    card with the method, the training data, the config and the measured results
+    (``results``: a ``results_<split>.json``; default: the run's ``results_test.json`` when the
+    model is a run's checkpoint). ``name``: the repository name the card shows
+    (default: the folder's name). A non-empty ``folder`` that is not a pretrained folder is
+    refused; an existing pretrained folder needs ``overwrite``. Returns ``folder``."""
+    from partformer import __version__, hf
+    from partformer.methods import get_method
+    if os.path.isdir(folder) and os.listdir(folder):
+        if hf.pretrained_files(folder) is None:
+            raise WeightsError(f"{folder} is not empty and is not a pretrained folder; pick an "
+                               "empty or new folder (nothing in it is replaced)")
+        if not overwrite:
+            raise WeightsError(f"{folder} already holds a pretrained model; pass overwrite=True "
+                               "(--overwrite) to replace it")
+    path, entry_config = locate(model)
+    cfg, state, source = read_model_file(path, config or entry_config)
+    results = results or (_results_next_to(model) if os.path.exists(model) else None)
+    write_model_files(cfg, state, folder, "model",
+                      metadata={"format": "partformer-pretrained-1", "method": cfg.method.name},
+                      config_stem="config")
+    name = name or os.path.basename(os.path.abspath(folder))
+    source_name = model if not os.path.exists(model) else os.path.abspath(model)
+    hf.write_card(folder, hf.model_card(cfg, name, get_method(cfg.method.name).supervision,
+                                        hf.read_results(results), source_name, __version__))
+    return folder
+
+
+def push_to_hub(model: str, repo_id: str, config: Optional[str] = None,
+                results: Optional[str] = None, private: bool = False,
+                token: Optional[str] = None, commit_message: Optional[str] = None,
+                revision: Optional[str] = None) -> str:
+    """:func:`save_pretrained` into a temporary folder, then create the Hub repository
+    ``repo_id`` (``<user>/<repo>``; ``private``) if needed and upload the three files. Needs a
+    token (``huggingface-cli login`` or ``token=``). Returns the commit URL; the model then
+    loads anywhere with ``partformer.load("hf://<repo_id>")``."""
+    import tempfile
+
+    from partformer import hf
+    repo = hf.split_hub_name(repo_id)[0]
+    with tempfile.TemporaryDirectory(prefix="partformer-hub-") as tmp:
+        folder = save_pretrained(model, os.path.join(tmp, repo.split("/")[1]), config, results,
+                                 name=repo)
+        return hf.upload(folder, repo, private=private, token=token, revision=revision,
+                         commit_message=commit_message or f"Upload {os.path.basename(model)}")

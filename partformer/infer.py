@@ -253,10 +253,9 @@ def run_inference(predictor, inputs: Sequence[str], out_dir: str, overwrite: boo
     writer = Writer(out_dir, overlays)
     K = predictor.num_parts
     done, written, failed = [], [], []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=_count(sources, every), desc="infer", dynamic_ncols=True)
+    from partformer.engine.progress import make_progress
+    bar = make_progress(_count(sources, every), "infer", enabled=progress, unit="image",
+                        images=1, main=True)
     batch: List[Tuple[str, np.ndarray, str, Optional[int]]] = []
     orientation_of: Dict[str, Dict[str, Any]] = {}
 

@@ -272,6 +272,21 @@ def load(path_or_name: str, device: Union[None, str, torch.device] = None, *,
                      source=str(path_or_name))
 
 
+def from_pretrained(repo_or_folder: str, device: Union[None, str, torch.device] = None, *,
+                    revision: Optional[str] = None, **kwargs) -> Predictor:
+    """A :class:`Predictor` of a Hugging Face Hub model (``"<user>/<repo>"`` or
+    ``"hf://<user>/<repo>"``; ``revision`` a branch, tag or commit) or of a local pretrained
+    folder (``partformer.save_pretrained``). The same as ``load("hf://<user>/<repo>")``;
+    ``kwargs`` as :func:`load`."""
+    from partformer import hf
+    name = os.fspath(repo_or_folder)
+    if not os.path.isdir(name) and not hf.is_hub_name(name):
+        name = hf.HF_PREFIX + name
+    if revision and hf.is_hub_name(name):
+        name = f"{name.split('@', 1)[0]}@{revision}"
+    return load(name, device, **kwargs)
+
+
 def _device(device: Union[None, str, torch.device]) -> torch.device:
     """``device`` as a torch device (default: CUDA when available); a CUDA device on a machine
     without CUDA is a :class:`~partformer.config.ConfigError` (one line, exit 2 in the tools)."""

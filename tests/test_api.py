@@ -259,12 +259,16 @@ def test_readme_example_runs_as_written(tmp_path):
     shutil.copytree(os.path.join(REPO, "docs"), work / "docs")
     env = {k: v for k, v in os.environ.items() if k != "PARTFORMER_WEIGHTS_PATH"}
     env["PYTHONPATH"] = REPO
+    tmp = tmp_path / "tmp"   # the example writes to the temporary folder, not where it runs
+    tmp.mkdir()
+    env["TMPDIR"] = str(tmp)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=str(work), env=env, timeout=120)
     assert out.returncode == 0, out.stderr
-    written = [f for f in os.listdir(work) if f.endswith(".png")]
-    assert written, out.stdout
-    assert np.asarray(Image.open(work / written[0])).shape[:2] == (128, 128)
+    assert sorted(os.listdir(work)) == ["docs"], "the README example wrote into the checkout"
+    written = [f for f in os.listdir(tmp) if f.endswith(".png")]
+    assert written == ["example_parts.png"], os.listdir(tmp)
+    assert np.asarray(Image.open(tmp / written[0])).shape[:2] == (128, 128)
 
 
 def _can_build_wheels() -> bool:

@@ -94,12 +94,15 @@ def test_training_run_logs_masks_tables_results_and_artifact(root, tmp_path, wan
         assert run["summary"][f"test/partformer/{name}"] == pytest.approx(r["value"])
     assert run["summary"]["test/results/_type"] == "table-file"
     assert run["summary"]["test/results/nrows"] == len(results["partformer"])
-    # training summary and best.pt as a model artifact
+    # training summary; best.pt and last.pt as versions of the experiment's model artifact
     assert run["summary"]["steps"] == 2 and run["summary"]["skipped_images"] == 0
     models = [a for a in run["artifacts"] if a.type == "model"]
-    assert len(models) == 1 and models[0].name == "run-best"
-    assert [c.path for c in models[0].manifest.contents] == ["best.pt"]
-    assert json.loads(models[0].metadata)["checkpoint"] == "best.pt"
+    assert [a.name for a in models] == ["tiny-model", "tiny-model"]
+    assert ["best" in a.aliases for a in models] == [True, False]
+    assert "latest" in models[1].aliases
+    for a, ckpt in zip(models, ("best.pt", "last.pt")):
+        assert sorted(c.path for c in a.manifest.contents) == ["config.yaml", "model.safetensors"]
+        assert json.loads(a.metadata)["checkpoint"] == ckpt
     # names are run-<run id>-<key>-<random suffix>; the suffix may itself contain "-"
     rest = [a.name.split("-", 2)[-1] for a in run["artifacts"] if a.type == "run_table"]
     keys = ("valmasks_table", "testresults")
@@ -142,6 +145,13 @@ def test_eval_wandb_logs_an_evaluation_run(root, tmp_path, wandb_offline, monkey
                       "logging.wandb.num_images=2"]) == 0
     run = finished_run(out)
     assert run["exit_code"] == 0 and run["run"].job_type == "eval"
+    # the model: the artifact version the training run would log for best.pt (same collection
+    # and digest), recorded in the config (offline runs cannot use artifacts)
+    from partformer.engine.logger import model_artifact
+    art = model_artifact(os.path.join(run_dir, "best.pt"), "tiny-model", str(tmp_path))
+    rec = run["config"]["model_artifact"]
+    assert rec["name"] == "tiny-model" and rec["digest"] == art.manifest.digest()
+    assert rec["linked"] is False
     results = json.load(open(os.path.join(out, "results_test.json")))["results"]["partformer"]
     for name, r in results.items():
         assert run["summary"][f"test/partformer/{name}"] == pytest.approx(r["value"])
@@ -163,7 +173,37 @@ def test_run_without_validation_split_writes_only_finite_numbers(root, tmp_path,
     assert run["exit_code"] == 0
     assert run["summary"]["best_value"] is None and run["summary"]["steps"] == 2
     models = [a for a in run["artifacts"] if a.type == "model"]
-    assert len(models) == 1 and models[0].name == "run-last"
+    assert len(models) == 1 and models[0].name == "tiny-model" and "latest" in models[0].aliases
     assert json.loads(models[0].metadata)["best_value"] is None
     summary = json.load(open(os.path.join(run_dir, "train_summary.json")))
     assert summary["best_value"] is None and summary["best_epoch"] == -1
+
+
+def test_summary_holds_the_best_validation_value_and_the_artifact_the_model(root, tmp_path,
+                                                                           wandb_offline):
+    """Issue 16.13: define_metric makes the summary of the selection metric its best value (not
+    the last); the artifact holds the model only (model.safetensors + config.yaml, no optimiser
+    state), equal to best.pt's model; the config logged holds the sections the run used."""
+    from safetensors.torch import load
+
+    from partformer.engine.checkpoint import load_checkpoint
+    run_dir = str(tmp_path / "run")
+    assert train_main(["--config", tiny_yaml(root), "--run-dir", run_dir, "train.epochs=4",
+                       "train.max_steps=null", "--no-test", "train.lr=3e-3"]) == 0
+    run = finished_run(run_dir)
+    values = [h["val/kp_nmi_with_bg"] for h in run["history"] if "val/kp_nmi_with_bg" in h]
+    assert len(values) == 4
+    assert run["summary"]["val/kp_nmi_with_bg"] == {"max": pytest.approx(max(values))}
+    best = load_checkpoint(os.path.join(run_dir, "best.pt"))
+    assert max(values) == pytest.approx(best["best_value"])
+    # the config: the sections of a training run of this method only
+    assert {k for k in run["config"] if not k.startswith("_")} == {
+        "experiment", "data", "model", "method", "train", "eval", "logging", "partformer"}
+    # the artifact's files (staged by W&B for the sync) are the model alone
+    art = [a for a in run["artifacts"] if a.type == "model" and "best" in a.aliases][0]
+    entry = {c.path: c for c in art.manifest.contents}["model.safetensors"]
+    staged = entry.local_path
+    state = load(open(staged, "rb").read())
+    assert set(state) == set(best["model"]) and "optimizer" not in state
+    for k, v in best["model"].items():
+        assert torch.equal(state[k], v), k

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Export a training run's checkpoint as named weights for `partformer.load(NAME)`:
 
-    python tools/export_weights.py runs/<run>/best.pt --name synthetic_k4   # into partformer/weights
+    python tools/export_weights.py --model runs/<run>/best.pt --name my_k4 --out weights
+    PARTFORMER_WEIGHTS_PATH=weights python -c "import partformer; partformer.load('my_k4')"
+    python tools/export_weights.py --model runs/<run>/best.pt --name synthetic_k4 --out partformer/weights --overwrite   # ship it
     python tools/export_weights.py --list
 
 See `python tools/export_weights.py --help`; the logic lives in partformer/hub.py.

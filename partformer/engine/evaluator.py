@@ -58,11 +58,11 @@ def iterate_predictions(predict: Predictor, dataset, batch_size: int, num_worker
     """``(batch, maps)`` over ``dataset`` (this process's share, no sample dropped); the maps stay
     on the predictor's device (metrics accumulate there), ``None`` for a batch whose images were
     all skipped. ``timer``: see :func:`_stage`."""
+    from partformer.engine.progress import make_progress, tracked
     loader = _loader(dataset, batch_size, num_workers)
-    if progress and D.is_main_process():
-        from tqdm import tqdm
-        loader = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
-    batches = iter(loader)
+    bar = make_progress(len(loader), desc, enabled=progress, unit="batch", images=batch_size,
+                        leave=False)
+    batches = iter(tracked(loader, bar))
     while True:
         with _stage(timer, "data"):
             batch = next(batches, None)
@@ -77,14 +77,23 @@ def iterate_predictions(predict: Predictor, dataset, batch_size: int, num_worker
 
 
 def collect_centroids(predict: Predictor, dataset, batch_size: int = 32, num_workers: int = 0,
-                      progress: bool = False, convention: str = "index") -> Dict[str, np.ndarray]:
+                      progress: bool = False, convention: str = "index",
+                      skipped: Optional[List[str]] = None) -> Dict[str, np.ndarray]:
     """The regression rows (:class:`~partformer.metrics.keypoints.CentroidCollector`) of a whole
-    dataset, e.g. the regressor split, merged across processes, in dataset order."""
+    dataset, e.g. the regressor split, merged across processes, in dataset order. ``skipped`` (a
+    list, optional) receives the files of ``dataset`` that were skipped as missing or
+    undecodable (merged across processes)."""
     rows = KP.CentroidCollector(convention)
+    seen, count = [], 0
     for batch, maps in iterate_predictions(predict, dataset, batch_size, num_workers, progress,
                                            "centroids"):
+        count += int(batch["num_skipped"])
         if maps is not None:
+            seen.append(batch["index"].numpy())
             P.feed_centroids(rows, maps, batch)
+    if skipped is not None:
+        total = int(D.all_reduce_sum(torch.tensor([count]))[0])
+        skipped[:] = skipped_files(dataset, seen) if total else []
     return rows.all_gather().arrays()
 
 
@@ -141,7 +150,9 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
     applicable) protocol of :data:`~partformer.metrics.protocols.PROTOCOLS`, in its order.
 
     ``info`` (a dict, optional) receives ``skipped_files`` (the images of the split that were
-    skipped as missing or undecodable) and ``num_images`` (those evaluated).
+    skipped as missing or undecodable), ``num_images`` (those evaluated) and, when a regression
+    protocol ran, ``regressor_skipped_files`` (the images of the regressor split skipped while
+    fitting the keypoint / landmark regressor).
     ``centroid_convention`` (``eval.centroid_convention``): the cell positions of the regression
     protocols' centroids (``metrics.keypoints.CENTROID_CONVENTIONS``; ``index`` = PDiscoFormer).
     ``keypoint_lookup`` (``eval.keypoint_lookup``): how the keypoint NMI / ARI protocols read the
@@ -171,8 +182,11 @@ def evaluate(predict: Predictor, dataset, num_parts: int, *, resize: str = "whol
     results = _pooled_results(wanted, accumulators, settings, timer)
     if regressions:
         # the evaluated split's centroids came from the pass above; only the regressor split is new
+        reg_skipped: List[str] = []
         train = collect_centroids(predict, regressor_dataset, batch_size, num_workers, progress,
-                                  centroid_convention)
+                                  centroid_convention, skipped=reg_skipped)
+        if info is not None:
+            info["regressor_skipped_files"] = reg_skipped
         test = accumulators[P.CENTROIDS].all_gather().arrays()
         for name in regressions:
             p = P.PROTOCOLS[name]

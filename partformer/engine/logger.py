@@ -152,6 +152,43 @@ class ExperimentLogger:
         art.add_file(path, name=os.path.basename(path))
         self.wandb.log_artifact(art)
 
+    def define_best(self, key: str, goal: str = "max") -> None:
+        """Make the run summary of ``key`` its best value (``max`` / ``min``), not its last."""
+        if self.active and self.wandb is not None:
+            self.wandb.define_metric(key, summary=goal)
+
+    def log_model(self, checkpoint: str, collection: str, aliases: Sequence[str],
+                  metadata: Optional[Dict[str, Any]] = None) -> None:
+        """Log the model of one of our checkpoints as a version of the ``model`` artifact
+        ``collection`` (one per experiment name, so versions accumulate across runs) with
+        ``aliases``: the model-only files (:func:`model_artifact_files`), not the optimiser."""
+        if not self.active or self.wandb is None or not os.path.isfile(checkpoint):
+            return
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="partformer-artifact-") as tmp:
+            art = model_artifact(checkpoint, collection, tmp, metadata)
+            self.wandb.log_artifact(art, aliases=list(aliases))
+
+    def record_model(self, checkpoint: str, collection: str,
+                     metadata: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+        """An evaluation's model as the input of this run: ``use_artifact`` of the same
+        model-only files the training run logged (same collection and digest: W&B links the two
+        runs). Offline, W&B cannot use artifacts: the run's config then records the artifact's
+        name and digest (``model_artifact``), which name the version once both runs are synced.
+        Returns that record."""
+        if not self.active or self.wandb is None or not os.path.isfile(checkpoint):
+            return None
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="partformer-artifact-") as tmp:
+            art = model_artifact(checkpoint, collection, tmp, metadata)
+            record = {"name": art.name, "type": art.type, "digest": art.manifest.digest(),
+                      "checkpoint": os.path.abspath(checkpoint),
+                      "linked": not self.wandb.settings._offline}
+            if record["linked"]:
+                self.wandb.use_artifact(art)
+        self.wandb.config.update({"model_artifact": record}, allow_val_change=True)
+        return record
+
     def summary(self, values: Dict[str, Any]) -> None:
         if not self.active:
             return
@@ -189,6 +226,37 @@ def gt_class_labels(names: Optional[Sequence[str]],
             if v > 0:
                 labels[int(v)] = f"gt {int(v)}"
     return labels
+
+
+MODEL_FILES = ("model.safetensors", "config.yaml")
+
+
+def model_artifact_files(checkpoint: str, folder: str) -> List[str]:
+    """The model of one of our checkpoints as ``<folder>/model.safetensors`` (its tensors only)
+    and ``config.yaml`` (the config stored in the checkpoint, verbatim): the same bytes for the
+    same checkpoint, so that a training run and an evaluation of its model log one artifact
+    version (the pretrained-folder layout of :mod:`partformer.hf`)."""
+    from safetensors.torch import save
+
+    from partformer.engine.checkpoint import load_checkpoint
+    ckpt = load_checkpoint(checkpoint)
+    state = {k: v.detach().cpu().contiguous() for k, v in sorted(ckpt["model"].items())}
+    paths = [os.path.join(folder, n) for n in MODEL_FILES]
+    with open(paths[0], "wb") as f:
+        f.write(save(state))
+    with open(paths[1], "w") as f:
+        f.write(ckpt.get("config", ""))
+    return paths
+
+
+def model_artifact(checkpoint: str, collection: str, folder: str,
+                   metadata: Optional[Dict[str, Any]] = None):
+    import wandb
+    art = wandb.Artifact(_artifact_name(collection), type="model",
+                         metadata=_plain(dict(metadata or {})))
+    for path in model_artifact_files(checkpoint, folder):
+        art.add_file(path, name=os.path.basename(path))
+    return art
 
 
 def _artifact_name(name: str) -> str:

@@ -56,6 +56,11 @@ class TrainingInterrupted(Exception):
 MAX_SKIPPED_NAMES = 100
 
 
+def model_collection(cfg) -> str:
+    """The W&B model artifact of an experiment: one collection per ``experiment.name``."""
+    return f"{cfg.experiment.name}-model"
+
+
 class TrainStep(nn.Module):
     """A method's model and training objective as one module (what DDP wraps, so that the
     gradients of every forward the objective runs are synchronised):
@@ -177,7 +182,9 @@ class Trainer:
     """Build with a resolved :class:`partformer.config.Config`; call :meth:`fit`."""
 
     def __init__(self, cfg, run_dir: Optional[str] = None, resume: Optional[str] = None,
-                 verbose: bool = True, overwrite: bool = False):
+                 verbose: bool = True, overwrite: bool = False, init=None):
+        """``init``: ``(state_dict, source)`` of a model to start from (``train --model``):
+        loaded strictly into the freshly built model before anything is written."""
         self.cfg = cfg
         self.verbose = verbose
         self.device = D.init_distributed(cfg.train.device)
@@ -192,6 +199,8 @@ class Trainer:
         self._build_data()
         self._build_optimisation()
         self._init_state()
+        if init is not None:
+            self._load_init(*init)
         if resume:
             self.load_resume(resume)
         self._mark_boundary()
@@ -201,6 +210,8 @@ class Trainer:
         self.logger = ExperimentLogger(self.run_dir, cfg.logging.wandb, cfglib.to_dict(cfg, "train"),
                                        os.path.basename(self.run_dir), resume_id=self.wandb_id,
                                        keep_rows=self._metrics_rows)
+        # the run summary shows the best validation value of the selection metric, not the last
+        self.logger.define_best(f"val/{cfg.train.select_metric}", "max")
         self.viz_batch = self._fixed_val_batch()
 
 
@@ -259,8 +270,10 @@ class Trainer:
         self.skipped_images = 0
         self.skipped_files: list = []
         self.wandb_id = None
+        self.init_from: Optional[str] = None   # train --model: the weights it started from
         self._metrics_rows: Optional[int] = None
         self._group_finite: Optional[torch.Tensor] = None
+        self._lines = None            # plain progress lines off a terminal (during fit)
 
     def _check_batch_keys(self) -> None:
         """Fail before training when the dataset lacks what the method's step reads (e.g. the
@@ -292,6 +305,30 @@ class Trainer:
                 f"protocol); choose one of {available}, e.g. "
                 f"train.select_metric={available[0] if available else '...'}")
 
+    def _load_init(self, state: Dict[str, torch.Tensor], source: str) -> None:
+        """Start from ``state`` (a model's weights), strictly: a model of another architecture
+        is one error naming the first differences and the fix."""
+        from partformer.engine.checkpoint import CheckpointError
+        own = self.model.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
+        if missing or unexpected or shapes:
+            found = "; ".join(f"{len(v)} {name} (e.g. {v[0]})" for name, v in
+                              (("missing keys", missing), ("unexpected keys", unexpected),
+                               ("shape mismatches", shapes)) if v)
+            raise CheckpointError(
+                f"--model {source} does not fit the architecture of this run's config "
+                f"(method.name={self.cfg.method.name}, model.num_parts={self.cfg.model.num_parts}"
+                f", model.encoder.name={self.cfg.model.encoder.name}): {found}. Train with the "
+                "config the model was trained with (leave out --config to use its own), or "
+                "without --model")
+        load_state_dict_strict(self.model, state, source=source)
+        self.init_from = source
+        if self.verbose and D.is_main_process():
+            print(f"initialised from {source}", file=sys.stderr)
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
         return {
@@ -312,6 +349,7 @@ class Trainer:
             # where a relative data.root pointed when training ran (tools resolve it with this)
             "data_root": os.path.abspath(self.cfg.data.root), "cwd": os.getcwd(),
             "wandb_id": getattr(self.logger, "wandb_id", None) if hasattr(self, "logger") else None,
+            "init_from": self.init_from,
             # metrics.jsonl rows written so far: a resumed run drops the rows after them
             "metrics_rows": self.logger.rows if hasattr(self, "logger") else 0,
         }
@@ -346,6 +384,7 @@ class Trainer:
         _set_numpy_state(rng["numpy"])
         _set_python_state(rng["python"])
         self.wandb_id = ckpt.get("wandb_id")
+        self.init_from = ckpt.get("init_from")
         if D.is_main_process() and self.verbose:
             print(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
 
@@ -404,10 +443,27 @@ class Trainer:
     def _fit(self) -> Dict[str, Any]:
         t0 = time.time()
         done = self.step >= self.total_steps
-        while not done and self.epoch < self._last_epoch():
-            done = self._train_epoch()
-            self._end_epoch(done)
+        self._lines = self._plain_progress()
+        try:
+            while not done and self.epoch < self._last_epoch():
+                done = self._train_epoch()
+                self._end_epoch(done)
+        finally:
+            if self._lines is not None:
+                self._lines.close()
         return self._summary(time.time() - t0)
+
+    def _plain_progress(self):
+        """Off a terminal (rank 0, ``logging.progress``): a plain line every
+        ``logging.progress_every`` seconds with step, epoch, loss, images/s and ETA
+        (partformer/engine/progress.py); on a terminal the epoch's tqdm bar shows instead."""
+        from partformer.engine import progress
+        if not (self.cfg.logging.progress and D.is_main_process()) or sys.stderr.isatty():
+            return None
+        progress.configure(self.cfg.logging.progress_every)
+        cfg = self.cfg.train
+        return progress.PlainProgress(self.total_steps, "train", initial=self.step, unit="step",
+                                      images=cfg.batch_size * cfg.grad_accum * self.world)
 
     def _last_epoch(self) -> int:
         """Epochs to run: ``train.epochs``, more if ``train.max_steps`` needs them."""
@@ -440,6 +496,9 @@ class Trainer:
             if self.step % cfg.train.log_every == 0 or self.step == 1:
                 self._log_losses(running, bar)
                 running = RunningLosses()
+            if self._lines is not None:
+                self._lines.set_postfix(epoch=self.epoch)
+                self._lines.update(1)
             if self.step >= self.total_steps:
                 done = True
                 break
@@ -546,6 +605,8 @@ class Trainer:
         self.logger.log(scal, self.step)
         if bar is not None:
             bar.set_postfix(loss=f"{scal['train/total']:.4f}")
+        if getattr(self, "_lines", None) is not None:
+            self._lines.set_postfix(epoch=self.epoch, loss=float(scal["train/total"]))
 
     def _end_epoch(self, done: bool) -> None:
         """After an epoch (or the run's last step): every rank takes rank 0's buffers, the epoch
@@ -577,15 +638,22 @@ class Trainer:
         return summary
 
     def _log_model_artifact(self) -> None:
-        """``best.pt`` (else ``last.pt``) as a W&B model artifact."""
-        for name in ("best", "last"):
+        """The selected model (``best.pt``, alias ``best``) and the last one (``last.pt``, alias
+        ``latest``) as versions of the W&B model artifact named after the experiment
+        (``experiment.name``: one collection per experiment, versions accumulate across runs);
+        model-only files (model.safetensors + config.yaml), not the optimiser state."""
+        from partformer.engine.checkpoint import load_checkpoint
+        if self.logger.wandb is None:
+            return
+        for name, alias in (("best", "best"), ("last", "latest")):
             path = os.path.join(self.run_dir, f"{name}.pt")
-            if os.path.isfile(path):
-                self.logger.log_artifact(path, f"{os.path.basename(self.run_dir)}-{name}",
-                                         metadata={"step": self.step, "checkpoint": f"{name}.pt",
-                                                   "select_metric": self.cfg.train.select_metric,
-                                                   "best_value": self.best_value})
-                return
+            if not os.path.isfile(path):
+                continue
+            step = load_checkpoint(path).get("step", self.step)
+            self.logger.log_model(path, model_collection(self.cfg), [alias], metadata={
+                "step": step, "checkpoint": f"{name}.pt", "run_dir": self.run_dir,
+                "method": self.cfg.method.name, "select_metric": self.cfg.train.select_metric,
+                "best_value": self.best_value, "best_epoch": self.best_epoch})
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()

@@ -45,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["FeatureMapEncoder", "CompressHead", "load_timm_state_dict", "read_state_dict",
+           "EncoderWeightsError", "create_timm_model", "cached_weights_file",
            "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD"]
 
 # the normalisation of every encoder here (ImageNet statistics; images come in [0, 1])
@@ -115,6 +116,120 @@ def load_timm_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor],
             lines.append(f"shape mismatches ({len(shapes)}): {'; '.join(shapes)}")
         raise ValueError("\n".join(lines))
     model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=True)
+
+
+# ------------------------------------------------------------------------- pretrained weights
+class EncoderWeightsError(FileNotFoundError):
+    """A timm encoder's pretrained weights are neither cached nor downloadable; the message names
+    ``model.encoder.name``, the timm name and the fixes."""
+
+
+def _truthy(value: Optional[str]) -> bool:
+    return str(value or "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_offline() -> bool:
+    """Whether Hugging Face Hub downloads are switched off (``HF_HUB_OFFLINE``, read now rather
+    than when huggingface_hub was imported)."""
+    return _truthy(os.environ.get("HF_HUB_OFFLINE"))
+
+
+def _weights_source(name: str):
+    """``(pretrained cfg or None, "hf-hub" | "url" | None, location)`` of timm's weights for
+    ``name`` (as timm resolves them: the Hugging Face Hub when the config names a repository)."""
+    from timm.models import get_pretrained_cfg
+    try:
+        pcfg = get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - an unknown name: timm says so itself
+        return None, None, None
+    if pcfg is None:
+        return None, None, None
+    if getattr(pcfg, "hf_hub_id", None):
+        return pcfg, "hf-hub", pcfg.hf_hub_id
+    if getattr(pcfg, "url", None):
+        return pcfg, "url", pcfg.url
+    return pcfg, None, None
+
+
+def cached_weights_file(name: str) -> Optional[str]:
+    """The local file timm would read for ``name``'s pretrained weights without the network (the
+    Hugging Face cache, or torch hub's ``checkpoints/`` for a URL), or None."""
+    pcfg, kind, loc = _weights_source(name)
+    if kind == "hf-hub":
+        from huggingface_hub import try_to_load_from_cache
+        repo, _, revision = loc.partition("@")
+        names = [pcfg.hf_hub_filename] if getattr(pcfg, "hf_hub_filename", None) else \
+            ["model.safetensors", "pytorch_model.bin"]
+        for f in names:
+            found = try_to_load_from_cache(repo, f, revision=revision or None)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+        return None
+    if kind == "url":
+        from urllib.parse import urlparse
+        path = os.path.join(torch.hub.get_dir(), "checkpoints",
+                            os.path.basename(urlparse(loc).path))
+        return path if os.path.isfile(path) else None
+    return None
+
+
+def _host_reachable(url: str, timeout: float = 3.0) -> bool:
+    """One TCP connection to ``url``'s host (HTTPS port) within ``timeout`` seconds; True when a
+    proxy is configured (the proxy, not this machine, reaches the host)."""
+    import socket
+    from urllib.parse import urlparse
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    host = urlparse(url).hostname
+    if not host:
+        return True
+    try:
+        socket.create_connection((host, urlparse(url).port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _weights_help(name: str, kind: Optional[str], loc: Optional[str], why: str) -> str:
+    where = {"hf-hub": f"the Hugging Face Hub repository {loc}", "url": loc}.get(kind, "timm")
+    return (f"model.encoder.name={name}: the pretrained weights of the timm model {name!r} (from "
+            f"{where}) {why}. Either point at a local copy with model.encoder.weights="
+            f"/path/to/{name.split('.')[0]}.safetensors (or .pth), or warm the cache on a machine "
+            f"with network (python -c \"import timm; timm.create_model('{name}', "
+            "pretrained=True)\", then copy its Hugging Face cache, ~/.cache/huggingface, here) "
+            "and run with HF_HUB_OFFLINE=1")
+
+
+def create_timm_model(name: str, pretrained: bool, **kwargs) -> nn.Module:
+    """``timm.create_model(name, pretrained, **kwargs)``, except that pretrained weights that
+    cannot be had fail at once with one message naming the fixes (:class:`EncoderWeightsError`):
+    not cached and ``HF_HUB_OFFLINE=1``, not cached and the host unreachable, or a failed
+    download (instead of a minute of retries and a generic message)."""
+    import timm
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    _, kind, loc = _weights_source(name)
+    if kind is not None and cached_weights_file(name) is None:
+        if hub_offline():
+            raise EncoderWeightsError(_weights_help(
+                name, kind, loc, "are not in the local cache and HF_HUB_OFFLINE=1 forbids "
+                                 "downloading them"))
+        if kind == "hf-hub":
+            from huggingface_hub import constants
+            url = constants.ENDPOINT
+        else:
+            url = loc
+        if not _host_reachable(url):
+            raise EncoderWeightsError(_weights_help(
+                name, kind, loc, f"are not in the local cache and {url} cannot be reached "
+                                 "(no network?)"))
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except (OSError, ConnectionError, TimeoutError) as e:
+        raise EncoderWeightsError(_weights_help(
+            name, kind, loc, f"could not be downloaded ({type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})")
+        ) from None
 
 
 # ------------------------------------------------------------------------------ legacy pos-embed
@@ -203,8 +318,6 @@ class FeatureMapEncoder(nn.Module):
                  fuse_order: str = "shallow_first", fuse_align_corners: bool = False,
                  **timm_kwargs):
         super().__init__()
-        import timm
-
         self.center = bool(center)
         if fuse_order not in FUSE_ORDERS:
             raise ValueError(f"fuse_order must be one of {FUSE_ORDERS}, got {fuse_order!r}")
@@ -225,8 +338,7 @@ class FeatureMapEncoder(nn.Module):
         if img_size is not None and pos_embed_interp == "timm":
             kwargs["img_size"] = img_size
         self.name = name
-        self.model = timm.create_model(name, pretrained=bool(pretrained) and weights is None,
-                                       **kwargs)
+        self.model = create_timm_model(name, bool(pretrained) and weights is None, **kwargs)
         if not hasattr(self.model, "patch_embed") or not hasattr(self.model, "num_prefix_tokens"):
             raise ValueError(f"timm model {name!r} is not a ViT-like model with patch tokens "
                              "(needs `patch_embed` and `num_prefix_tokens`)")
@@ -272,8 +384,6 @@ class FeatureMapEncoder(nn.Module):
 
     def _init_features_only(self, name: str, pretrained: bool, weights: Optional[str],
                             frozen: bool, layer: Optional[int], timm_kwargs) -> None:
-        import timm
-
         if not self.out_indices:
             raise ValueError("out_indices must list at least one feature level")
         if layer is not None:
@@ -281,9 +391,11 @@ class FeatureMapEncoder(nn.Module):
                              "models) list the levels in out_indices instead")
         self.name = name
         try:
-            self.model = timm.create_model(name, pretrained=bool(pretrained) and weights is None,
+            self.model = create_timm_model(name, bool(pretrained) and weights is None,
                                            features_only=True, out_indices=self.out_indices,
                                            **timm_kwargs)
+        except EncoderWeightsError:
+            raise
         except (RuntimeError, TypeError, ValueError, IndexError) as e:
             raise ValueError(f"timm model {name!r} cannot give feature levels {self.out_indices} "
                              f"(features_only): {e}") from None
@@ -307,6 +419,40 @@ class FeatureMapEncoder(nn.Module):
         if self.frozen:
             self.model.eval()
         return self
+
+    @torch.no_grad()
+    def freeze_grid(self, image_size: Tuple[int, int]) -> bool:
+        """For a graph of one input size (ONNX export): resample a ViT's position embedding once
+        for inputs of ``image_size``, exactly as every forward would (timm's bicubic resize, or
+        the ``dino_legacy`` scale-factor resize), and make that the model's own grid, so that the
+        forward resamples nothing. Returns whether anything changed (CNNs and ViTs already at
+        that grid: no)."""
+        vit = self.model
+        if self.out_indices is not None or getattr(vit, "pos_embed", None) is None:
+            return False
+        pe = vit.patch_embed
+        old = tuple(int(v) for v in pe.grid_size)
+        new = tuple(int(v) for v in self.feature_size(tuple(image_size)))
+        if old == new:
+            return False
+        prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
+        pos = vit.pos_embed
+        if self.pos_embed_interp == "dino_legacy":
+            grid = pos[:, prefix:].reshape(1, old[0], old[1], -1).permute(0, 3, 1, 2).float()
+            grid = F.interpolate(grid, scale_factor=((new[0] + 0.1) / old[0],
+                                                     (new[1] + 0.1) / old[1]),
+                                 mode="bicubic", align_corners=False)
+            patch = grid.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], -1).to(pos.dtype)
+            resized = torch.cat([pos[:, :prefix], patch], dim=1)
+        else:
+            from timm.layers import resample_abs_pos_embed
+            resized = resample_abs_pos_embed(pos, new_size=list(new), old_size=list(old),
+                                             num_prefix_tokens=prefix)
+        vit.pos_embed = nn.Parameter(resized.detach().clone(), requires_grad=pos.requires_grad)
+        pe.grid_size = new
+        pe.num_patches = new[0] * new[1]
+        pe.img_size = tuple(int(v) for v in image_size)
+        return True
 
     def feature_size(self, image_size: Tuple[int, int]) -> Tuple[int, int]:
         """Feature-grid size ``(h, w)`` for an input of ``image_size = (H, W)``.

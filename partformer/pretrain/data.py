@@ -37,10 +37,11 @@ def load_split_images(data_cfg, size: int, num_workers: int = 0, progress: bool 
     cfg = copy.deepcopy(data_cfg)
     cfg.image_size = int(size)
     ds = build_dataset(cfg, cfg.train_split, skip_bad_images=True)
+    from partformer.engine.progress import make_progress, tracked
     loader = DataLoader(ds, batch_size=64, num_workers=num_workers, collate_fn=collate)
-    if progress:
-        from tqdm import tqdm
-        loader = tqdm(loader, desc=f"reading {cfg.name}/{cfg.train_split}", leave=False)
+    bar = make_progress(len(loader), f"reading {cfg.name}/{cfg.train_split}", enabled=progress,
+                        unit="batch", images=64, leave=False)
+    loader = tracked(loader, bar)
     out = []
     for batch in loader:
         if "image" in batch:
@@ -78,8 +79,13 @@ def render_extra_synthetic(count: int, seed: int, size: int, generator_options: 
             arr = np.load(path, mmap_mode="r")
             if arr.shape == (count, size, size, 3):
                 return torch.from_numpy(np.ascontiguousarray(arr))
-    print(f"[pretrain] rendering {count} extra synthetic images (seed {seed}, {size}px)",
-          file=sys.stderr, flush=True)
+    mb = count * size * size * 3 / 1e6
+    where = (f"cached in {os.path.abspath(path)} ({mb:,.1f} MB on disk, reused by later runs; "
+             "pretrain.cache_dir=DIR puts it elsewhere, pretrain.cache_dir=null keeps it in "
+             "memory only)" if path else f"kept in memory only ({mb:,.1f} MB; "
+                                         "pretrain.cache_dir=DIR caches it for later runs)")
+    print(f"[pretrain] rendering {count} extra synthetic images (pretrain.extra_synthetic, seed "
+          f"{seed}, {size}px), {where}", file=sys.stderr, flush=True)
     chunk = 500
     jobs = [(gen_cfg, s, min(count, s + chunk)) for s in range(0, count, chunk)]
     if workers > 1:

@@ -65,6 +65,23 @@ class PretrainNet(nn.Module):
         return self.global_head(fmap.mean(dim=(2, 3))), self.dense_head(fmap)
 
 
+def _check_crop_grid(cfg) -> None:
+    """A ViT encoder's patch must divide the crop sizes it is trained on (before anything is
+    built or written)."""
+    p = cfglib.encoder_patch_size(cfg.model.encoder)
+    if p is None:
+        return
+    sizes = [("pretrain.global_size", cfg.pretrain.global_size)]
+    if cfg.pretrain.local_crops:
+        sizes.append(("pretrain.local_size", cfg.pretrain.local_size))
+    for key, size in sizes:
+        if size % p:
+            raise cfglib.ConfigError(
+                f"config key `{key}` must be a multiple of the encoder's patch size {p} "
+                f"({cfglib.encoder_patch_key(cfg.model.encoder)}), got {size}; use "
+                f"{key}={max(p, size - size % p)}")
+
+
 class Pretrainer:
     def __init__(self, cfg, run_dir: Optional[str] = None, resume: Optional[str] = None,
                  verbose: bool = True, overwrite: bool = False,
@@ -80,6 +97,7 @@ class Pretrainer:
         if requested:   # before anything is built: a run directory in use is refused at once
             check_run_dir(requested, bool(resume), overwrite, "tools/pretrain.py")
         self.amp_dtype = resolve_precision(cfg.train.precision, self.device)
+        _check_crop_grid(cfg)
         if cfg.train.batch_size % self.world:
             raise cfglib.ConfigError(f"train.batch_size={cfg.train.batch_size} (the global batch) "
                                      f"must be divisible by the {self.world} processes")
@@ -87,7 +105,7 @@ class Pretrainer:
         # ``bank``: uint8 [N, S, S, 3] images to train on instead of the dataset's (the speed
         # harness); otherwise the unlabeled image bank of partformer/pretrain/data.py
         self.bank = bank if bank is not None else build_image_bank(
-            cfg, cache_dir=p.cache_dir, progress=verbose and D.is_main_process())
+            cfg, cache_dir=p.cache_dir, progress=verbose and cfg.logging.progress)
         self.steps_per_epoch = max(1, len(self.bank) // cfg.train.batch_size)
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
 
@@ -326,12 +344,12 @@ class Pretrainer:
     def _fit(self, until: Optional[int]) -> Dict[str, Any]:
         cfg, p = self.cfg, self.cfg.pretrain
         stop = self.total_steps if until is None else min(int(until), self.total_steps)
-        show = cfg.logging.progress and D.is_main_process() and sys.stderr.isatty()
-        bar = None
-        if show:
-            from tqdm import tqdm
-            bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain",
-                       dynamic_ncols=True)
+        from partformer.engine import progress
+        progress.configure(cfg.logging.progress_every)
+        # a bar on a terminal, a plain line every logging.progress_every seconds off one
+        bar = progress.make_progress(self.total_steps, "pretrain",
+                                     enabled=cfg.logging.progress and self.verbose,
+                                     initial=self.step, images=cfg.train.batch_size)
         t0, n0 = time.time(), self.step
         running: Dict[str, float] = {}
         count = 0          # steps in `running`: fewer than log_every right after a resume
@@ -342,16 +360,13 @@ class Pretrainer:
                 running[k] = running.get(k, 0.0) + v
             count += 1
             if bar is not None:
+                bar.set_postfix(loss=float(stats["loss"]))
                 bar.update(1)
-                bar.set_postfix(loss=f"{stats['loss']:.3f}")
             if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
                 row = {f"pretrain/{k}": v / count for k, v in running.items()}
                 row["pretrain/sec_per_step"] = (time.time() - t0) / max(1, self.step - n0)
                 self.logger.log(row, self.step)
                 running, count = {}, 0
-                if not show and D.is_main_process() and self.verbose:
-                    print(f"step {self.step}/{self.total_steps} " + " ".join(
-                        f"{k.split('/')[-1]}={v:.4g}" for k, v in row.items()), flush=True)
             last = self.step == self.total_steps
             if p.probe_every > 0 and (self.step % p.probe_every == 0 or last):
                 self._probe_and_select()

@@ -133,6 +133,19 @@ class MPAEConfig:
                 return (key, f"{p} must divide data.image_size={S} (MPAE needs one patch grid "
                              "for the encoder, the part-token ViT and the masked decoder; "
                              "448 and 224 with patch 14 in the authors' code)")
+        from partformer.config import encoder_patch_key, encoder_patch_size
+        enc = encoder_patch_size(cfg.model.encoder)
+        if enc is None and cfg.model.encoder.out_indices is not None:
+            return ("part_vit.patch_size", "MPAE needs a ViT model.encoder (patch tokens on the "
+                    "grid of the part-token ViT and the masked decoder), not feature levels "
+                    f"(model.encoder.out_indices={cfg.model.encoder.out_indices})")
+        for key, p in (("part_vit.patch_size", self.part_vit.patch_size),
+                       ("decoder.patch_size", self.decoder.patch_size)):
+            if enc is not None and p != enc:
+                return (key, f"{p} differs from the encoder's patch size {enc} "
+                             f"({encoder_patch_key(cfg.model.encoder)}): the encoder, the "
+                             "part-token ViT and the masked decoder share one patch grid; set "
+                             f"mpae.{key}={enc}")
         return None
 
 
