@@ -5,6 +5,7 @@ tests must not depend on files outside the repository.
 """
 from __future__ import annotations
 
+import dataclasses
 import filecmp
 import hashlib
 import json
@@ -434,7 +435,7 @@ def _tree_digest(root):
 
 
 def test_levels_are_knob_sets_with_their_own_seeds():
-    assert {"clean", "textured", "cluttered"} <= set(syn.level_names())
+    assert syn.level_names() == ("rigid", "clean", "textured", "cluttered")   # easy to hard
     assert syn.level_config("cluttered") == SyntheticConfig()     # the default benchmark
     assert syn.level_config() == SyntheticConfig()
     seeds = [syn.level_config(n).seed for n in syn.level_names()]
@@ -444,8 +445,11 @@ def test_levels_are_knob_sets_with_their_own_seeds():
         cfg = syn.level_config(name)
         # the same animals, parts, keypoints, splits and image size on every level
         for f in ("num_train", "num_val", "num_test", "image_size", "families", "num_schemes",
-                  "scale_range", "articulation", "max_rotation", "pattern_consistency"):
+                  "scale_range", "flip_prob", "pattern_consistency", "noise", "blur",
+                  "outline_prob", "image_format", "jpeg_quality"):
             assert getattr(cfg, f) == getattr(base, f), (name, f)
+        if name != "rigid":
+            assert (cfg.articulation, cfg.max_rotation) == (base.articulation, base.max_rotation)
         assert syn.level_of(cfg) == name
         assert syn.level_of(syn.level_config(name, num_train=7)) == name   # sizes do not matter
         assert syn.level_of(syn.level_config(name, clutter=cfg.clutter + 3)) is None
@@ -453,8 +457,12 @@ def test_levels_are_knob_sets_with_their_own_seeds():
     assert (clean.background, clean.clutter, clean.occlusion, clean.out_of_frame) == \
         ("smooth", 0, 0.0, 0.0)
     tex = syn.level_config("textured")
-    assert tex.background == "textured" and tex.distractors != "parts"
-    assert (tex.occlusion, tex.out_of_frame) == (0.0, 0.0)
+    assert (tex.background, tex.clutter, tex.occlusion, tex.out_of_frame) == \
+        ("textured", 0, 0.0, 0.0)
+    rigid = syn.level_config("rigid")
+    assert {f.name: getattr(rigid, f.name) for f in dataclasses.fields(rigid)} == \
+        {**clean.to_dict(), "seed": rigid.seed, "max_rotation": 0.0, "articulation": 0.0,
+         "scale_range": clean.scale_range, "families": clean.families}
     with pytest.raises(ValueError, match="unknown synthetic level"):
         syn.level_config("hard")
     with pytest.raises(ValueError, match="clutterr"):
@@ -509,10 +517,19 @@ def test_tree_written_before_levels_is_reused(tmp_path):
         ensure_synthetic(root, syn.level_config("clean", **{**SMALL, "seed": 0}), verbose=False)
 
 
-@pytest.mark.parametrize("name", ["clean", "textured"])
-def test_level_scenes(name):
-    """What a level promises: no animal-like distractor, no occluder, the animal in the frame;
-    `clean`: a background without structure, nothing drawn but the animal."""
+@pytest.mark.parametrize("name", ["rigid", "clean", "textured"])
+def test_level_scenes(name, monkeypatch):
+    """What a level promises: nothing drawn but the animal (no distractor, no occluder: every
+    drawn layer carries a part id), all of the animal in the frame; `rigid` and `clean`: a
+    background without structure."""
+    from partformer.data.synthetic import rendering
+    drawn = []
+    draw = rendering._Canvas.draw
+
+    def spy(self, poly, part, tex):
+        drawn.append(part)
+        draw(self, poly, part, tex)
+    monkeypatch.setattr(rendering._Canvas, "draw", spy)
     cfg = syn.level_config(name, num_train=24, num_val=0, num_test=0, image_size=64)
     S = cfg.image_size
     for i in range(24):
@@ -522,12 +539,13 @@ def test_level_scenes(name):
         assert fg.any()
         x, y, w, h = s["bbox"]
         assert 0 < x and 0 < y and x + w < S and y + h < S, (name, i)   # never leaves the frame
-        if name == "clean":   # nothing but the animal on a gradient (+ noise, outlines, blur)
+        if name in ("rigid", "clean"):   # nothing but the animal on a gradient (+ noise, outlines, blur)
             img = s["image"].astype(np.float64)
             near = cv2.dilate(fg.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0  # outlines, blur
             both = ~near[:, 1:] & ~near[:, :-1]   # horizontal neighbours on the background
             step = np.abs(img[:, 1:] - img[:, :-1])[both]
             assert step.mean() < 4 and np.quantile(step, 0.99) < 16, (i, step.mean())
+    assert len(drawn) > 24 * 8 and min(drawn) > 0
 
 
 def test_object_distractors_are_not_animal_shapes():
@@ -559,6 +577,8 @@ def test_level_option_of_the_dataset(tmp_path):
                                               num_test=2).to_dict()
     with pytest.raises(ValueError, match="seed"):    # the same root asked for another level
         build(root, "train", 64, "whole", generator={**gen, "level": "textured"})
+    with pytest.raises(ValueError, match="data.options.generator.level=clean"):
+        build(root, "train", 64, "whole", generator=dict(num_train=4, num_val=2, num_test=2))
     cfg, workers = syn.generator_config({"level": "textured", "clutter": 4, "num_workers": 2})
     assert (cfg.seed, cfg.clutter, workers) == (syn.level_config("textured").seed, 4, 2)
 

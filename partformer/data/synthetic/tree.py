@@ -276,8 +276,12 @@ def _mismatch_message(root: str, meta: Dict[str, Any], cfg: SyntheticConfig) -> 
     if meta.get("generator_version") != GENERATOR_VERSION:
         diffs.insert(0, f"generator_version: on disk {meta.get('generator_version')!r}, "
                         f"this code {GENERATOR_VERSION!r}")
+    hint = ""
+    if meta.get("level") and meta.get("level") != level_of(cfg):
+        hint = (f"\nIt is the level {meta['level']!r}: to use it, set "
+                f"data.options.generator.level={meta['level']}.")
     return (f"the synthetic dataset in {root} was generated with different settings:\n  "
-            + "\n  ".join(diffs) + f"\nDelete {root} to regenerate it, or choose another data.root "
-            f"for these settings.")
+            + "\n  ".join(diffs) + hint + f"\nDelete {root} to regenerate it, or choose another "
+            f"data.root for these settings.")
 
 
