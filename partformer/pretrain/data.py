@@ -65,13 +65,18 @@ def render_extra_synthetic(count: int, seed: int, size: int, generator_options: 
                            cache_dir: Optional[str] = None, workers: int = 1) -> torch.Tensor:
     """``count`` synthetic images (``render_index(SyntheticConfig(seed=seed, ...), i)["image"]``
     for ``i < count``) -> uint8 ``[count, size, size, 3]``; cached in ``cache_dir``."""
-    from partformer.data.synthetic import SyntheticConfig
+    from partformer.data.synthetic import generator_config
     opts = dict(generator_options or {})
-    opts.pop("num_workers", None)
-    gen_cfg = SyntheticConfig(**{**opts, "seed": int(seed), "image_size": int(size)})
+    opts.update(seed=int(seed), image_size=int(size))   # the level's knobs, another seed
+    gen_cfg, _ = generator_config(opts)
     path = None
     if cache_dir:
-        key = hashlib.sha256(json.dumps(gen_cfg.to_dict(), sort_keys=True, default=str)
+        from partformer.data.synthetic.config import ADDED_SETTINGS
+        # settings at their generator-1.0 values are left out: caches written before they existed
+        # hold the same images
+        settings = {k: v for k, v in gen_cfg.to_dict().items()
+                    if not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str)
                              .encode()).hexdigest()[:10]
         path = os.path.join(cache_dir, f"synthetic_extra_s{seed}_n{count}_{size}px_{key}.npy")
         if os.path.isfile(path):
@@ -105,7 +110,8 @@ def build_image_bank(cfg, cache_dir: Optional[str] = None, progress: bool = Fals
         if cfg.data.name != "synthetic":
             raise ValueError("pretrain.extra_synthetic renders images of the synthetic benchmark; "
                              f"it needs data.name=synthetic (got {cfg.data.name!r})")
-        if p.extra_seed == (cfg.data.options.get("generator") or {}).get("seed", 0):
+        from partformer.data.synthetic import generator_config
+        if p.extra_seed == generator_config(cfg.data.options.get("generator"))[0].seed:
             raise ValueError(f"pretrain.extra_seed={p.extra_seed} is the benchmark's own seed: the "
                              "extra images would repeat benchmark images (test included). "
                              "Choose another seed.")
