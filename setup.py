@@ -57,6 +57,7 @@ setup(
             "partformer-export-weights=partformer.cli:export_weights_main",
             "partformer-convert-official=partformer.cli:convert_official_main",
             "partformer-export-onnx=partformer.cli:export_onnx_main",
+            "partformer-oracle=partformer.cli:oracle_main",
             "partformer-make-synthetic=partformer.datatools:make_synthetic_main",
             "partformer-prepare-celeba=partformer.datatools:prepare_celeba_main",
             "partformer-prepare-deepfashion=partformer.datatools:prepare_deepfashion_main",

@@ -12,7 +12,7 @@ import argparse
 import functools
 import os
 import sys
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from partformer import config as cfglib
 from partformer.engine import distributed as D
@@ -451,6 +451,58 @@ def _log_eval_masks(logger, cfg, predictors, split: str) -> None:
         logger.log_masks(f"{split}/{method}/masks", images, labels, K, step=0,
                          ground_truth=gts or None,
                          gt_names=getattr(dataset, "part_names", None), rows=rows, ids=ids)
+
+
+# ------------------------------------------------------------------------------------ oracle
+@cli_entry
+def oracle_main(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(
+        description="The ground-truth part-mask oracle (a ceiling, not a method): the dataset's "
+                    "own part masks as K part maps, scored under every protocol that applies; "
+                    "for K below the number of GT parts, the merge of parts into K groups is "
+                    "the one with the best --select-metric on the validation split.")
+    _add_common(p)
+    p.add_argument("--split", default=None, help="split to score (default: data.test_split)")
+    p.add_argument("--select-metric", default="kp_nmi_with_bg",
+                   help="protocol that picks the merge of GT parts when K < their number")
+    p.add_argument("--out", default=None,
+                   help="output FOLDER for results_<split>.json (default: runs/oracle-<dataset>)")
+    args = p.parse_intermixed_args(argv)
+    cfg = _load(args)
+    device = D.init_distributed(cfg.train.device)
+    from partformer.data import build_dataset
+    from partformer.engine.evaluator import evaluate_methods, num_part_classes
+    from partformer.engine.oracle import best_grouping, part_groups, part_mask_oracle
+    try:
+        split = args.split or cfg.data.test_split
+        K = int(cfg.model.num_parts)
+        C = num_part_classes(build_dataset(cfg.data, split))
+        extra: Dict[str, Any] = {"oracle": "ground-truth part masks", "num_gt_parts": C}
+        groups = part_groups(C, K)
+        if len(groups) > 1:
+            if not cfg.data.val_split or cfg.data.val_split == split:
+                raise cfglib.ConfigError(f"K = {K} < {C} GT parts: the merge of parts is chosen "
+                                         "on the validation split (data.val_split), which must "
+                                         f"differ from the scored split {split!r}")
+            choose = build_dataset(cfg.data, cfg.data.val_split)
+            best, scores = best_grouping(choose, K, C, args.select_metric,
+                                         batch_size=cfg.eval.batch_size, resize=cfg.data.resize)
+            if D.is_main_process():
+                for g in sorted(scores, key=scores.get, reverse=True):
+                    print(f"{cfg.data.val_split} {args.select_metric} {scores[g]:6.2f}  "
+                          f"groups {[list(b) for b in g]}" + ("  <- chosen" if g == best else ""))
+            extra.update(chosen_on=cfg.data.val_split, select_metric=args.select_metric,
+                         choice_scores={str([list(b) for b in g]): v for g, v in scores.items()})
+        else:
+            best = groups[0]
+        extra["groups"] = [list(b) for b in best]
+        out = args.out or os.path.join(cfg.experiment.output_dir, f"oracle-{cfg.data.name}")
+        predict = part_mask_oracle(K, best)
+        evaluate_methods(cfg, {"gt_part_masks": lambda b: predict(b).to(device)}, split=split,
+                         out_dir=out, progress=_progress(cfg), extra=extra)
+        return 0
+    finally:
+        D.cleanup()
 
 
 # ------------------------------------------------------------------------------------ visualize

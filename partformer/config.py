@@ -223,6 +223,13 @@ class PretrainConfig:
     photometric: Dict[str, Any] = field(default_factory=dict)  # crops.photometric overrides
     extra_synthetic: int = 0          # extra unlabeled generator images (synthetic data only)
     extra_seed: int = 1000            # their seed; must differ from the benchmark's
+    # levels of the synthetic benchmark (partformer/data/synthetic/levels.py) that draw the extra
+    # images: extra_synthetic images of each, level i under seed extra_seed + i; empty: the
+    # settings of data.options.generator under extra_seed
+    extra_levels: List[str] = field(default_factory=list)
+    # more unlabeled training splits (e.g. the other levels' trees): each a partial `data`
+    # section (root, name, options, train_split) on top of `data`; only their images are read
+    extra_data: List[Dict[str, Any]] = field(default_factory=list)
     cache_dir: Optional[str] = "datasets/.cache"
     checkpoint_every: int = 250       # steps between last.pt writes
     probe_every: int = 500            # steps between k-means probes on the validation split

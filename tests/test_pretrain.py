@@ -15,7 +15,7 @@ from partformer.pretrain import crops as C
 from partformer.engine.optim import cosine as cosine_schedule
 from partformer.pretrain.dino import DenseDinoLoss, DinoLoss, ProjectionHead
 
-from .tiny import shared_root, tiny_dict
+from .tiny import GENERATOR, shared_root, tiny_dict
 
 TINY_CNN = {"name": "resnet10t", "pretrained": False, "frozen": True, "out_indices": [1, 2],
             "kwargs": {"channels": [8, 16, 16, 16], "stem_width": 8}}
@@ -486,3 +486,58 @@ def test_linear_probe_separates_features_that_carry_the_labels_from_random_ones(
     # no part masks -> no linear probe
     assert linear_probe(informative, [{"image": samples[0]["image"]}] * 3, 3) == {}
     assert cell_labels(samples[0]["part_mask"], (4, 4), 3).shape == (4, 4)
+
+
+def test_image_bank_of_several_levels(root, tmp_path):
+    """pretrain.extra_data adds other trees' training splits (e.g. other levels), and
+    pretrain.extra_levels renders extra_synthetic images of each level, level i under seed
+    extra_seed + i; no extra seed may be a level's or a tree's seed."""
+    import numpy as np
+
+    from partformer.data.synthetic import level_config, render_index
+    from partformer.pretrain.data import build_image_bank
+    gen = {"num_train": 5, "num_val": 2, "num_test": 2, "image_size": 32}
+    other = {"root": str(tmp_path / "clean"),
+             "options": {"generator": {"level": "clean", **gen}}}
+    cfg = pretrain_config(root, str(tmp_path / "run"), [
+        f"pretrain.extra_data=[{json.dumps(other)}]", "pretrain.extra_synthetic=3",
+        "pretrain.extra_levels=[clean, cluttered]", "pretrain.extra_seed=2000"])
+    bank = build_image_bank(cfg)
+    n_main = GENERATOR["num_train"]
+    assert bank.shape == (n_main + 5 + 2 * 3, 32, 32, 3) and bank.dtype == torch.uint8
+    clean0 = render_index(level_config("clean", **gen), 0)["image"]          # the extra tree
+    assert np.abs(bank[n_main].numpy().astype(int) - clean0).mean() < 6     # (via its JPEG)
+    for i, (name, seed) in enumerate((("clean", 2000), ("cluttered", 2001))):
+        want = render_index(level_config(name, seed=seed, image_size=32), 1)["image"]
+        assert np.array_equal(bank[n_main + 5 + 3 * i + 1].numpy(), want)
+    for bad in (["pretrain.extra_seed=100"], ["pretrain.extra_seed=99",
+                                               "pretrain.extra_levels=[clean, rigid]"]):
+        with pytest.raises(ValueError, match="benchmark's own seed of level 'clean'|level 'rigid'"):
+            build_image_bank(pretrain_config(root, str(tmp_path / "x"), [
+                "pretrain.extra_synthetic=2", "pretrain.extra_levels=[clean]", *bad]))
+    with pytest.raises(ValueError, match="unknown synthetic level"):
+        build_image_bank(pretrain_config(root, str(tmp_path / "y"), [
+            "pretrain.extra_synthetic=2", "pretrain.extra_levels=[hard]"]))
+    from partformer.config import ConfigError
+    with pytest.raises(ConfigError, match="rot"):
+        build_image_bank(pretrain_config(root, str(tmp_path / "z"), [
+            'pretrain.extra_data=[{"rot": "x"}]']))
+
+
+def test_levels_pretraining_config_resolves():
+    """configs/pretrain/synthetic_levels.yaml: every level's training split once, extra images of
+    every level under seeds that no level uses, 128 px throughout."""
+    from partformer.data.synthetic import generator_config, level_config, level_names
+    from partformer.pretrain.data import _synthetic_seeds, extra_data_config
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "configs", "pretrain", "synthetic_levels.yaml")
+    cfg = cfglib.load_config(path, [])
+    p = cfg.pretrain
+    sources = [cfg.data] + [extra_data_config(cfg.data, e, i) for i, e in enumerate(p.extra_data)]
+    levels = [generator_config(d.options["generator"])[0] for d in sources]
+    assert sorted(c.seed for c in levels) == sorted(level_config(n).seed for n in level_names())
+    assert len({d.root for d in sources}) == len(sources)
+    assert list(p.extra_levels) == list(level_names()) and p.extra_synthetic > 0
+    seeds = {p.extra_seed + i for i in range(len(p.extra_levels))}
+    assert not seeds & set(_synthetic_seeds(sources))
+    assert p.source_size == p.global_size == cfg.data.image_size == 128

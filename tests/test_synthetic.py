@@ -5,6 +5,7 @@ tests must not depend on files outside the repository.
 """
 from __future__ import annotations
 
+import dataclasses
 import filecmp
 import hashlib
 import json
@@ -401,3 +402,207 @@ def test_cli(tmp_path, capsys):
         (64, 4, 3, [0.3, 0.35], "png")
     rel = _rows(os.path.join(out, "images.txt"))[0][1]
     assert cv2.imread(os.path.join(out, "images", rel)).shape == (64, 64, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# levels (partformer/data/synthetic/levels.py)
+# ------------------------------------------------------------------------------------------------
+
+# Recorded with the code before the levels existed (commit 9627e98, generator 1.0), under OpenCV
+# 5.1.0 and NumPy 2.4.6: the sha256 over every file of the 12 / 6 / 6 default tree but
+# synthetic_meta.json (each file's relative path and sha256, in sorted order), the sha256 of that
+# tree's synthetic_meta.json, and the sha256 over render_index(SyntheticConfig(), i) of images of
+# all three splits of the 2,000 / 300 / 600 benchmark (as GOLDEN above). The full 2,900-image tree
+# was compared file by file too (datasets/synthetic/README.md, "Levels").
+PRE_LEVELS_VERSIONS = ("5.1.0", "2.4.6")
+PRE_LEVELS_TREE = "bed677a732e52fb36d87f00f120e513f6ad094c465706f87ad39013ff86e8b24"
+PRE_LEVELS_META = "54de479754facf3fb338681b55e2b6bf27883f26cd80e238e833a330192636f3"
+PRE_LEVELS_RENDER = "b9a098620ad5c52c72942b018fa2dacfd9cec730dfef8bbad7e6cf8de4d30edd"
+PRE_LEVELS_INDICES = (0, 1, 2, 3, 1999, 2000, 2299, 2300, 2899)
+
+
+def _tree_digest(root):
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for f in sorted(filenames):
+            rel = os.path.relpath(os.path.join(dirpath, f), root)
+            if rel == META_FILE:
+                continue
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                h.update(rel.encode() + b"\0" + hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()
+
+
+def test_levels_are_knob_sets_with_their_own_seeds():
+    assert syn.level_names() == ("rigid", "clean", "textured", "cluttered")   # easy to hard
+    assert syn.level_config("cluttered") == SyntheticConfig()     # the default benchmark
+    assert syn.level_config() == SyntheticConfig()
+    seeds = [syn.level_config(n).seed for n in syn.level_names()]
+    assert len(set(seeds)) == len(seeds) and all(s < 1000 for s in seeds)  # pretraining: >= 1000
+    base = SyntheticConfig()
+    for name in syn.level_names():
+        cfg = syn.level_config(name)
+        # the same animals, parts, keypoints, splits and image size on every level
+        for f in ("num_train", "num_val", "num_test", "image_size", "families", "num_schemes",
+                  "scale_range", "flip_prob", "pattern_consistency", "noise", "blur",
+                  "outline_prob", "image_format", "jpeg_quality"):
+            assert getattr(cfg, f) == getattr(base, f), (name, f)
+        if name != "rigid":
+            assert (cfg.articulation, cfg.max_rotation) == (base.articulation, base.max_rotation)
+        assert syn.level_of(cfg) == name
+        assert syn.level_of(syn.level_config(name, num_train=7)) == name   # sizes do not matter
+        assert syn.level_of(syn.level_config(name, clutter=cfg.clutter + 3)) is None
+    clean = syn.level_config("clean")
+    assert (clean.background, clean.clutter, clean.occlusion, clean.out_of_frame) == \
+        ("smooth", 0, 0.0, 0.0)
+    tex = syn.level_config("textured")
+    assert (tex.background, tex.clutter, tex.occlusion, tex.out_of_frame) == \
+        ("textured", 0, 0.0, 0.0)
+    rigid = syn.level_config("rigid")
+    assert {f.name: getattr(rigid, f.name) for f in dataclasses.fields(rigid)} == \
+        {**clean.to_dict(), "seed": rigid.seed, "max_rotation": 0.0, "articulation": 0.0,
+         "scale_range": clean.scale_range, "families": clean.families}
+    with pytest.raises(ValueError, match="unknown synthetic level"):
+        syn.level_config("hard")
+    with pytest.raises(ValueError, match="clutterr"):
+        syn.level_config("clean", clutterr=3)
+    for bad in (dict(background="noise"), dict(distractors="birds")):
+        with pytest.raises(ValueError):
+            SyntheticConfig(**bad)
+
+
+def test_cluttered_level_is_bit_identical_to_the_benchmark_before_levels(tmp_path):
+    """`tools/make_synthetic.py --level cluttered` writes, byte for byte, the files the generator
+    wrote before the levels existed; synthetic_meta.json only gains the level's name and the two
+    new settings at their generator-1.0 values."""
+    if (cv2.__version__, np.__version__) != PRE_LEVELS_VERSIONS:
+        pytest.skip(f"digests recorded with OpenCV / NumPy {PRE_LEVELS_VERSIONS}")
+    out = str(tmp_path / "cl")
+    _cli_module().main(["--level", "cluttered", "--out", out, "--num-train", "12", "--num-val",
+                        "6", "--num-test", "6"])
+    assert _tree_digest(out) == PRE_LEVELS_TREE
+    with open(os.path.join(out, META_FILE)) as f:
+        meta = json.load(f)
+    assert meta.pop("level") == "cluttered"
+    added = {k: meta["config"].pop(k) for k in syn_tree.ADDED_SETTINGS}
+    assert added == syn_tree.ADDED_SETTINGS
+    old = (json.dumps(meta, indent=2)).encode()
+    assert hashlib.sha256(old).hexdigest() == PRE_LEVELS_META
+    h = hashlib.sha256()
+    for i in PRE_LEVELS_INDICES:
+        s = render_index(syn.level_config("cluttered"), i)
+        for key in ("image", "part_mask", "fg_mask", "keypoints", "visible", "bbox"):
+            h.update(np.ascontiguousarray(s[key]).tobytes())
+        h.update(f"{s['class']} {s['family']} {s['facing']}".encode())
+    assert h.hexdigest() == PRE_LEVELS_RENDER
+
+
+def test_tree_written_before_levels_is_reused(tmp_path):
+    """A tree whose synthetic_meta.json predates the new settings counts as written with their
+    generator-1.0 values: reused by the cluttered level, a mismatch for the others."""
+    cfg = SyntheticConfig(**SMALL)
+    root = str(tmp_path / "old")
+    write_synthetic_cub(root, cfg)
+    path = os.path.join(root, META_FILE)
+    with open(path) as f:
+        meta = json.load(f)
+    del meta["level"]
+    for k in syn_tree.ADDED_SETTINGS:
+        del meta["config"][k]
+    with open(path, "w") as f:
+        json.dump(meta, f)
+    assert ensure_synthetic(root, syn.level_config("cluttered", **SMALL), verbose=False) == root
+    with pytest.raises(ValueError, match="background: on disk 'textured', requested 'smooth'"):
+        ensure_synthetic(root, syn.level_config("clean", **{**SMALL, "seed": 0}), verbose=False)
+
+
+@pytest.mark.parametrize("name", ["rigid", "clean", "textured"])
+def test_level_scenes(name, monkeypatch):
+    """What a level promises: nothing drawn but the animal (no distractor, no occluder: every
+    drawn layer carries a part id), all of the animal in the frame; `rigid` and `clean`: a
+    background without structure."""
+    from partformer.data.synthetic import rendering
+    drawn = []
+    draw = rendering._Canvas.draw
+
+    def spy(self, poly, part, tex):
+        drawn.append(part)
+        draw(self, poly, part, tex)
+    monkeypatch.setattr(rendering._Canvas, "draw", spy)
+    cfg = syn.level_config(name, num_train=24, num_val=0, num_test=0, image_size=64)
+    S = cfg.image_size
+    for i in range(24):
+        rng = np.random.default_rng([cfg.seed, i])
+        s = render_sample(rng, cfg, label=i % cfg.num_classes)
+        fg = s["fg_mask"]
+        assert fg.any()
+        x, y, w, h = s["bbox"]
+        assert 0 < x and 0 < y and x + w < S and y + h < S, (name, i)   # never leaves the frame
+        if name in ("rigid", "clean"):   # nothing but the animal on a gradient (+ noise, outlines, blur)
+            img = s["image"].astype(np.float64)
+            near = cv2.dilate(fg.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0  # outlines, blur
+            both = ~near[:, 1:] & ~near[:, :-1]   # horizontal neighbours on the background
+            step = np.abs(img[:, 1:] - img[:, :-1])[both]
+            assert step.mean() < 4 and np.quantile(step, 0.99) < 16, (i, step.mean())
+    assert len(drawn) > 24 * 8 and min(drawn) > 0
+
+
+def test_object_distractors_are_not_animal_shapes():
+    """``distractors="objects"`` draws few-sided polygons (3-14 vertices: rectangles, triangles,
+    regular polygons, stars, crosses) with straight edges and at least one corner that turns by
+    more than 40 degrees; the animal-like distractors are 16-vertex ellipses, capsules and leaves."""
+    from partformer.data.synthetic.rendering import _random_object
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        pts = _random_object(rng, 128)
+        assert 3 <= len(pts) <= 14
+        d0, d1 = pts - np.roll(pts, 1, 0), np.roll(pts, -1, 0) - pts
+        cos = (d0 * d1).sum(1) / (np.linalg.norm(d0, axis=1) * np.linalg.norm(d1, axis=1))
+        assert np.degrees(np.arccos(np.clip(cos, -1, 1))).max() > 40
+
+
+def test_level_option_of_the_dataset(tmp_path):
+    pytest.importorskip("partformer.data.cub")
+    from partformer.data import DATASETS, _import_all
+    _import_all()
+    build = DATASETS.get("synthetic")
+    root = str(tmp_path / "lv")
+    gen = dict(level="clean", num_train=4, num_val=2, num_test=2)
+    assert len(build(root, "train", 64, "whole", generator=gen)) == 4
+    with open(os.path.join(root, META_FILE)) as f:
+        meta = json.load(f)
+    assert meta["level"] == "clean"
+    assert meta["config"] == syn.level_config("clean", num_train=4, num_val=2,
+                                              num_test=2).to_dict()
+    with pytest.raises(ValueError, match="seed"):    # the same root asked for another level
+        build(root, "train", 64, "whole", generator={**gen, "level": "textured"})
+    with pytest.raises(ValueError, match="data.options.generator.level=clean"):
+        build(root, "train", 64, "whole", generator=dict(num_train=4, num_val=2, num_test=2))
+    cfg, workers = syn.generator_config({"level": "textured", "clutter": 4, "num_workers": 2})
+    assert (cfg.seed, cfg.clutter, workers) == (syn.level_config("textured").seed, 4, 2)
+
+
+def _cli_module():
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "tools", "make_synthetic.py")
+    spec = importlib.util.spec_from_file_location("make_synthetic", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cli_level(tmp_path, capsys):
+    out = str(tmp_path / "lv")
+    assert _cli_module().main(["--level", "clean", "--out", out, "--num-train", "3", "--num-val",
+                               "1", "--num-test", "2", "--image-size", "48"]) == 0
+    with open(os.path.join(out, META_FILE)) as f:
+        meta = json.load(f)
+    assert meta["level"] is None     # another image size is not the level any more
+    assert meta["config"]["background"] == "smooth" and meta["config"]["seed"] == 101
+    out2 = str(tmp_path / "lv2")
+    _cli_module().main(["--level", "textured", "--out", out2, "--num-train", "3", "--num-val",
+                        "1", "--num-test", "2"])
+    with open(os.path.join(out2, META_FILE)) as f:
+        assert json.load(f)["level"] == "textured"
+    assert "level textured" in capsys.readouterr().out

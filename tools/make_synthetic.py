@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Generate the synthetic part-discovery benchmark in the CUB-200-2011 layout.
 
-    python tools/make_synthetic.py --out datasets/synthetic    # default tree, README kept
+    python tools/make_synthetic.py --out datasets/synthetic    # default tree (cluttered), README kept
+    python tools/make_synthetic.py --level clean --out datasets/synthetic_clean
     python tools/make_synthetic.py --out /tmp/syn --num-train 200 --num-val 20 --num-test 50 \
         --clutter 12 --occlusion 0.5 --workers 2
 

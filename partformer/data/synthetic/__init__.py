@@ -15,7 +15,8 @@ Why it is a part-discovery problem and not a colour-segmentation one:
 - rotation, scale, translation, horizontal flip, articulation of neck / wings / legs / tail, parts
   occluding each other, foreground occluders, objects leaving the frame, and textured, cluttered
   backgrounds whose distractor shapes (blobs, limb-like capsules, wing-like leaves) reuse the
-  object's own part textures.
+  object's own part textures (the default ``cluttered`` level; the ``levels`` module names easier
+  scenes: ``clean``, ``textured``).
 
 Ground truth: per-pixel semantic part ids (what is visible after all drawing, 0 = background),
 foreground masks, keypoints with visibility, tight boxes of the foreground mask, class labels
@@ -33,8 +34,9 @@ Coordinates follow docs/ARCHITECTURE.md: pixel ``(row i, col j)`` covers ``x in 
 centres on integer coordinates.
 
 The package, in the order a picture is made: ``config`` (the vocabularies and
-:class:`SyntheticConfig`), ``shapes`` (polygons), ``animals`` (birds and quadrupeds as lists of
-part polygons with keypoints), ``textures``, ``rendering`` (one image and its ground truth:
+:class:`SyntheticConfig`), ``levels`` (the benchmark's named knob sets: :func:`level_config`),
+``shapes`` (polygons), ``animals`` (birds and quadrupeds as lists of part polygons with
+keypoints), ``textures``, ``rendering`` (one image and its ground truth:
 :func:`render_sample`, :func:`render_index`), ``tree`` (the CUB-layout files on disk:
 :func:`write_synthetic_cub`, :func:`ensure_synthetic`) and ``dataset`` (``data.name: synthetic``).
 """
@@ -42,6 +44,8 @@ from partformer.data.synthetic.config import (FAMILIES, FAMILY_KEYPOINTS, FAMILY
                                               KEYPOINT_NAMES, KEYPOINT_OWNER, PART_NAMES, SCHEMES,
                                               TEXTURES, SyntheticConfig, class_names)
 from partformer.data.synthetic.dataset import build_synthetic
+from partformer.data.synthetic.levels import (LEVELS, generator_config, level_config, level_names,
+                                              level_of)
 from partformer.data.synthetic.rendering import render_index, render_sample
 from partformer.data.synthetic.tree import (GENERATOR_VERSION, META_FILE, ensure_synthetic,
                                             read_meta, write_synthetic_cub)
@@ -50,5 +54,6 @@ __all__ = [
     "GENERATOR_VERSION", "SyntheticConfig", "FAMILIES", "SCHEMES", "PART_NAMES", "KEYPOINT_NAMES",
     "KEYPOINT_OWNER", "FAMILY_KEYPOINTS", "FAMILY_PARTS", "TEXTURES", "class_names",
     "render_sample", "render_index", "write_synthetic_cub", "ensure_synthetic", "read_meta",
-    "build_synthetic", "META_FILE",
+    "build_synthetic", "META_FILE", "LEVELS", "level_config", "level_names", "level_of",
+    "generator_config",
 ]

@@ -45,6 +45,13 @@ SCHEMES = (("Crimson", 0.99), ("Teal", 0.50), ("Amber", 0.10), ("Violet", 0.78),
 
 TEXTURES = ("solid", "stripes", "dots", "checker", "gradient", "mottled")
 
+# scene knobs of the difficulty levels (partformer/data/synthetic/levels.py)
+BACKGROUNDS = ("textured", "smooth")
+DISTRACTORS = ("parts", "objects")
+# settings added after generator 1.0, with the value that reproduces generator 1.0 byte for byte:
+# a tree whose synthetic_meta.json lacks one of them was written with that value
+ADDED_SETTINGS = {"background": "textured", "distractors": "parts", "keep_in_frame": False}
+
 
 def class_names(num_schemes: int = 3, families: Tuple[str, ...] = FAMILIES) -> List[str]:
     """Class names in class-id order: family-major, e.g. ``Bird_Crimson``."""
@@ -67,6 +74,19 @@ class SyntheticConfig:
         noise: amplitude of the uniform pixel noise (0..255 scale).
         blur: sigma of the final Gaussian blur in pixels (0 = none).
         outline_prob: probability that an image draws dark outlines at region borders.
+        background: ``textured`` (a random texture of random colours, generator 1.0) or
+            ``smooth`` (a two-colour gradient whose hue lies opposite the class's hue).
+        distractors: what the ``clutter`` shapes (and the occluder) are: ``parts`` (generator 1.0:
+            blobs, limb-like capsules, wing-like leaves and polygons, textured with the animal's own
+            part textures or in its colour ranges) or ``objects`` (rectangles, triangles, regular
+            polygons, stars and crosses: straight edges and corners, which no animal part has, in
+            colours drawn independently of the animal's).
+        keep_in_frame: shift the animal's centre (drawn as usual) just enough that all of it lies
+            at least a pixel inside the frame (without it, with ``out_of_frame=0``, about 0.6 % of
+            the animals still touch the border); needs ``out_of_frame=0``.
+
+    The named knob sets of the benchmark's levels (clean, textured, cluttered, ...) are in
+    :mod:`partformer.data.synthetic.levels`; the defaults here are the ``cluttered`` level.
     """
     num_train: int = 2000
     num_val: int = 300
@@ -88,6 +108,9 @@ class SyntheticConfig:
     outline_prob: float = 0.5
     image_format: str = "jpg"
     jpeg_quality: int = 95
+    background: str = "textured"
+    distractors: str = "parts"
+    keep_in_frame: bool = False
 
     def __post_init__(self):
         self.families = tuple(self.families)
@@ -114,6 +137,14 @@ class SyntheticConfig:
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {v}")
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
+        if self.distractors not in DISTRACTORS:
+            raise ValueError(f"distractors must be one of {DISTRACTORS}, "
+                             f"got {self.distractors!r}")
+        if self.keep_in_frame and float(self.out_of_frame) > 0:
+            raise ValueError("keep_in_frame needs out_of_frame=0 (it keeps the whole animal in "
+                             "the frame)")
         if self.image_format not in ("jpg", "png"):
             raise ValueError(f"image_format must be 'jpg' or 'png', got {self.image_format!r}")
         if int(self.clutter) < 0 or float(self.articulation) < 0 or int(self.noise) < 0 \

@@ -42,6 +42,53 @@ def _random_distractor(rng, S, cx=None, cy=None, size=None) -> np.ndarray:
     return c + np.stack([np.cos(t) * rad, np.sin(t) * rad], 1)
 
 
+def _random_object(rng, S, cx=None, cy=None, size=None) -> np.ndarray:
+    """A distractor that is no animal primitive: a rectangle, triangle, regular polygon, star or
+    cross (straight edges and sharp corners; the animals are made of smooth ellipses, leaves,
+    capsules, fans and tubes). Same placement and size ranges as :func:`_random_distractor`."""
+    if cx is None:
+        cx, cy = rng.uniform(-0.05, 1.05, 2) * S
+    size = (size if size is not None else rng.uniform(0.08, 0.36)) * S
+    c = np.array([cx, cy])
+    R = _rot(rng.uniform(0, 2 * np.pi))
+    kind = rng.integers(0, 5)
+    if kind == 0:  # rectangle / bar
+        hw, hh = 0.5 * size, 0.5 * size * rng.uniform(0.25, 1.0)
+        pts = np.array([[-hw, -hh], [hw, -hh], [hw, hh], [-hw, hh]])
+    elif kind == 1:  # triangle with corners spread around the circle
+        t = rng.uniform(0, 2 * np.pi) + np.array([0.0, 2.0, 4.0]) * np.pi / 3 \
+            + rng.uniform(-0.35, 0.35, 3)
+        pts = 0.55 * size * np.stack([np.cos(t), np.sin(t)], 1)
+    elif kind == 2:  # regular polygon, 5-8 sides
+        n = int(rng.integers(5, 9))
+        t = np.arange(n) * 2 * np.pi / n
+        pts = 0.5 * size * np.stack([np.cos(t), np.sin(t)], 1)
+    elif kind == 3:  # star, 4-7 points
+        n = int(rng.integers(4, 8))
+        t = np.arange(2 * n) * np.pi / n
+        rad = np.where(np.arange(2 * n) % 2 == 0, 0.55, 0.55 * rng.uniform(0.35, 0.55)) * size
+        pts = np.stack([np.cos(t) * rad, np.sin(t) * rad], 1)
+    else:  # cross / plus of two bars
+        a, w = 0.5 * size, 0.5 * size * rng.uniform(0.2, 0.4)
+        pts = np.array([[-w, -a], [w, -a], [w, -w], [a, -w], [a, w], [w, w], [w, a], [-w, a],
+                        [-w, w], [-a, w], [-a, -w], [-w, -w]])
+    return pts @ R.T + c
+
+
+# distractor shape of each value of SyntheticConfig.distractors
+_DISTRACTOR_SHAPES = {"parts": _random_distractor, "objects": _random_object}
+
+
+def _smooth_background(rng, h0: float, out: np.ndarray) -> None:
+    """``background="smooth"``: a gradient between two muted colours whose hue lies on the other
+    side of the hue circle from the class's hue ``h0`` (the animal's parts draw theirs within
+    +-0.25 of it), so the animal stands out from a background with no structure."""
+    hb = h0 + 0.5 + rng.uniform(-0.2, 0.2)
+    c1 = _hsv(hb, rng.uniform(0.1, 0.6), rng.uniform(0.35, 0.95))
+    c2 = _hsv(hb + rng.uniform(-0.08, 0.08), rng.uniform(0.1, 0.6), rng.uniform(0.35, 0.95))
+    _texture(rng, "gradient", c1, c2, out)
+
+
 def _map_layers(layers: np.ndarray, values: Sequence[int]) -> np.ndarray:
     """Per-pixel ``values[layer]`` (uint8) through an OpenCV lookup table."""
     lut = np.zeros(256, np.uint8)
@@ -73,7 +120,7 @@ def render_sample(rng: np.random.Generator, cfg: Optional[SyntheticConfig] = Non
     label, family, scheme = _class_of(rng, cfg, label)
     palette = _Palette(rng, cfg, family, scheme)
     canvas = _Canvas(S, palette.index["background"])
-    reuse = palette.reusable()
+    reuse = palette.reusable(cfg.distractors)
     _draw_clutter(rng, cfg, canvas, reuse)
     prims, kps, side_kps = BUILDERS[family](rng, float(cfg.articulation))
     A, facing_left = _pose(rng, cfg)
@@ -124,8 +171,12 @@ class _Palette:
                       rng.uniform(0.2, 0.9))
         self.textures[self.index["beak"]] = beak_c.astype(np.uint8)
         for key in ("background", "d0", "d1"):
+            if key == "background" and cfg.background == "smooth":
+                _smooth_background(rng, self.h0, self.textures[self.index[key]])
+                continue
             kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
-            if key != "background" and rng.random() < 0.5:
+            # (the draw order of generator 1.0 is kept for distractors="parts")
+            if key != "background" and cfg.distractors == "parts" and rng.random() < 0.5:
                 c1, c2 = self.part_colours()  # distractors in the object's own colour ranges
             else:
                 c1 = _hsv(rng.random(), rng.uniform(0.1, 0.9), rng.uniform(0.2, 0.95))
@@ -140,9 +191,13 @@ class _Palette:
         c2 = _hsv(h0 + rng.uniform(-0.25, 0.25), rng.uniform(0.2, 0.95), rng.uniform(0.15, 0.95))
         return c1, c2
 
-    def reusable(self):
-        """Textures that background distractors and occluders reuse: the parts' and d0 / d1."""
-        return [self.index[k] for k in self.part_keys] + [self.index[k] for k in ("d0", "d1")]
+    def reusable(self, distractors: str = "parts"):
+        """Textures of the background distractors and the occluder: the parts' and d0 / d1
+        (``parts``), or d0 / d1 only, whose colours are not the animal's (``objects``)."""
+        own = [self.index[k] for k in ("d0", "d1")]
+        if distractors == "objects":
+            return own
+        return [self.index[k] for k in self.part_keys] + own
 
 
 class _Canvas:
@@ -176,11 +231,13 @@ class _Canvas:
 
 
 def _draw_clutter(rng, cfg: SyntheticConfig, canvas: _Canvas, reuse) -> None:
-    """``clutter // 2 .. clutter`` background distractors with reused part textures."""
+    """``clutter // 2 .. clutter`` background distractors (``cfg.distractors``: animal-like shapes
+    in reused part textures, or non-animal objects in their own textures)."""
     S = canvas.layers.shape[0]
+    shape = _DISTRACTOR_SHAPES[cfg.distractors]
     n_clutter = int(rng.integers(int(cfg.clutter) // 2, int(cfg.clutter) + 1))
     for _ in range(n_clutter):
-        canvas.draw(_random_distractor(rng, S), 0, reuse[int(rng.integers(len(reuse)))])
+        canvas.draw(shape(rng, S), 0, reuse[int(rng.integers(len(reuse)))])
 
 
 def _pose(rng, cfg: SyntheticConfig):
@@ -217,12 +274,25 @@ def _place_object(rng, cfg: SyntheticConfig, canvas: _Canvas, prims, A: np.ndarr
             centre = rng.uniform(0.36, 0.64, 2) * S
         else:
             centre = np.array([0.5, 0.5]) * S
+        placed = [poly @ A.T for poly, _, _ in prims]
+        if cfg.keep_in_frame:
+            centre = _inside_frame(centre, placed, S)
         canvas.restore(background)  # undo a previous attempt
-        for poly, part, tkey in prims:
-            canvas.draw(poly @ A.T + centre, part, tex_of[tkey])
+        for poly, (_, part, tkey) in zip(placed, prims):
+            canvas.draw(poly + centre, part, tex_of[tkey])
         if canvas.foreground_pixels() >= min_fg:
             break
     return centre
+
+
+def _inside_frame(centre: np.ndarray, placed, S: int, margin: float = 1.5) -> np.ndarray:
+    """The centre nearest to ``centre`` at which every polygon of ``placed`` (relative to the
+    centre) lies ``margin`` pixels inside the ``S x S`` frame; per axis, the middle of the frame if
+    the animal is wider than that."""
+    pts = np.concatenate(placed, 0)
+    lo = margin - pts.min(0)
+    hi = S - margin - pts.max(0)
+    return np.where(lo <= hi, np.clip(centre, lo, hi), 0.5 * (lo + hi))
 
 
 def _maybe_occlude(rng, cfg: SyntheticConfig, canvas: _Canvas, reuse) -> None:
@@ -235,7 +305,8 @@ def _maybe_occlude(rng, cfg: SyntheticConfig, canvas: _Canvas, reuse) -> None:
     fg_before = np.count_nonzero(part_now)
     ys, xs = np.nonzero(part_now)
     j = int(rng.integers(len(xs)))
-    occ = _random_distractor(rng, S, xs[j] + 0.5, ys[j] + 0.5, rng.uniform(0.12, 0.3))
+    occ = _DISTRACTOR_SHAPES[cfg.distractors](rng, S, xs[j] + 0.5, ys[j] + 0.5,
+                                              rng.uniform(0.12, 0.3))
     saved = canvas.save()
     canvas.draw(occ, 0, reuse[int(rng.integers(len(reuse)))])
     if canvas.foreground_pixels() < 0.6 * fg_before:

@@ -13,8 +13,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from partformer.data.synthetic.config import (FAMILY_KEYPOINTS, FAMILY_PARTS, KEYPOINT_NAMES,
-                                              KEYPOINT_OWNER, PART_NAMES, SyntheticConfig)
+from partformer.data.synthetic.config import (ADDED_SETTINGS, FAMILY_KEYPOINTS, FAMILY_PARTS,
+                                              KEYPOINT_NAMES, KEYPOINT_OWNER, PART_NAMES,
+                                              SyntheticConfig)
+from partformer.data.synthetic.levels import level_of
 from partformer.data.synthetic.rendering import render_index
 
 GENERATOR_VERSION = "1.0"
@@ -169,6 +171,7 @@ def _meta(cfg: SyntheticConfig) -> Dict[str, Any]:
     return {
         "generator": "partformer.data.synthetic",
         "generator_version": GENERATOR_VERSION,
+        "level": level_of(cfg),   # the named knob set (levels.py) it matches, or None
         "config": cfg.to_dict(),
         "num_images": cfg.num_images,
         "counts": {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test},
@@ -215,9 +218,16 @@ def read_meta(root: str) -> Optional[Dict[str, Any]]:
         return json.load(f)
 
 
+def _stored_config(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings of a tree on disk; a setting added after generator 1.0 that its
+    ``synthetic_meta.json`` lacks (a tree written before it existed) has the value that reproduces
+    generator 1.0 (``ADDED_SETTINGS``), so such trees stay valid."""
+    return {**ADDED_SETTINGS, **(meta.get("config") or {})}
+
+
 def _meta_matches(meta: Dict[str, Any], cfg: SyntheticConfig) -> bool:
     return (meta.get("generator_version") == GENERATOR_VERSION
-            and meta.get("config") == cfg.to_dict())
+            and _stored_config(meta) == cfg.to_dict())
 
 
 def ensure_synthetic(root: str, cfg: Optional[SyntheticConfig] = None, num_workers: int = 1,
@@ -259,15 +269,19 @@ def ensure_synthetic(root: str, cfg: Optional[SyntheticConfig] = None, num_worke
 
 def _mismatch_message(root: str, meta: Dict[str, Any], cfg: SyntheticConfig) -> str:
     want = cfg.to_dict()
-    have = meta.get("config", {})
+    have = _stored_config(meta)
     diffs = [f"{k}: on disk {have.get(k)!r}, requested {v!r}" for k, v in want.items()
              if have.get(k) != v]
     diffs += [f"{k}: on disk {have[k]!r}, not a current setting" for k in have if k not in want]
     if meta.get("generator_version") != GENERATOR_VERSION:
         diffs.insert(0, f"generator_version: on disk {meta.get('generator_version')!r}, "
                         f"this code {GENERATOR_VERSION!r}")
+    hint = ""
+    if meta.get("level") and meta.get("level") != level_of(cfg):
+        hint = (f"\nIt is the level {meta['level']!r}: to use it, set "
+                f"data.options.generator.level={meta['level']}.")
     return (f"the synthetic dataset in {root} was generated with different settings:\n  "
-            + "\n  ".join(diffs) + f"\nDelete {root} to regenerate it, or choose another data.root "
-            f"for these settings.")
+            + "\n  ".join(diffs) + hint + f"\nDelete {root} to regenerate it, or choose another "
+            f"data.root for these settings.")
 
 
