@@ -135,10 +135,8 @@ class MPAEConfig:
                              "448 and 224 with patch 14 in the authors' code)")
         from partformer.config import encoder_patch_key, encoder_patch_size
         enc = encoder_patch_size(cfg.model.encoder)
-        if enc is None and cfg.model.encoder.out_indices is not None:
-            return ("part_vit.patch_size", "MPAE needs a ViT model.encoder (patch tokens on the "
-                    "grid of the part-token ViT and the masked decoder), not feature levels "
-                    f"(model.encoder.out_indices={cfg.model.encoder.out_indices})")
+        # an encoder with feature levels (a CNN: configs/synthetic_mpae_k4.yaml) has no patch in
+        # the config; its output grid is compared with the other two when the model is built
         for key, p in (("part_vit.patch_size", self.part_vit.patch_size),
                        ("decoder.patch_size", self.decoder.patch_size)):
             if enc is not None and p != enc:
