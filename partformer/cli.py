@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from partformer import config as cfglib
 from partformer.engine import distributed as D
+from partformer.engine.precision import precision_name
 from partformer.engine.signals import interrupts_stop_training
 
 EXIT_ERROR = 2          # expected errors (argparse uses 2 for usage errors too)
@@ -51,6 +52,8 @@ def cli_entry(main: Callable[[List[str]], int]) -> Callable[[Optional[List[str]]
     def wrapped(argv: Optional[List[str]] = None) -> int:
         argv = list(sys.argv[1:] if argv is None else argv)
         debug = "--debug" in argv or os.environ.get("PARTFORMER_DEBUG") == "1"
+        from partformer.engine.allocator import tune_allocator
+        tune_allocator()      # large CPU tensors reuse heap memory (engine/allocator.py)
         try:
             return main(argv)
         except expected_errors() as e:
@@ -230,7 +233,7 @@ def train_main(argv: List[str]) -> int:
         print(cfglib.to_yaml(cfg))
         print(f"run directory: {trainer.run_dir}")
         print(f"device: {trainer.device}, world size: {trainer.world}, precision: "
-              f"{trainer.amp_dtype or 'fp32'}, train images: {len(trainer.train_set)}, "
+              f"{precision_name(trainer.amp_dtype)}, train images: {len(trainer.train_set)}, "
               f"steps: {trainer.total_steps} ({trainer.steps_per_epoch}/epoch)")
     exit_code = EXIT_FAILED
     try:
@@ -931,7 +934,8 @@ def pretrain_main(argv: List[str]) -> int:
     if main:
         print(cfglib.to_yaml(cfg))
         print(f"run directory: {trainer.run_dir}\ndevice: {trainer.device}, world size: "
-              f"{trainer.world}, images: {len(trainer.bank)}, steps: {trainer.total_steps}")
+              f"{trainer.world}, precision: {precision_name(trainer.amp_dtype)}, images: "
+              f"{len(trainer.bank)}, steps: {trainer.total_steps}")
     from partformer.engine.logger import EXIT_FAILED
     exit_code = EXIT_FAILED
     try:

@@ -141,7 +141,7 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     grad_accum: int = 1
     grad_clip: float = 0.0            # max grad norm; 0 disables
-    precision: str = "auto"           # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"           # auto (bf16 on GPU and native-bf16 CPUs, else fp32) | fp32 | bf16 | fp16
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     max_nonfinite: int = 10           # consecutive non-finite losses before stopping
     log_every: int = 20               # steps between logged loss components

@@ -147,7 +147,7 @@ class Predictor:
         batch_size: images per forward pass (default 8).
         resize: override ``data.resize`` (e.g. ``shorter`` to see the whole image of a model
             trained with ``shorter_center_crop``).
-        precision: ``auto`` (bf16 on GPU, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``
+        precision: ``auto`` (bf16 on GPU and on CPUs with native bf16, else fp32), ``fp32``, ``bf16``, ``fp16``
             (default: the config's ``train.precision``).
         source: where the weights came from (shown by ``repr``).
     """

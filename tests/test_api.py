@@ -212,7 +212,7 @@ def test_authors_file_is_converted_on_the_fly(tmp_path):
     sd = random_official_state_dict("cub", seed=1)
     src = tmp_path / "model_best.pth"
     torch.save(sd, src)
-    predictor = partformer.load(str(src), device="cpu")
+    predictor = partformer.load(str(src), device="cpu", precision="fp32")   # fidelity: in fp32
     assert predictor.num_parts == 4 and predictor.image_size == 256
     img = np.rint(sample_images(seed=3)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     out = predictor(img)

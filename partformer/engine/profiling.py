@@ -110,6 +110,7 @@ def environment(device: torch.device) -> Dict[str, Any]:
     import kornia
     import timm
 
+    from partformer.engine.allocator import allocator_tuned
     env: Dict[str, Any] = {
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"cpu: {_cpu_model()}"),
@@ -120,7 +121,10 @@ def environment(device: torch.device) -> Dict[str, Any]:
         "python": sys.version.split()[0], "platform": platform.platform(),
         "torch": torch.__version__, "timm": timm.__version__, "kornia": kornia.__version__,
         "opencv": cv2.__version__, "numpy": np.__version__,
+        "malloc_tuned": allocator_tuned(),
     }
+    from partformer.engine.precision import cpu_has_native_bf16
+    env["cpu_native_bf16"] = cpu_has_native_bf16()
     if device.type == "cuda":
         env["cuda"] = torch.version.cuda
         env["cudnn"] = torch.backends.cudnn.version()
@@ -632,6 +636,7 @@ def format_precisions(res: Dict[str, Any]) -> str:
         lines.append(name.ljust(width) + "".join(
             f"{v:>12.3f}" if isinstance(v, (int, float)) else f"{'-':>12}" for v in vals))
     env = res["environment"]
-    lines.append(f"device: {env['device']} ({env['torch_threads']} threads); load average "
-                 f"{env['load_average_1_5_15']} -> {env.get('load_average_at_end')}")
+    lines.append(f"device: {env['device']} ({env['torch_threads']} threads, native bf16: "
+                 f"{env.get('cpu_native_bf16')}, malloc tuned: {env.get('malloc_tuned')}); load "
+                 f"average {env['load_average_1_5_15']} -> {env.get('load_average_at_end')}")
     return "\n".join(lines)
