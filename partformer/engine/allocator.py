@@ -5,7 +5,8 @@ with a fresh ``mmap`` and returns it to the system on ``free``. A training step 
 allocates and frees activations of tens of MB hundreds of times, so each one is page-faulted and
 zeroed again by the kernel: an elementwise op on an 8 x 64 x 128 x 128 float32 tensor took 10.5 ms
 instead of 2.4 ms, a GELU on an 8200 x 1536 tensor including its float32 cast 143 ms instead of
-6 ms (measured on the project's 2-core CPU, README "Performance"). Raising the mmap and trim
+6 ms (measured on the project's 2-core CPU; the training-step times with and without it are in
+README "Performance"). Raising the mmap and trim
 thresholds keeps those blocks in the heap for reuse: the same effect as the jemalloc / tcmalloc
 ``LD_PRELOAD`` that CPU PyTorch guides recommend, set from inside the process with ``mallopt``.
 

@@ -6,7 +6,7 @@ import functools
 import os
 import platform
 from contextlib import nullcontext
-from typing import Iterable, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -18,10 +18,34 @@ from partformer import config as cfglib
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
+#: ``train.precision`` (other than ``auto``) -> autocast dtype; None = fp32, no autocast
+AUTOCAST_DTYPES: Dict[str, Optional[torch.dtype]] = {
+    "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def cpu_flags_have_bf16(flags: Iterable[str]) -> bool:
     """Whether a CPU with these feature flags (``/proc/cpuinfo`` ``flags`` / ``Features``) has
     native bf16 arithmetic (:data:`BF16_CPU_FLAGS`)."""
     return bool(set(flags) & set(BF16_CPU_FLAGS))
+
+
+@functools.lru_cache(maxsize=None)
+def cpuinfo() -> Dict[str, Tuple[str, ...]]:
+    """``/proc/cpuinfo`` as ``{lower-case key: (its value on each processor, ...)}``; empty where
+    there is none (not Linux, unreadable). Read once per process."""
+    if platform.system() != "Linux":
+        return {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    info: Dict[str, List[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            info.setdefault(key.strip().lower(), []).append(value.strip())
+    return {key: tuple(values) for key, values in info.items()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,19 +64,9 @@ def cpu_has_native_bf16() -> bool:
                 return True
         except Exception:  # noqa: BLE001 - a query a build lacks counts as "no"
             pass
-    if platform.system() != "Linux":
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            flags.update(value.split())
-    return cpu_flags_have_bf16(flags)
+    info = cpuinfo()
+    return cpu_flags_have_bf16(f for key in ("flags", "features")
+                               for value in info.get(key, ()) for f in value.split())
 
 
 def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
@@ -67,16 +81,15 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
         if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
             return torch.bfloat16
         return None
-    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in table:
+    if precision not in AUTOCAST_DTYPES:
         raise cfglib.ConfigError(f"train.precision must be one of {list(cfglib.PRECISIONS)}, got "
                                  f"{precision!r}")
-    return table[precision]
+    return AUTOCAST_DTYPES[precision]
 
 
 def precision_name(amp_dtype: Optional[torch.dtype]) -> str:
     """``fp32`` / ``bf16`` / ``fp16``: the ``train.precision`` spelling of an autocast dtype."""
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    return next(name for name, dtype in AUTOCAST_DTYPES.items() if dtype == amp_dtype)
 
 
 def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):

@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 
 from partformer import config as cfglib
 from partformer.data.io import DatasetError
+from partformer.engine.precision import autocast_context, cpu_has_native_bf16, cpuinfo
 
 PARTS = ("train", "eval", "data")
 
@@ -94,14 +95,8 @@ def summary(values: Sequence[float]) -> Dict[str, Any]:
 
 # ------------------------------------------------------------------------------ environment
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    names = cpuinfo().get("model name")
+    return names[0] if names else (platform.processor() or platform.machine())
 
 
 def environment(device: torch.device) -> Dict[str, Any]:
@@ -123,7 +118,6 @@ def environment(device: torch.device) -> Dict[str, Any]:
         "opencv": cv2.__version__, "numpy": np.__version__,
         "malloc_tuned": allocator_tuned(),
     }
-    from partformer.engine.precision import cpu_has_native_bf16
     env["cpu_native_bf16"] = cpu_has_native_bf16()
     if device.type == "cuda":
         env["cuda"] = torch.version.cuda
@@ -175,7 +169,6 @@ def measure_training(cfg, device: torch.device, setup=None,
     """(a) the training step and (b) its floor (the method's frozen part of the step: its
     encoder over what a step feeds it), alternately, ``warmup + reps`` times each. ``setup``:
     ``(method, model, step, optimizer)`` (default: built from ``cfg``)."""
-    from partformer.engine.precision import autocast_context
     from partformer.engine.trainer import training_losses
 
     method, model, step_module, optimizer = setup or _training_setup(cfg, device)
@@ -489,7 +482,6 @@ def compare_precisions(cfg, device: torch.device, precisions: Sequence[str], rep
     (they do not depend on the precision). Speed-ups are relative to the first precision."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from partformer.engine.precision import autocast_context
     from partformer.engine.trainer import training_losses
 
     unknown = [p for p in precisions if p not in PRECISION_DTYPES]
