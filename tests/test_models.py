@@ -250,6 +250,38 @@ def test_fused_attention_equals_the_authors_multihead_attention():
 
 
 # --------------------------------------------------------------------------------------- predict
+
+def test_cpu_bf16_attention_path_stays_the_authors_multihead_attention(monkeypatch):
+    """On the CPU under bf16 autocast, short sequences take ``explicit_attention`` instead of
+    ``F.scaled_dot_product_attention`` (speed). It must still be the authors' attention
+    (Jiahao-UTS/UnsupervisedPart, backbone/Transformer.py ``ResidualAttentionBlock``:
+    ``nn.MultiheadAttention``): against that module in float32 on the same weights, the explicit
+    path's bf16 output is no farther than SDPA's bf16 output is (both only bf16 rounding)."""
+    from partformer.models import partformer_vit as V
+    g = torch.Generator().manual_seed(1)
+    ref = torch.nn.MultiheadAttention(64, 4)
+    with torch.no_grad():
+        ref.in_proj_bias.copy_(torch.randn(192, generator=g))
+        ref.out_proj.bias.copy_(torch.randn(64, generator=g))
+    fused = FusedSelfAttention(64, 4)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 9, 64, generator=g)                        # [N, L, D], L <= 256
+    with torch.no_grad():
+        expect = ref(x.transpose(0, 1), x.transpose(0, 1), x.transpose(0, 1))[0].transpose(0, 1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            def no_sdpa(*a, **k):
+                raise AssertionError("the CPU bf16 path must not call SDPA for 9 tokens")
+            monkeypatch.setattr(V.F, "scaled_dot_product_attention", no_sdpa)
+            explicit = fused(x).float()
+        monkeypatch.undo()
+        monkeypatch.setattr(V, "CPU_EXPLICIT_MAX_TOKENS", 0)      # force SDPA in bf16
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            sdpa = fused(x).float()
+    err_explicit = (explicit - expect).abs().max().item()
+    err_sdpa = (sdpa - expect).abs().max().item()
+    assert 0 < err_explicit <= max(2 * err_sdpa, 1e-2), (err_explicit, err_sdpa)
+    assert err_explicit < 0.05
+
 def test_predict():
     model = tiny_model(num_parts=3).eval()
     x, _ = views(2, 64)
