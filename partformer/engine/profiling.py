@@ -44,7 +44,8 @@ from torch.utils.data import Dataset
 
 from partformer import config as cfglib
 from partformer.data.io import DatasetError
-from partformer.engine.precision import autocast_context, cpu_has_native_bf16, cpuinfo
+from partformer.engine.precision import (AUTOCAST_DTYPES, autocast_context, cpu_has_native_bf16,
+                                         cpuinfo)
 
 PARTS = ("train", "eval", "data")
 
@@ -459,9 +460,6 @@ def format_report(res: Dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------- precisions side by side
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def gemm_peak(dtype: torch.dtype, device: torch.device, n: int = 2048) -> Callable[[], None]:
     """One ``n x n`` matrix product in ``dtype``: the machine's reachable rate in that precision
     (what the step's achieved GFLOP/s is compared with). Returns the timed function."""
@@ -484,11 +482,11 @@ def compare_precisions(cfg, device: torch.device, precisions: Sequence[str], rep
 
     from partformer.engine.trainer import training_losses
 
-    unknown = [p for p in precisions if p not in PRECISION_DTYPES]
+    unknown = [p for p in precisions if p not in AUTOCAST_DTYPES]
     if unknown:
         raise cfglib.ConfigError(f"--precisions: unknown {unknown}; choose from "
-                                 f"{list(PRECISION_DTYPES)}")
-    amp = {p: (None if p == "fp32" else PRECISION_DTYPES[p]) for p in precisions}
+                                 f"{list(AUTOCAST_DTYPES)}")
+    amp = {p: AUTOCAST_DTYPES[p] for p in precisions}
     S, B = cfg.data.image_size, cfg.train.batch_size
     gen = torch.Generator().manual_seed(cfg.experiment.seed)
     images = torch.rand(B, 3, S, S, generator=gen).to(device)
@@ -513,7 +511,7 @@ def compare_precisions(cfg, device: torch.device, precisions: Sequence[str], rep
 
             fns[p] = {"step": step, "floor": floor}
     for p in precisions:
-        fns.setdefault(p, {})["gemm"] = gemm_peak(PRECISION_DTYPES[p], device)
+        fns.setdefault(p, {})["gemm"] = gemm_peak(amp[p] or torch.float32, device)
     out: Dict[str, Any] = {"precisions": list(precisions), "environment": environment(device)}
     if "train" in parts:
         _count_cpu_attention_flops()
