@@ -59,7 +59,8 @@ def _make_synthetic_args(argv=None):
                    help="parts: animal-like shapes in the animal's textures; objects: shapes no "
                         "animal part has, in their own colours")
     g.add_argument("--background", choices=BACKGROUNDS,
-                   help="textured, or smooth (a gradient opposite the animal's hue)")
+                   help="textured, smooth (a gradient opposite the animal's hue) or flat (one "
+                        "such colour)")
     g.add_argument("--max-rotation", type=float, help="degrees")
     g.add_argument("--scale-range", type=float, nargs=2, metavar=("LO", "HI"),
                    help="body length / image side")

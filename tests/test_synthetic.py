@@ -548,6 +548,29 @@ def test_level_scenes(name, monkeypatch):
     assert len(drawn) > 24 * 8 and min(drawn) > 0
 
 
+def test_flat_background_is_the_smooth_one_without_its_gradient():
+    """``background="flat"`` draws what ``smooth`` draws (same animal, masks and keypoints: the
+    random stream is unchanged) with a one-colour background texture, the smooth gradient's
+    first colour; the scene's light field, noise and blur then apply as on every level."""
+    from partformer.data.synthetic.rendering import _Palette
+    clean = syn.level_config("clean", image_size=64)
+    flat = dataclasses.replace(clean, background="flat")
+    for i in range(8):
+        s, f = render_index(clean, i), render_index(flat, i)
+        for key in ("part_mask", "fg_mask", "keypoints", "visible", "bbox"):
+            np.testing.assert_array_equal(s[key], f[key], err_msg=f"{key} of image {i}")
+        assert not np.array_equal(s["image"], f["image"])
+        family = ("bird", "quadruped")[i % 2]
+        ps = _Palette(np.random.default_rng([1, i]), clean, family, i % 3)
+        pf = _Palette(np.random.default_rng([1, i]), flat, family, i % 3)
+        bs, bf = (p.textures[p.index["background"]].reshape(-1, 3) for p in (ps, pf))
+        assert len(np.unique(bf, axis=0)) == 1
+        assert len(np.unique(bs, axis=0)) > 20                       # the gradient
+        assert (bf[0] == bs[0]).all() or (bf[0] == bs[-1]).all()     # one of its corners
+    with pytest.raises(ValueError, match="background must be one of"):
+        SyntheticConfig(background="gradient")
+
+
 def test_object_distractors_are_not_animal_shapes():
     """``distractors="objects"`` draws few-sided polygons (3-14 vertices: rectangles, triangles,
     regular polygons, stars, crosses) with straight edges and at least one corner that turns by

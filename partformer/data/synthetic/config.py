@@ -46,7 +46,7 @@ SCHEMES = (("Crimson", 0.99), ("Teal", 0.50), ("Amber", 0.10), ("Violet", 0.78),
 TEXTURES = ("solid", "stripes", "dots", "checker", "gradient", "mottled")
 
 # scene knobs of the difficulty levels (partformer/data/synthetic/levels.py)
-BACKGROUNDS = ("textured", "smooth")
+BACKGROUNDS = ("textured", "smooth", "flat")
 DISTRACTORS = ("parts", "objects")
 # settings added after generator 1.0, with the value that reproduces generator 1.0 byte for byte:
 # a tree whose synthetic_meta.json lacks one of them was written with that value
@@ -75,7 +75,8 @@ class SyntheticConfig:
         blur: sigma of the final Gaussian blur in pixels (0 = none).
         outline_prob: probability that an image draws dark outlines at region borders.
         background: ``textured`` (a random texture of random colours, generator 1.0) or
-            ``smooth`` (a two-colour gradient whose hue lies opposite the class's hue).
+            ``smooth`` (a two-colour gradient whose hue lies opposite the class's hue) or ``flat``
+            (one such colour everywhere: what a single background token can reconstruct).
         distractors: what the ``clutter`` shapes (and the occluder) are: ``parts`` (generator 1.0:
             blobs, limb-like capsules, wing-like leaves and polygons, textured with the animal's own
             part textures or in its colour ranges) or ``objects`` (rectangles, triangles, regular

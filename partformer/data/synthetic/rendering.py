@@ -79,14 +79,15 @@ def _random_object(rng, S, cx=None, cy=None, size=None) -> np.ndarray:
 _DISTRACTOR_SHAPES = {"parts": _random_distractor, "objects": _random_object}
 
 
-def _smooth_background(rng, h0: float, out: np.ndarray) -> None:
+def _smooth_background(rng, h0: float, out: np.ndarray, flat: bool = False) -> None:
     """``background="smooth"``: a gradient between two muted colours whose hue lies on the other
     side of the hue circle from the class's hue ``h0`` (the animal's parts draw theirs within
-    +-0.25 of it), so the animal stands out from a background with no structure."""
+    +-0.25 of it), so the animal stands out from a background with no structure.
+    ``background="flat"`` (``flat=True``): the same draws, the first colour everywhere."""
     hb = h0 + 0.5 + rng.uniform(-0.2, 0.2)
     c1 = _hsv(hb, rng.uniform(0.1, 0.6), rng.uniform(0.35, 0.95))
     c2 = _hsv(hb + rng.uniform(-0.08, 0.08), rng.uniform(0.1, 0.6), rng.uniform(0.35, 0.95))
-    _texture(rng, "gradient", c1, c2, out)
+    _texture(rng, "gradient", c1, c1 if flat else c2, out)
 
 
 def _map_layers(layers: np.ndarray, values: Sequence[int]) -> np.ndarray:
@@ -171,8 +172,9 @@ class _Palette:
                       rng.uniform(0.2, 0.9))
         self.textures[self.index["beak"]] = beak_c.astype(np.uint8)
         for key in ("background", "d0", "d1"):
-            if key == "background" and cfg.background == "smooth":
-                _smooth_background(rng, self.h0, self.textures[self.index[key]])
+            if key == "background" and cfg.background in ("smooth", "flat"):
+                _smooth_background(rng, self.h0, self.textures[self.index[key]],
+                                   flat=cfg.background == "flat")
                 continue
             kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
             # (the draw order of generator 1.0 is kept for distractors="parts")
