@@ -102,3 +102,34 @@ def test_shipped_default_model_predicts_and_kept_the_encoder_frozen():
     for k, v in ours.items():
         torch.testing.assert_close(model_state[k], v, rtol=0, atol=0, msg=k)
     assert len(shipped) > 0
+
+
+def test_fewer_feature_levels_load_from_the_shipped_weights(tmp_path):
+    """``model.encoder.out_indices=[1, 2]`` on the shipped encoder (saved with levels 1-3): timm
+    builds the features-only model without layer3, the loader drops exactly those keys, and the
+    fused map is the first 32 + 64 channels of the three-level map (levels are concatenated).
+    A key of a module that is no cut-off stage still fails the load, naming it."""
+    from safetensors.torch import save_file
+
+    from partformer.models.encoder import read_state_dict
+    full = shipped_encoder()
+    cfg = cfglib.load_config(DEFAULT)
+    cfg.model.encoder.out_indices = [1, 2]
+    two = build_encoder(cfg.model.encoder, image_size=cfg.data.image_size).eval()
+    assert not any(k.startswith("model.layer3.") for k in two.state_dict())
+    with torch.no_grad():
+        f3, f2 = full(fixed_input()), two(fixed_input())
+    assert list(f2.shape) == [1, 96, 16, 16]
+    torch.testing.assert_close(f2, f3[:, :96], rtol=0, atol=0)
+
+    sd = read_state_dict(hub.resolve_weights(NAME, kind="encoder").file)
+    bad = str(tmp_path / "extra.safetensors")
+    save_file({**sd, "projector.weight": torch.zeros(2, 2)}, bad)
+    cfg.model.encoder.weights = bad
+    with pytest.raises(ValueError, match=r"unexpected keys \(1\): projector.weight"):
+        build_encoder(cfg.model.encoder, image_size=cfg.data.image_size)
+    short = str(tmp_path / "short.safetensors")
+    save_file({k: v for k, v in sd.items() if not k.startswith("layer2.")}, short)
+    cfg.model.encoder.weights = short
+    with pytest.raises(ValueError, match="missing keys"):
+        build_encoder(cfg.model.encoder, image_size=cfg.data.image_size)

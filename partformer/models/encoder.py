@@ -118,6 +118,24 @@ def load_timm_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor],
     model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=True)
 
 
+def _drop_cut_stages(model: nn.Module, state_dict: Dict[str, torch.Tensor], name: str,
+                     timm_kwargs) -> Dict[str, torch.Tensor]:
+    """The keys of ``state_dict`` without the stages that a features-only model's ``out_indices``
+    cut off: timm builds a features-only model only up to its last requested level, so weights of
+    the whole network (e.g. the shipped encoder, saved with levels 1-3) name modules it lacks.
+    Only modules that come after the model's last module in the full network's order are dropped;
+    any other key the model does not have still fails the load."""
+    kept = [n for n, _ in model.named_children()]
+    extra = {k.split(".", 1)[0] for k in state_dict} - set(kept)
+    if not extra:
+        return state_dict
+    full = [n for n, _ in create_timm_model(name, False, features_only=True,
+                                            **timm_kwargs).named_children()]
+    last = max((full.index(n) for n in kept if n in full), default=len(full))
+    cut = {n for n in extra if n in full and full.index(n) > last}
+    return {k: v for k, v in state_dict.items() if k.split(".", 1)[0] not in cut}
+
+
 # ------------------------------------------------------------------------- pretrained weights
 class EncoderWeightsError(FileNotFoundError):
     """A timm encoder's pretrained weights are neither cached nor downloadable; the message names
@@ -278,7 +296,9 @@ class FeatureMapEncoder(nn.Module):
             ``vit_tiny_patch16_224`` with small ``timm_kwargs`` for tests, ...).
         pretrained: load timm / hub weights (needs the network or a warm cache).
         weights: path to a local ``.pth`` / ``.safetensors`` state dict of the timm model; wins
-            over ``pretrained``. Missing / unexpected keys raise a ``ValueError`` listing them.
+            over ``pretrained``. Missing / unexpected keys raise a ``ValueError`` listing them
+            (features-only models: keys of the stages after the last of ``out_indices`` are
+            dropped first, so weights of the whole network load with fewer levels).
         frozen: no gradients (``requires_grad=False``, forward under ``torch.no_grad``) and the
             backbone stays in eval mode even when the parent module is put in train mode.
             ``frozen=False`` makes it trainable (e.g. the synthetic CPU benchmark).
@@ -400,7 +420,8 @@ class FeatureMapEncoder(nn.Module):
             raise ValueError(f"timm model {name!r} cannot give feature levels {self.out_indices} "
                              f"(features_only): {e}") from None
         if weights is not None:
-            load_timm_state_dict(self.model, read_state_dict(weights), source=f"weights file {weights}")
+            sd = _drop_cut_stages(self.model, read_state_dict(weights), name, timm_kwargs)
+            load_timm_state_dict(self.model, sd, source=f"weights file {weights}")
         info = self.model.feature_info
         self.frozen = bool(frozen)
         self.layer = None
