@@ -126,7 +126,8 @@ def _drop_cut_stages(model: nn.Module, state_dict: Dict[str, torch.Tensor], name
     Only modules that come after the model's last module in the full network's order are dropped;
     any other key the model does not have still fails the load."""
     kept = [n for n, _ in model.named_children()]
-    extra = {k.split(".", 1)[0] for k in state_dict} - set(kept)
+    ignored = {p.rstrip(".") for p in _IGNORED_PREFIXES}   # heads, skipped by the load anyway
+    extra = {k.split(".", 1)[0] for k in state_dict} - set(kept) - ignored
     if not extra:
         return state_dict
     full = [n for n, _ in create_timm_model(name, False, features_only=True,
