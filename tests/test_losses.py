@@ -73,6 +73,10 @@ def test_concentration_grid_coordinates_by_hand():
 
 
 def test_concentration_matches_naive_formula_and_skips_background():
+    """The authors' CUB_Model.py (UnsupervisedPart_CUB.forward) passes only
+    ``output_distribution[:, :num_point - background]``, the K part maps, to
+    ``Concentration_loss``, which returns the concentration and the area terms: the background
+    map enters neither."""
     torch.manual_seed(0)
     maps = torch.randn(3, 5, 6, 7).softmax(1)
     ref = _naive_concentration(maps, 4)
