@@ -29,6 +29,18 @@ RECORDED = {
 }
 
 
+# the second shipped encoder (docs/PRETRAINING.md, candidate C: the one above continued with the
+# dense term only), recorded from its file in the same way
+DENSE_NAME = "synthetic_resnet18_half_dense"
+RECORDED_DENSE = {
+    "shape": [1, 224, 16, 16],
+    "mean": 0.47083228826522827,
+    "std": 0.7062425017356873,
+    "cell_0_0": [1.305784, 3.336134, 0.003139, 0.005919, 0.041693, 0.0],
+    "cell_8_5": [2.189422, 3.588468, 0.012397, 0.136902, 0.0, 0.0],
+}
+
+
 def fixed_input() -> torch.Tensor:
     """A deterministic 64 x 64 input (no RNG: identical on every torch build), normalised like the
     model normalises images."""
@@ -45,10 +57,19 @@ def shipped_encoder():
     return build_encoder(cfg.model.encoder, image_size=cfg.data.image_size).eval()
 
 
-def test_shipped_encoder_is_registered_small_and_intact():
-    entry = hub.resolve_weights(NAME, kind="encoder")     # raises on a sha256 mismatch
+@pytest.mark.parametrize("name", [NAME, DENSE_NAME])
+def test_shipped_encoder_is_registered_small_and_intact(name):
+    entry = hub.resolve_weights(name, kind="encoder")     # raises on a sha256 mismatch
     assert entry.file.endswith(".safetensors")
     assert os.path.getsize(entry.file) <= 10 * 1024 * 1024
+
+
+def _assert_recorded(f: torch.Tensor, rec) -> None:
+    assert list(f.shape) == rec["shape"]
+    assert f.mean().item() == pytest.approx(rec["mean"], rel=1e-3, abs=1e-5)
+    assert f.std().item() == pytest.approx(rec["std"], rel=1e-3)
+    torch.testing.assert_close(f[0, :6, 0, 0], torch.tensor(rec["cell_0_0"]), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(f[0, :6, 8, 5], torch.tensor(rec["cell_8_5"]), rtol=1e-3, atol=1e-4)
 
 
 def test_shipped_encoder_gives_the_recorded_features():
@@ -56,13 +77,19 @@ def test_shipped_encoder_gives_the_recorded_features():
     assert all(not p.requires_grad for p in enc.parameters()), "default.yaml freezes the encoder"
     with torch.no_grad():
         f = enc(fixed_input())
-    assert list(f.shape) == RECORDED["shape"]
-    assert f.mean().item() == pytest.approx(RECORDED["mean"], rel=1e-3, abs=1e-5)
-    assert f.std().item() == pytest.approx(RECORDED["std"], rel=1e-3)
-    torch.testing.assert_close(f[0, :6, 0, 0], torch.tensor(RECORDED["cell_0_0"]),
-                               rtol=1e-3, atol=1e-4)
-    torch.testing.assert_close(f[0, :6, 8, 5], torch.tensor(RECORDED["cell_8_5"]),
-                               rtol=1e-3, atol=1e-4)
+    _assert_recorded(f, RECORDED)
+
+
+def test_dense_encoder_loads_by_name_in_the_default_config_and_gives_its_features():
+    """``model.encoder.weights=synthetic_resnet18_half_dense`` on the default config: the same
+    architecture, the second file's features, which differ from the first's."""
+    cfg = cfglib.load_config(DEFAULT, [f"model.encoder.weights={DENSE_NAME}"])
+    enc = build_encoder(cfg.model.encoder, image_size=cfg.data.image_size).eval()
+    with torch.no_grad():
+        f = enc(fixed_input())
+    _assert_recorded(f, RECORDED_DENSE)
+    assert not torch.allclose(f[0, :6, 8, 5], torch.tensor(RECORDED["cell_8_5"]), rtol=1e-2,
+                              atol=1e-3)
 
 
 def test_a_random_init_encoder_does_not_match_the_recording():
